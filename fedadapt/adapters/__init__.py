@@ -1,0 +1,24 @@
+"""Adapter methods over the frozen base: each with its config, its layer and its injection."""
+
+from fedadapt.adapters.bitfit import BitFitConfig
+from fedadapt.adapters.bottleneck import BottleneckConfig
+from fedadapt.adapters.composition import Fuse, Parallel, Stack
+from fedadapt.adapters.ia3 import IA3Config
+from fedadapt.adapters.lora import LoraConfig
+from fedadapt.adapters.model import AdapterModel
+
+METHODS = {
+    cfg.method: cfg for cfg in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig)
+}
+
+__all__ = [
+    "METHODS",
+    "AdapterModel",
+    "BitFitConfig",
+    "BottleneckConfig",
+    "Fuse",
+    "IA3Config",
+    "LoraConfig",
+    "Parallel",
+    "Stack",
+]

@@ -1,0 +1,48 @@
+"""Composition blocks, as AdapterHub has them: tiny values, not code paths.
+
+`Stack("a", "b")` applies `a` then `b`; `Parallel("a", "b")` applies both to the same input
+and sums their contributions; `Fuse("a", "b")` (AdapterFusion) is reserved for the fusion
+layer that learns attention over the adapters' outputs. Each adapter layer reads the active
+setup and interprets it for its own method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, init=False)
+class Block:
+    names: tuple[str, ...]
+
+    def __init__(self, *names: str) -> None:
+        if not names:
+            raise ValueError(f"{type(self).__name__} needs at least one adapter name")
+        object.__setattr__(self, "names", tuple(names))
+
+    def __iter__(self):
+        return iter(self.names)
+
+
+class Stack(Block):
+    """Adapters applied one after another; the output of one is the input of the next."""
+
+
+class Parallel(Block):
+    """Adapters applied to the same input; their contributions are summed."""
+
+
+class Fuse(Block):
+    """AdapterFusion over the adapters' outputs (its layer comes with the fusion issue)."""
+
+
+Setup = Block | str | None
+
+
+def as_block(setup: Setup) -> Block | None:
+    """Normalise `"a"` to `Stack("a")`, so layers only ever see blocks."""
+    if setup is None or isinstance(setup, Block):
+        return setup
+    if isinstance(setup, str):
+        return Stack(setup)
+    raise TypeError(f"an active setup is a name, Stack, Parallel or Fuse, not {setup!r}")

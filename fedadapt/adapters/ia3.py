@@ -1,0 +1,57 @@
+"""IA³: learned rescaling of keys, values and the FFN intermediate, starting at one.
+
+As in HF PEFT, a feed-forward target (`output.dense`) scales its *input* (the intermediate
+activation, width 1536) and the others scale their output; vectors keep PEFT's shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fedadapt.adapters.layer import AdapterLayer, linear_dims
+
+
+class IA3Vector(nn.Module):
+    def __init__(self, d_in: int, d_out: int, feedforward: bool) -> None:
+        super().__init__()
+        self.feedforward = feedforward
+        shape = (1, d_in) if feedforward else (d_out, 1)
+        self.ia3_l = nn.Parameter(torch.ones(shape))
+
+    def vector(self) -> torch.Tensor:
+        return self.ia3_l.flatten()
+
+
+class IA3Linear(AdapterLayer):
+    """Scales compose by product, under Stack and Parallel alike."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vectors = self.active()[1]
+        for v in vectors:
+            if v.feedforward:
+                x = x * v.vector()
+        y = self.base_layer(x)
+        for v in vectors:
+            if not v.feedforward:
+                y = y * v.vector()
+        return y
+
+
+@dataclass
+class IA3Config:
+    target_modules: list[str] = field(default_factory=lambda: ["key", "value", "output.dense"])
+    feedforward_modules: list[str] = field(default_factory=lambda: ["output.dense"])
+
+    method: ClassVar[str] = "ia3"
+    wrapper: ClassVar[type[AdapterLayer]] = IA3Linear
+
+    def targets(self) -> list[str]:
+        return self.target_modules
+
+    def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module:
+        ff = any(name == p or name.endswith("." + p) for p in self.feedforward_modules)
+        return IA3Vector(*linear_dims(base_layer), feedforward=ff)

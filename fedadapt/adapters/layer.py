@@ -1,0 +1,51 @@
+"""What every adapter wrapper shares: the wrapped `base_layer`, named adapters, the active setup.
+
+One `AdapterControl` is shared by all wrappers of a model, so activating a setup is a single
+assignment instead of a walk over the module tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from fedadapt.adapters.composition import Block, Fuse
+
+
+@dataclass
+class AdapterControl:
+    active: Block | None = None
+
+
+class AdapterLayer(nn.Module):
+    """Wraps one base module; holds one small module per adapter name."""
+
+    def __init__(self, base_layer: nn.Module, control: AdapterControl) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.control = control
+
+    def active(self) -> tuple[type[Block], list[nn.Module]]:
+        """The active block's kind and this layer's adapters in it, in order."""
+        block = self.control.active
+        if block is None:
+            return Block, []
+        if isinstance(block, Fuse):
+            raise NotImplementedError("Fuse needs the AdapterFusion layer, which is not built yet")
+        return type(block), [self.adapters[n] for n in block.names if n in self.adapters]
+
+
+def logical_name(module_path: str) -> str:
+    """A module's path with wrapper hops removed: what users and adapter files name it by."""
+    return ".".join(p for p in module_path.split(".") if p != "base_layer")
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """`(in_features, out_features)` of a Linear-like module, looking through wrappers."""
+    while isinstance(module, AdapterLayer):
+        module = module.base_layer
+    if not hasattr(module, "in_features") or not hasattr(module, "out_features"):
+        raise TypeError(f"expected a Linear layer, got {type(module).__name__}")
+    return module.in_features, module.out_features

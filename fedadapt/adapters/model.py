@@ -1,0 +1,156 @@
+"""A frozen base plus named adapters and task heads: add, activate, swap, delete.
+
+Adapter tensors are addressed by `<logical module name>.<tensor>` (for example
+`encoder.layer.0.attention.self.query.lora_A.weight`) and heads by `head.<tensor>`, with the
+adapter's own name left out, so a saved adapter loads under any name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedadapt.adapters.composition import Setup, as_block
+from fedadapt.adapters.inject import AdapterConfig, inject, remove
+from fedadapt.adapters.layer import AdapterControl, AdapterLayer, logical_name
+from fedadapt.base_model import BaseModel
+from fedadapt.bert import mean_pool
+from fedadapt.errors import AdapterLoadError
+
+HEAD_PREFIX = "head."
+
+
+class AdapterModel(nn.Module):
+    def __init__(self, base: BaseModel) -> None:
+        super().__init__()
+        self.encoder = base.encoder
+        self.encoder.requires_grad_(False)
+        self.base = base
+        self.control = AdapterControl()
+        self.heads = nn.ModuleDict()
+        self.configs: dict[str, Any] = {}
+        self.active_head: str | None = None
+
+    # -- adapters ---------------------------------------------------------------------------
+    def add_adapter(self, name: str, cfg: AdapterConfig, num_labels: int | None = None) -> None:
+        if name in self.configs:
+            raise ValueError(f"adapter {name!r} already exists")
+        inject(self.encoder, self.control, name, cfg)
+        self.configs[name] = cfg
+        if num_labels is not None:
+            self.add_head(name, num_labels)
+
+    def add_head(self, name: str, num_labels: int, seed: int = 0) -> None:
+        head = nn.Linear(self.encoder.config.hidden_size, num_labels)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.02, generator=g)
+            head.bias.zero_()
+        self.heads[name] = head
+
+    def delete_adapter(self, name: str) -> None:
+        self._check(name)
+        remove(self.encoder, name)
+        del self.configs[name]
+        self.heads.pop(name, None)
+        block = self.control.active
+        if block is not None and name in block.names:
+            rest = [n for n in block.names if n != name]
+            self.set_active(type(block)(*rest) if rest else None)
+
+    def set_active(self, setup: Setup, head: str | None = None) -> None:
+        """Activate a name or composition; the head defaults to the last adapter that has one."""
+        block = as_block(setup)
+        for n in block.names if block else ():
+            self._check(n)
+        self.control.active = block
+        names = block.names if block else ()
+        self.active_head = head or next((n for n in reversed(names) if n in self.heads), None)
+
+    def deactivate(self) -> None:
+        self.set_active(None, head=self.active_head)
+
+    def swap(self, old: str, new: str) -> None:
+        """Put `new` where `old` stands in the active setup, keeping the composition."""
+        block = self.control.active
+        if block is None or old not in block.names:
+            raise ValueError(f"adapter {old!r} is not active")
+        self._check(new)
+        names = [new if n == old else n for n in block.names]
+        head = new if self.active_head == old and new in self.heads else self.active_head
+        self.set_active(type(block)(*names), head=head)
+
+    def train_adapter(self, setup: Setup) -> None:
+        """Activate `setup` and make exactly its adapters and heads trainable."""
+        self.set_active(setup)
+        self.requires_grad_(False)
+        for name in self.control.active.names:
+            for key, p in self._tensors(name).items():
+                frozen_a = key.endswith("lora_A.weight") and getattr(self.configs[name], "freeze_a", False)
+                p.requires_grad_(not frozen_a)
+
+    def _check(self, name: str) -> None:
+        if name not in self.configs:
+            raise KeyError(f"no adapter named {name!r}; have {sorted(self.configs)}")
+
+    # -- state ------------------------------------------------------------------------------
+    def _tensors(self, name: str) -> dict[str, nn.Parameter]:
+        self._check(name)
+        out: dict[str, nn.Parameter] = {}
+        for path, module in self.encoder.named_modules():
+            if isinstance(module, AdapterLayer) and name in module.adapters:
+                prefix = logical_name(path)
+                for k, p in module.adapters[name].named_parameters():
+                    out[f"{prefix}.{k}"] = p
+        if name in self.heads:
+            for k, p in self.heads[name].named_parameters():
+                out[HEAD_PREFIX + k] = p
+        return out
+
+    def adapter_state(self, name: str, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """Detached copies of an adapter's tensors (and its head's)."""
+        return {
+            k: p.detach().clone()
+            for k, p in self._tensors(name).items()
+            if p.requires_grad or not trainable_only
+        }
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Copy tensors into adapter `name`; a missing, extra or mis-shaped tensor is an error."""
+        own = self._tensors(name)
+        extra = sorted(set(state) - set(own))
+        missing = sorted(set(own) - set(state)) if strict else []
+        bad = [
+            f"{k}: expected {tuple(own[k].shape)}, got {tuple(v.shape)}"
+            for k, v in state.items()
+            if k in own and own[k].shape != v.shape
+        ]
+        problems = []
+        if missing:
+            problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if extra:
+            problems.append(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        if bad:
+            problems.append(f"mis-shaped tensors {bad[:5]}")
+        if problems:
+            raise AdapterLoadError(f"adapter {name!r} does not fit: " + "; ".join(problems))
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to(own[k].dtype))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # -- forward ----------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return mean_pool(self.encoder(input_ids, attention_mask), attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.active_head is None:
+            raise RuntimeError("no active head: add one with add_adapter(..., num_labels=N)")
+        return self.heads[self.active_head](self.embed(input_ids, attention_mask))

@@ -1,0 +1,58 @@
+"""`fedadapt bench`: the benchmark suite. Each section has fixed keys (DESIGN.md) so results
+compare across commits; times are medians in ms, memory is peak RSS in MB."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+from fedadapt.atomic import atomic_write_text
+
+
+def machine() -> dict:
+    import flwr
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "flwr": flwr.__version__ if hasattr(flwr, "__version__") else _dist_version("flwr"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def run(out: Path, quick: bool, sections: list[str]) -> dict:
+    from fedadapt.bench import core
+
+    runners = {"core": core.run}
+    unknown = set(sections) - set(runners)
+    if unknown:
+        raise ValueError(f"unknown bench sections {sorted(unknown)}; have {sorted(runners)}")
+    # Merge into an existing file so sections measured by separate runs stay together.
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result["machine"] = machine()
+    for name in sections:
+        result[name] = runners[name](quick=quick)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,112 @@
+"""Bench section `core`: adapter training cost over fp32, int8 and int4 bases.
+
+Each (precision, method) runs in its own process, so its peak RSS is its own and no
+allocator state leaks between cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+PRECISIONS = {"fp32": "none", "int8": "int8", "int4": "int4"}
+METHODS = ("bottleneck", "lora")
+BATCH, SEQ = 16, 48
+PROBE = [
+    "A three-hour cinema master class.",
+    "The plot is thin and the jokes fall flat.",
+    "An uneven but often charming portrait of a family in crisis.",
+    "Nothing in this film rings true.",
+]
+
+
+def _adapter(method: str):
+    from fedadapt.adapters import BottleneckConfig, LoraConfig
+
+    return BottleneckConfig(reduction_factor=16) if method == "bottleneck" else LoraConfig(r=8)
+
+
+def measure(precision: str, method: str, steps: int) -> dict:
+    """One case, in this process: sizes, median step time, forward error against fp32."""
+    from fedadapt.adapters import AdapterModel
+    from fedadapt.base_model import load_base, load_tokenizer, tokenize
+    from fedadapt.bert import mean_pool
+    from fedadapt.data import rotten_tomatoes
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(SEQ)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=SEQ)
+    probe = tokenize(tok, PROBE)
+    # Error of the mean-pooled sentence embedding, what a head sees; padded positions of
+    # the last hidden state carry no meaning and would dominate a raw max.
+    ref = load_base("none").encoder.eval()
+    with torch.no_grad():
+        ref_out = mean_pool(ref(*probe), probe[1])
+    del ref
+    base = load_base(PRECISIONS[precision])
+    with torch.no_grad():
+        err = float((mean_pool(base.encoder.eval()(*probe), probe[1]) - ref_out).abs().max())
+
+    model = AdapterModel(base)
+    model.add_adapter("a", _adapter(method), num_labels=2)
+    model.train_adapter("a")
+    texts = [t for c in rotten_tomatoes.load_clients(8) for t in c.train_texts][: BATCH]
+    ids, mask = tokenize(tok, texts)
+    y = torch.randint(0, 2, (BATCH,))
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+    model.train()
+    times = []
+    for i in range(steps + 3):
+        t = time.perf_counter()
+        loss = F.cross_entropy(model(ids, mask), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 3:  # warm-up steps are not timed
+            times.append((time.perf_counter() - t) * 1e3)
+    trainable = model.num_trainable() - sum(p.numel() for p in model.heads.parameters())
+    return {
+        "trainable_params": trainable,
+        "trainable_fraction": trainable / base.params,
+        "base_bytes": base.bytes_in_memory,
+        "train_step_ms": statistics.median(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "forward_max_abs_err": err,
+    }
+
+
+def run(quick: bool = False) -> dict:
+    steps = 5 if quick else 30
+    out: dict = {}
+    cases = [(p, m) for p in PRECISIONS for m in METHODS]
+    for p, m in tqdm(cases, desc="bench core", unit="case"):
+        cmd = [sys.executable, "-m", "fedadapt.bench.core", p, m, str(steps)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"bench case {p}/{m} failed:\n{res.stderr[-2000:]}")
+        out.setdefault(p, {})[m] = json.loads(res.stdout.strip().splitlines()[-1])
+    for p in PRECISIONS:
+        for m in METHODS:
+            r = out[p][m]
+            tqdm.write(f"core {p:>4} {m:<10} step {r['train_step_ms']:7.1f} ms  "
+                       f"rss {r['peak_rss_mb']:6.0f} MB  base {r['base_bytes'] / 1e6:5.1f} MB  "
+                       f"trainable {r['trainable_fraction']:.3%}  err {r['forward_max_abs_err']:.2e}")
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Measure one core bench case (internal).")
+    ap.add_argument("precision", choices=PRECISIONS)
+    ap.add_argument("method", choices=METHODS)
+    ap.add_argument("steps", type=int)
+    a = ap.parse_args()
+    print(json.dumps(measure(a.precision, a.method, a.steps)))

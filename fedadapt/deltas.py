@@ -1,0 +1,40 @@
+"""Adapter deltas: `delta = local − global` over adapter tensors only, and its inverse.
+
+Every check that a server or device needs before trusting a delta lives in `check_delta`, so a
+bad reply is rejected with one clear reason and the global state is never half-updated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedadapt.errors import DeltaError
+
+State = dict[str, torch.Tensor]
+
+
+def compute_delta(local: State, global_: State) -> State:
+    if set(local) != set(global_):
+        raise DeltaError(f"local and global adapters differ in tensors: {sorted(set(local) ^ set(global_))[:5]}")
+    return {k: local[k].detach().float() - global_[k].detach().float() for k in local}
+
+
+def check_delta(delta: State, reference: State) -> None:
+    """Raise `DeltaError` naming the first reason `delta` cannot apply to `reference`."""
+    unknown = sorted(set(delta) - set(reference))
+    if unknown:
+        raise DeltaError(f"unknown tensor names {unknown[:5]}")
+    for k, v in delta.items():
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise DeltaError(f"{k}: expected a floating-point tensor, got {getattr(v, 'dtype', type(v))}")
+        if v.shape != reference[k].shape:
+            raise DeltaError(f"{k}: shape {tuple(v.shape)} != {tuple(reference[k].shape)}")
+        if not torch.isfinite(v).all():
+            raise DeltaError(f"{k}: holds NaN or Inf")
+
+
+def apply_delta(global_: State, delta: State) -> State:
+    """`global + delta` as a new state; tensors absent from `delta` (frozen ones) carry over."""
+    check_delta(delta, global_)
+    return {k: (v.float() + delta[k].float()).to(v.dtype) if k in delta else v.clone()
+            for k, v in global_.items()}

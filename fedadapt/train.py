@@ -1,0 +1,88 @@
+"""Local training and evaluation of adapters and heads on one client's data.
+
+Only what `train_adapter` marked trainable gets an optimizer; the base stays frozen. A given
+seed fixes the shuffling and dropout, so a run repeats exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from fedadapt.adapters import AdapterModel
+from fedadapt.base_model import tokenize
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-3
+    batch_size: int = 16
+    epochs: int = 1
+    max_length: int = 64
+    seed: int = 0
+    weight_decay: float = 0.0
+    max_steps: int | None = None  # stop early after this many optimizer steps
+
+
+def batches(tok: Tokenizer, texts: list[str], labels: list[int], batch_size: int,
+            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    order = torch.randperm(len(texts), generator=generator) if generator else torch.arange(len(texts))
+    for i in range(0, len(texts), batch_size):
+        idx = order[i : i + batch_size].tolist()
+        ids, mask = tokenize(tok, [texts[j] for j in idx])
+        yield ids, mask, torch.tensor([labels[j] for j in idx], dtype=torch.long)
+
+
+def train(model: AdapterModel, tok: Tokenizer, texts: list[str], labels: list[int],
+          cfg: TrainConfig, extra_loss: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+    """AdamW over the trainable tensors; `extra_loss` adds a regulariser (FedProx's term)."""
+    params = model.trainable_parameters()
+    if not params:
+        raise ValueError("nothing to train: call model.train_adapter(...) first")
+    tok.enable_truncation(max_length=cfg.max_length)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    total, n, steps = 0.0, 0, 0
+    for _ in range(cfg.epochs):
+        for ids, mask, y in batches(tok, texts, labels, cfg.batch_size, gen):
+            loss = F.cross_entropy(model(ids, mask), y)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            n += len(y)
+            steps += 1
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                break
+        if cfg.max_steps is not None and steps >= cfg.max_steps:
+            break
+    model.eval()
+    return {"train_loss": total / max(n, 1), "steps": steps, "examples": n}
+
+
+@torch.no_grad()
+def predict(model: AdapterModel, tok: Tokenizer, texts: list[str], batch_size: int = 64,
+            max_length: int = 64) -> torch.Tensor:
+    tok.enable_truncation(max_length=max_length)
+    model.eval()
+    out = [model(*tokenize(tok, texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def evaluate(model: AdapterModel, tok: Tokenizer, texts: list[str], labels: list[int],
+             batch_size: int = 64, max_length: int = 64) -> dict[str, float]:
+    logits = predict(model, tok, texts, batch_size, max_length)
+    y = torch.tensor(labels, dtype=torch.long)
+    return {
+        "accuracy": float((logits.argmax(-1) == y).float().mean()),
+        "loss": float(F.cross_entropy(logits, y)),
+        "examples": len(labels),
+    }
