@@ -29,29 +29,46 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 def _peft_fields(cfg: Any) -> dict[str, Any]:
     if cfg.method == "lora":
         return {
-            "peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": cfg.r,
-            "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
-            "target_modules": cfg.target_modules, "bias": "none", "fan_in_fan_out": False,
-            "inference_mode": True, "modules_to_save": None,
+            "peft_type": "LORA",
+            "task_type": "FEATURE_EXTRACTION",
+            "r": cfg.r,
+            "lora_alpha": cfg.lora_alpha,
+            "lora_dropout": cfg.lora_dropout,
+            "target_modules": cfg.target_modules,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "inference_mode": True,
+            "modules_to_save": None,
         }
     if cfg.method == "ia3":
         return {
-            "peft_type": "IA3", "task_type": "FEATURE_EXTRACTION",
-            "target_modules": cfg.target_modules, "feedforward_modules": cfg.feedforward_modules,
-            "fan_in_fan_out": False, "init_ia3_weights": True, "inference_mode": True,
+            "peft_type": "IA3",
+            "task_type": "FEATURE_EXTRACTION",
+            "target_modules": cfg.target_modules,
+            "feedforward_modules": cfg.feedforward_modules,
+            "fan_in_fan_out": False,
+            "init_ia3_weights": True,
+            "inference_mode": True,
             "modules_to_save": None,
         }
     return {}
 
 
-def save_adapter(model: AdapterModel, name: str, folder: str | Path, version: int = 1,
-                 extra: dict[str, Any] | None = None) -> Path:
+def save_adapter(
+    model: AdapterModel,
+    name: str,
+    folder: str | Path,
+    version: int = 1,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     folder = Path(folder)
     cfg = model.configs[name]
     state = model.adapter_state(name)
-    blob = save({k: v.contiguous() for k, v in state.items()},
-                metadata={"base_model_sha256": model.base.sha256, "version": str(version)})
-    head = model.heads[name] if name in model.heads else None
+    blob = save(
+        {k: v.contiguous() for k, v in state.items()},
+        metadata={"base_model_sha256": model.base.sha256, "version": str(version)},
+    )
+    head = model.heads[name] if name in model.heads else None  # noqa: SIM401 (no ModuleDict.get)
     config = {
         "method": cfg.method,
         "placement": getattr(cfg, "placement", None),
@@ -84,7 +101,9 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], bytes]:
         raise AdapterLoadError(f"{folder}: unknown adapter method {config.get('method')!r}")
     want = config.get("tensors_sha256")
     if want and hashlib.sha256(blob).hexdigest() != want:
-        raise AdapterLoadError(f"{folder}: {WEIGHTS_FILE} does not match its config (torn or edited)")
+        raise AdapterLoadError(
+            f"{folder}: {WEIGHTS_FILE} does not match its config (torn or edited)"
+        )
     return config, blob
 
 

@@ -103,8 +103,11 @@ def load_base(quantization: str = "none", dropout: float | None = 0.0) -> BaseMo
     cfg = BertConfig.from_json(d / "config.json")
     if dropout is not None:
         cfg = BertConfig(
-            **{**cfg.__dict__, "hidden_dropout_prob": dropout,
-               "attention_probs_dropout_prob": dropout}
+            **{
+                **cfg.__dict__,
+                "hidden_dropout_prob": dropout,
+                "attention_probs_dropout_prob": dropout,
+            }
         )
     model = Bert(cfg)
     state = load_file(d / "model.safetensors")

@@ -29,8 +29,11 @@ def encode(delta: dict[str, torch.Tensor], codec: str = "fp32") -> bytes:
     elif codec == "int8":
         scales = {k: float(v.abs().max()) / 127.0 if v.numel() else 0.0 for k, v in tensors.items()}
         tensors = {
-            k: (torch.round(v / scales[k]).clamp(-127, 127) if scales[k] > 0 else torch.zeros_like(v))
-            .to(torch.int8)
+            k: (
+                torch.round(v / scales[k]).clamp(-127, 127)
+                if scales[k] > 0
+                else torch.zeros_like(v)
+            ).to(torch.int8)
             for k, v in tensors.items()
         }
         meta["scales"] = json.dumps(scales)

@@ -15,7 +15,9 @@ State = dict[str, torch.Tensor]
 
 def compute_delta(local: State, global_: State) -> State:
     if set(local) != set(global_):
-        raise DeltaError(f"local and global adapters differ in tensors: {sorted(set(local) ^ set(global_))[:5]}")
+        raise DeltaError(
+            f"local and global adapters differ in tensors: {sorted(set(local) ^ set(global_))[:5]}"
+        )
     return {k: local[k].detach().float() - global_[k].detach().float() for k in local}
 
 
@@ -26,7 +28,9 @@ def check_delta(delta: State, reference: State) -> None:
         raise DeltaError(f"unknown tensor names {unknown[:5]}")
     for k, v in delta.items():
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
-            raise DeltaError(f"{k}: expected a floating-point tensor, got {getattr(v, 'dtype', type(v))}")
+            raise DeltaError(
+                f"{k}: expected a floating-point tensor, got {getattr(v, 'dtype', type(v))}"
+            )
         if v.shape != reference[k].shape:
             raise DeltaError(f"{k}: shape {tuple(v.shape)} != {tuple(reference[k].shape)}")
         if not torch.isfinite(v).all():
@@ -36,5 +40,7 @@ def check_delta(delta: State, reference: State) -> None:
 def apply_delta(global_: State, delta: State) -> State:
     """`global + delta` as a new state; tensors absent from `delta` (frozen ones) carry over."""
     check_delta(delta, global_)
-    return {k: (v.float() + delta[k].float()).to(v.dtype) if k in delta else v.clone()
-            for k, v in global_.items()}
+    return {
+        k: (v.float() + delta[k].float()).to(v.dtype) if k in delta else v.clone()
+        for k, v in global_.items()
+    }

@@ -37,8 +37,9 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale[:, None]
 
 
-def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_int4(
+    w: torch.Tensor, group: int = INT4_GROUP
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric int4 in groups of `group` along each row, two values packed per byte.
 
     `w ≈ q * scale + offset` per group, `q` in 0..15; each group's range is shrunk by the
@@ -71,8 +72,9 @@ def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP
     return packed, best_s.squeeze(2).half(), best_o.squeeze(2).half()
 
 
-def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
-                    group: int = INT4_GROUP) -> torch.Tensor:
+def dequantize_int4(
+    packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group: int = INT4_GROUP
+) -> torch.Tensor:
     rows = packed.shape[0]
     q = torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(rows, -1, group).float()
     return (q * scale.float()[..., None] + offset.float()[..., None]).reshape(rows, -1)

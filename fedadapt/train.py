@@ -28,17 +28,30 @@ class TrainConfig:
     max_steps: int | None = None  # stop early after this many optimizer steps
 
 
-def batches(tok: Tokenizer, texts: list[str], labels: list[int], batch_size: int,
-            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-    order = torch.randperm(len(texts), generator=generator) if generator else torch.arange(len(texts))
+def batches(
+    tok: Tokenizer,
+    texts: list[str],
+    labels: list[int],
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    order = (
+        torch.randperm(len(texts), generator=generator) if generator else torch.arange(len(texts))
+    )
     for i in range(0, len(texts), batch_size):
         idx = order[i : i + batch_size].tolist()
         ids, mask = tokenize(tok, [texts[j] for j in idx])
         yield ids, mask, torch.tensor([labels[j] for j in idx], dtype=torch.long)
 
 
-def train(model: AdapterModel, tok: Tokenizer, texts: list[str], labels: list[int],
-          cfg: TrainConfig, extra_loss: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+def train(
+    model: AdapterModel,
+    tok: Tokenizer,
+    texts: list[str],
+    labels: list[int],
+    cfg: TrainConfig,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+) -> dict[str, float]:
     """AdamW over the trainable tensors; `extra_loss` adds a regulariser (FedProx's term)."""
     params = model.trainable_parameters()
     if not params:
@@ -69,16 +82,29 @@ def train(model: AdapterModel, tok: Tokenizer, texts: list[str], labels: list[in
 
 
 @torch.no_grad()
-def predict(model: AdapterModel, tok: Tokenizer, texts: list[str], batch_size: int = 64,
-            max_length: int = 64) -> torch.Tensor:
+def predict(
+    model: AdapterModel,
+    tok: Tokenizer,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int = 64,
+) -> torch.Tensor:
     tok.enable_truncation(max_length=max_length)
     model.eval()
-    out = [model(*tokenize(tok, texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    out = [
+        model(*tokenize(tok, texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)
+    ]
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def evaluate(model: AdapterModel, tok: Tokenizer, texts: list[str], labels: list[int],
-             batch_size: int = 64, max_length: int = 64) -> dict[str, float]:
+def evaluate(
+    model: AdapterModel,
+    tok: Tokenizer,
+    texts: list[str],
+    labels: list[int],
+    batch_size: int = 64,
+    max_length: int = 64,
+) -> dict[str, float]:
     logits = predict(model, tok, texts, batch_size, max_length)
     y = torch.tensor(labels, dtype=torch.long)
     return {

@@ -7,9 +7,7 @@ from fedadapt.adapters.ia3 import IA3Config
 from fedadapt.adapters.lora import LoraConfig
 from fedadapt.adapters.model import AdapterModel
 
-METHODS = {
-    cfg.method: cfg for cfg in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig)
-}
+METHODS = {cfg.method: cfg for cfg in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig)}
 
 __all__ = [
     "METHODS",

@@ -32,9 +32,7 @@ class BitFitLinear(AdapterLayer):
 
 @dataclass
 class BitFitConfig:
-    target_modules: list[str] = field(
-        default_factory=lambda: ["query", "key", "value", "dense"]
-    )
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
 
     method: ClassVar[str] = "bitfit"
     wrapper: ClassVar[type[AdapterLayer]] = BitFitLinear

@@ -76,7 +76,9 @@ class BottleneckConfig:
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}")
+            raise ValueError(
+                f"placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}"
+            )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}")
         if self.reduction_factor < 1 or (self.hidden_size is not None and self.hidden_size < 1):

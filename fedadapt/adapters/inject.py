@@ -72,7 +72,9 @@ def _outermost(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Module]:
     return parent, attr, getattr(parent, attr)
 
 
-def inject(model: nn.Module, control: AdapterControl, adapter: str, cfg: AdapterConfig) -> list[str]:
+def inject(
+    model: nn.Module, control: AdapterControl, adapter: str, cfg: AdapterConfig
+) -> list[str]:
     """Add adapter `adapter` to every target of `cfg`; returns the targets' logical names."""
     targets = find_targets(model, cfg.targets())
     if not targets:
@@ -93,7 +95,7 @@ def inject(model: nn.Module, control: AdapterControl, adapter: str, cfg: Adapter
 
 def remove(model: nn.Module, adapter: str) -> None:
     """Drop adapter `adapter` everywhere; unwrap layers left with no adapters."""
-    for path, module in list(model.named_modules()):
+    for module in list(model.modules()):
         if isinstance(module, AdapterLayer) and adapter in module.adapters:
             del module.adapters[adapter]
     for path, module in reversed(list(model.named_modules())):

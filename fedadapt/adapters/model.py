@@ -54,7 +54,8 @@ class AdapterModel(nn.Module):
         self._check(name)
         remove(self.encoder, name)
         del self.configs[name]
-        self.heads.pop(name, None)
+        if name in self.heads:
+            del self.heads[name]
         block = self.control.active
         if block is not None and name in block.names:
             rest = [n for n in block.names if n != name]
@@ -88,7 +89,9 @@ class AdapterModel(nn.Module):
         self.requires_grad_(False)
         for name in self.control.active.names:
             for key, p in self._tensors(name).items():
-                frozen_a = key.endswith("lora_A.weight") and getattr(self.configs[name], "freeze_a", False)
+                frozen_a = key.endswith("lora_A.weight") and getattr(
+                    self.configs[name], "freeze_a", False
+                )
                 p.requires_grad_(not frozen_a)
 
     def _check(self, name: str) -> None:
@@ -117,7 +120,9 @@ class AdapterModel(nn.Module):
             if p.requires_grad or not trainable_only
         }
 
-    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    def load_adapter_state(
+        self, name: str, state: dict[str, torch.Tensor], strict: bool = True
+    ) -> None:
         """Copy tensors into adapter `name`; a missing, extra or mis-shaped tensor is an error."""
         own = self._tensors(name)
         extra = sorted(set(state) - set(own))

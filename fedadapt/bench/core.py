@@ -59,7 +59,7 @@ def measure(precision: str, method: str, steps: int) -> dict:
     model = AdapterModel(base)
     model.add_adapter("a", _adapter(method), num_labels=2)
     model.train_adapter("a")
-    texts = [t for c in rotten_tomatoes.load_clients(8) for t in c.train_texts][: BATCH]
+    texts = [t for c in rotten_tomatoes.load_clients(8) for t in c.train_texts][:BATCH]
     ids, mask = tokenize(tok, texts)
     y = torch.randint(0, 2, (BATCH,))
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
@@ -97,9 +97,11 @@ def run(quick: bool = False) -> dict:
     for p in PRECISIONS:
         for m in METHODS:
             r = out[p][m]
-            tqdm.write(f"core {p:>4} {m:<10} step {r['train_step_ms']:7.1f} ms  "
-                       f"rss {r['peak_rss_mb']:6.0f} MB  base {r['base_bytes'] / 1e6:5.1f} MB  "
-                       f"trainable {r['trainable_fraction']:.3%}  err {r['forward_max_abs_err']:.2e}")
+            tqdm.write(
+                f"core {p:>4} {m:<10} step {r['train_step_ms']:7.1f} ms  "
+                f"rss {r['peak_rss_mb']:6.0f} MB  base {r['base_bytes'] / 1e6:5.1f} MB  "
+                f"trainable {r['trainable_fraction']:.3%}  err {r['forward_max_abs_err']:.2e}"
+            )
     return out
 
 

@@ -29,15 +29,23 @@ class ClientData:
         return int(np.bincount(self.train_labels, minlength=self.num_labels).argmax())
 
 
-def split(client_id: str, texts: list[str], labels: list[int], test_fraction: float, seed: int,
-          label_names: list[str]) -> ClientData:
+def split(
+    client_id: str,
+    texts: list[str],
+    labels: list[int],
+    test_fraction: float,
+    seed: int,
+    label_names: list[str],
+) -> ClientData:
     rng = np.random.default_rng([seed, zlib.crc32(client_id.encode())])
     order = rng.permutation(len(texts))
     n_test = max(1, round(len(texts) * test_fraction))
     test, train = order[:n_test], order[n_test:]
     return ClientData(
         client_id,
-        [texts[i] for i in train], [labels[i] for i in train],
-        [texts[i] for i in test], [labels[i] for i in test],
+        [texts[i] for i in train],
+        [labels[i] for i in train],
+        [texts[i] for i in test],
+        [labels[i] for i in test],
         label_names,
     )

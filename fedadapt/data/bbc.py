@@ -23,19 +23,30 @@ def _documents() -> tuple[tuple[str, ...], tuple[int, ...]]:
     return tuple(texts), tuple(labels)
 
 
-def load_clients(num_clients: int = 50, alpha: float = 0.3, test_fraction: float = 0.3,
-                 seed: int = 0, min_partition_size: int = 3) -> list[ClientData]:
+def load_clients(
+    num_clients: int = 50,
+    alpha: float = 0.3,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    min_partition_size: int = 3,
+) -> list[ClientData]:
     from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner
 
     texts, labels = _documents()
     part = DirichletPartitioner(
-        num_partitions=num_clients, partition_by="label", alpha=alpha,
-        min_partition_size=min_partition_size, self_balancing=True, seed=seed,
+        num_partitions=num_clients,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=min_partition_size,
+        self_balancing=True,
+        seed=seed,
     )
     part.dataset = Dataset.from_dict({"text": list(texts), "label": list(labels)})
     with warnings.catch_warnings():  # it warns on every Dirichlet redraw below the minimum
         warnings.simplefilter("ignore", UserWarning)
         parts = [part.load_partition(i) for i in range(num_clients)]
-    return [split(f"bbc-{i:03d}", p["text"], p["label"], test_fraction, seed, LABELS)
-            for i, p in enumerate(parts)]
+    return [
+        split(f"bbc-{i:03d}", p["text"], p["label"], test_fraction, seed, LABELS)
+        for i, p in enumerate(parts)
+    ]

