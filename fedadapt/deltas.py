@@ -21,20 +21,26 @@ def compute_delta(local: State, global_: State) -> State:
     return {k: local[k].detach().float() - global_[k].detach().float() for k in local}
 
 
-def check_delta(delta: State, reference: State) -> None:
-    """Raise `DeltaError` naming the first reason `delta` cannot apply to `reference`."""
+def check_delta(delta: State, reference: State, required: set[str] | None = None) -> None:
+    """Raise `DeltaError` naming the first reason `delta` cannot apply to `reference`.
+
+    `required` names the tensors a delta must hold (a reply must cover every trainable one).
+    """
     unknown = sorted(set(delta) - set(reference))
     if unknown:
-        raise DeltaError(f"unknown tensor names {unknown[:5]}")
+        raise DeltaError(f"unknown tensor names {unknown[:5]}", reason="unknown-names")
+    missing = sorted((required or set()) - set(delta))
+    if missing:
+        raise DeltaError(f"missing tensors {missing[:5]}", reason="missing-names")
     for k, v in delta.items():
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
-            raise DeltaError(
-                f"{k}: expected a floating-point tensor, got {getattr(v, 'dtype', type(v))}"
-            )
+            got = getattr(v, "dtype", type(v))
+            raise DeltaError(f"{k}: expected a floating-point tensor, got {got}", reason="dtype")
         if v.shape != reference[k].shape:
-            raise DeltaError(f"{k}: shape {tuple(v.shape)} != {tuple(reference[k].shape)}")
+            shapes = f"{tuple(v.shape)} != {tuple(reference[k].shape)}"
+            raise DeltaError(f"{k}: shape {shapes}", reason="shape")
         if not torch.isfinite(v).all():
-            raise DeltaError(f"{k}: holds NaN or Inf")
+            raise DeltaError(f"{k}: holds NaN or Inf", reason="non-finite")
 
 
 def apply_delta(global_: State, delta: State) -> State:

@@ -21,4 +21,11 @@ class AdapterLoadError(FedAdaptError):
 
 
 class DeltaError(FedAdaptError):
-    """A delta does not match the adapter it should apply to, or holds non-finite values."""
+    """A delta does not match the adapter it should apply to, or holds non-finite values.
+
+    `reason` is a short stable tag (`shape`, `non-finite`, ...) that servers count by.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -83,16 +83,23 @@ class AdapterModel(nn.Module):
         head = new if self.active_head == old and new in self.heads else self.active_head
         self.set_active(type(block)(*names), head=head)
 
-    def train_adapter(self, setup: Setup) -> None:
-        """Activate `setup` and make exactly its adapters and heads trainable."""
+    def train_adapter(self, setup: Setup, only: list[str] | None = None) -> None:
+        """Activate `setup` and make its adapters and heads trainable (or just those in `only`,
+        e.g. a personal adapter trained on top of a frozen global one)."""
         self.set_active(setup)
         self.requires_grad_(False)
-        for name in self.control.active.names:
+        for name in only or self.control.active.names:
             for key, p in self._tensors(name).items():
                 frozen_a = key.endswith("lora_A.weight") and getattr(
                     self.configs[name], "freeze_a", False
                 )
                 p.requires_grad_(not frozen_a)
+
+    def train_head(self, name: str) -> None:
+        """A linear probe: no adapter active, only head `name` trainable."""
+        self.set_active(None, head=name)
+        self.requires_grad_(False)
+        self.heads[name].requires_grad_(True)
 
     def _check(self, name: str) -> None:
         if name not in self.configs:

@@ -1,0 +1,94 @@
+"""The Flower `ClientApp`: trains adapters and replies with deltas; personal state stays here.
+
+Handlers, one per message type (Flower's Message API):
+- `query`: which data partition this node holds, so the server can sample by partition.
+- `train`: phase `adapter` replies with the encoded delta of the global adapter only; phase
+  `full` (the full-model FedAvg baseline) replies with every weight, as stock FedAvg expects.
+- `evaluate`: accuracies on this node's own test split; with `baselines`, also the
+  local-only, zero-shot and local-majority baselines.
+
+The personal adapter and head, and the int8 codec's error-feedback residual, live in
+`context.state` (this node's state) and never enter a reply.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedadapt.clients.attacks import attack, malicious_clients
+from fedadapt.clients.device import Device, client_data
+from fedadapt.codecs import ErrorFeedback
+from fedadapt.records import pack_delta, record_to_state, state_to_record
+from fedadapt.simconfig import SimConfig
+
+app = ClientApp()
+
+
+def _setup(message: Message, context: Context) -> tuple[SimConfig, int, int, str]:
+    cfg = SimConfig.from_run_config(dict(context.run_config))
+    pid = int(context.node_config["partition-id"])
+    conf = message.content["config"]
+    return cfg, pid, int(conf["server-round"]), str(conf["phase"])
+
+
+def _load(context: Context, key: str):
+    return record_to_state(context.state[key]) if key in context.state else None
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    cfg, pid, rnd, phase = _setup(message, context)
+    arrays = record_to_state(message.content["arrays"])
+    if phase == "full":
+        device = Device.create(cfg, pid, full_model=True)
+        state, stats = device.train_full(arrays, rnd)
+        metrics = {"num-examples": stats["examples"], "train_loss": stats["train_loss"]}
+        content = {"arrays": state_to_record(state), "metrics": MetricRecord(metrics)}
+        return Message(RecordDict(content), reply_to=message)
+
+    device = Device.create(cfg, pid)
+    delta, stats = device.train_global(arrays, rnd)
+    if pid in malicious_clients(cfg.num_clients, cfg.malicious_fraction, cfg.seed):
+        delta = attack(delta, cfg.attack, seed=rnd * 100_003 + pid)
+    feedback = ErrorFeedback(cfg.codec)
+    feedback.residual = _load(context, "ef-residual") or {}
+    blob = feedback.encode(delta)
+    if cfg.codec == "int8":
+        context.state["ef-residual"] = state_to_record(feedback.residual)
+    if cfg.personalization == "fedrep":
+        personal = device.train_personal(arrays, _load(context, "personal"), rnd)
+        context.state["personal"] = state_to_record(personal)
+    metrics = MetricRecord({
+        "num-examples": stats["examples"],
+        "dp-weight": 1.0,  # accounted central DP needs equal weights
+        "train_loss": stats["train_loss"],
+        "partition-id": pid,
+    })
+    meta = ConfigRecord({"base-sha256": device.model.base.sha256, "codec": cfg.codec})
+    content = RecordDict({"arrays": pack_delta(blob), "metrics": metrics, "delta-meta": meta})
+    return Message(content, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    cfg, pid, rnd, phase = _setup(message, context)
+    arrays = record_to_state(message.content["arrays"])
+    if phase == "full":
+        out = Device.create(cfg, pid, full_model=True).evaluate_full(arrays, rnd)
+    else:
+        device = Device.create(cfg, pid)
+        out, personal = device.evaluate(arrays, _load(context, "personal"), rnd)
+        if personal is not None:
+            context.state["personal"] = state_to_record(personal)
+        if message.content["config"].get("baselines", False):
+            out.update(device.baselines())
+    n = len(client_data(cfg, pid).test_labels)
+    metrics = MetricRecord({**out, "num-examples": n, "partition-id": pid})
+    return Message(RecordDict({"metrics": metrics}), reply_to=message)

@@ -1,0 +1,30 @@
+"""Simulated malicious clients, to measure what robust aggregation buys.
+
+Which clients are malicious is fixed by the run seed, so every round and every strategy
+faces the same attackers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedadapt.deltas import State
+
+
+def malicious_clients(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
+    n = round(num_clients * fraction)
+    return frozenset(np.random.default_rng([seed, 7]).permutation(num_clients)[:n].tolist())
+
+
+def attack(delta: State, kind: str, seed: int) -> State:
+    """`sign-flip`: the delta negated and scaled x10; `noise`: Gaussian noise of the same norm."""
+    if kind == "sign-flip":
+        return {k: -10.0 * v for k, v in delta.items()}
+    if kind == "noise":
+        g = torch.Generator().manual_seed(seed)
+        noise = {k: torch.randn(v.shape, generator=g) for k, v in delta.items()}
+        norm = torch.sqrt(sum((v**2).sum() for v in delta.values()))
+        nnorm = torch.sqrt(sum((v**2).sum() for v in noise.values()))
+        return {k: v * (norm / nnorm) for k, v in noise.items()}
+    raise ValueError(f"unknown attack {kind!r}")

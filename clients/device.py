@@ -1,0 +1,229 @@
+"""What one device does in a federated run, with no Flower types in sight.
+
+A `Device` holds one client's data and a model over the frozen quantized base, built once per
+process and reused every round. The global adapter arrives as tensors; what leaves is the
+delta of the trainable global tensors only. The personal adapter and head never leave: the
+caller keeps `personal` state on the device (Flower's node state) between rounds.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from fedadapt.adapters import AdapterModel, BottleneckConfig, LoraConfig, Stack
+from fedadapt.base_model import load_base, load_tokenizer
+from fedadapt.data import ClientData, bbc, rotten_tomatoes
+from fedadapt.deltas import State, compute_delta
+from fedadapt.simconfig import SimConfig
+from fedadapt.train import TrainConfig, evaluate, train
+
+GLOBAL, PERSONAL = "global", "personal"
+
+
+@cache
+def client_datasets(dataset: str, num_clients: int, min_examples: int, test_fraction: float,
+                    alpha: float, seed: int) -> tuple[ClientData, ...]:
+    if dataset == "rotten_tomatoes":
+        return tuple(rotten_tomatoes.load_clients(num_clients, min_examples, test_fraction, seed))
+    if dataset == "bbc":
+        return tuple(bbc.load_clients(num_clients, alpha, test_fraction, seed))
+    raise ValueError(f"unknown dataset {dataset!r}")
+
+
+def client_data(cfg: SimConfig, partition_id: int) -> ClientData:
+    return client_datasets(cfg.dataset, cfg.num_clients, cfg.min_examples, cfg.test_fraction,
+                           cfg.dirichlet_alpha, cfg.seed)[partition_id]
+
+
+def num_labels(cfg: SimConfig) -> int:
+    return client_data(cfg, 0).num_labels
+
+
+def global_adapter_config(cfg: SimConfig) -> BottleneckConfig | LoraConfig:
+    if cfg.method == "bottleneck":
+        return BottleneckConfig(reduction_factor=cfg.reduction_factor)
+    if cfg.method == "lora":
+        return LoraConfig(r=cfg.lora_r, freeze_a=cfg.freeze_a, init_seed=cfg.seed)
+    raise ValueError(f"federated runs support method 'bottleneck' or 'lora', not {cfg.method!r}")
+
+
+def build_model(cfg: SimConfig, full_model: bool = False) -> AdapterModel:
+    """The model every party builds identically from the config and the seed."""
+    torch.manual_seed(cfg.seed)
+    if full_model:  # baseline: the whole fp32 base plus a head, all trainable
+        model = AdapterModel(load_base("none"))
+        model.add_head(GLOBAL, num_labels(cfg), seed=cfg.seed)
+        return model
+    model = AdapterModel(load_base(cfg.quantization))
+    model.add_adapter(GLOBAL, global_adapter_config(cfg), num_labels=num_labels(cfg))
+    model.add_adapter(PERSONAL, BottleneckConfig(reduction_factor=cfg.personal_reduction_factor),
+                      num_labels=num_labels(cfg))
+    return model
+
+
+def full_model_state(model: AdapterModel) -> State:
+    """Every tensor of the full-model baseline: encoder weights plus head."""
+    state = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    state.update({f"head.{k}": v for k, v in model.heads[GLOBAL].state_dict().items()})
+    return state
+
+
+def load_full_model_state(model: AdapterModel, state: State) -> None:
+    model.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
+    model.heads[GLOBAL].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+
+
+def mix_seed(*parts: int | str) -> int:
+    """A seed for (run seed, round, client, purpose) that does not depend on call order."""
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class Device:
+    cfg: SimConfig
+    partition_id: int
+    model: AdapterModel
+    fresh_personal: State
+
+    @classmethod
+    def create(cls, cfg: SimConfig, partition_id: int, full_model: bool = False) -> Device:
+        model = _cached_model(cfg, full_model)
+        fresh = {} if full_model else model.adapter_state(PERSONAL)
+        return cls(cfg, partition_id, model, fresh)
+
+    @property
+    def data(self) -> ClientData:
+        return client_data(self.cfg, self.partition_id)
+
+    def _train_cfg(self, server_round: int, purpose: str, epochs: int,
+                   lr: float | None = None, max_steps: int | None = None) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(lr=lr or c.lr, batch_size=c.batch_size, epochs=epochs,
+                           max_length=c.max_length, max_steps=max_steps,
+                           seed=mix_seed(c.seed, server_round, self.partition_id, purpose))
+
+    def _fit(self, tc: TrainConfig, extra=None) -> dict[str, float]:
+        d = self.data
+        return train(self.model, _tokenizer(self.cfg.max_length), d.train_texts, d.train_labels,
+                     tc, extra_loss=extra)
+
+    def _accuracy(self) -> float:
+        d = self.data
+        tok = _tokenizer(self.cfg.max_length)
+        return evaluate(self.model, tok, d.test_texts, d.test_labels,
+                        max_length=self.cfg.max_length)["accuracy"]
+
+    # -- the adapter run ----------------------------------------------------------------
+    def train_global(self, global_state: State, server_round: int) -> tuple[State, dict]:
+        """Train the global adapter and head locally; return the delta of trainable tensors."""
+        m = self.model
+        m.load_adapter_state(GLOBAL, global_state)
+        m.train_adapter(GLOBAL)
+        start = {k: v.clone() for k, v in m.adapter_state(GLOBAL, trainable_only=True).items()}
+        extra = None
+        if self.cfg.strategy == "fedprox" and self.cfg.proximal_mu > 0:
+            params = m._tensors(GLOBAL)
+            mu = self.cfg.proximal_mu
+
+            def extra() -> torch.Tensor:
+                return 0.5 * mu * sum(((params[k] - start[k]) ** 2).sum() for k in start)
+
+        stats = self._fit(self._train_cfg(server_round, "global", self.cfg.local_epochs), extra)
+        delta = compute_delta(m.adapter_state(GLOBAL, trainable_only=True), start)
+        return delta, stats
+
+    def train_personal(self, global_state: State, personal: State | None,
+                       server_round: int) -> State:
+        """FedRep/FedPer: a personal adapter and head on top of the frozen global adapter."""
+        m = self.model
+        m.load_adapter_state(GLOBAL, global_state)
+        m.load_adapter_state(PERSONAL, personal or self.fresh_personal)
+        m.train_adapter(Stack(GLOBAL, PERSONAL), only=[PERSONAL])
+        self._fit(self._train_cfg(server_round, "personal", self.cfg.personal_epochs))
+        return m.adapter_state(PERSONAL)
+
+    def evaluate(self, global_state: State, personal: State | None,
+                 server_round: int) -> tuple[dict[str, float], State | None]:
+        """Accuracy of the global adapter and of this device's personalized stack."""
+        m = self.model
+        m.load_adapter_state(GLOBAL, global_state)
+        m.set_active(GLOBAL)
+        out = {"global_accuracy": self._accuracy()}
+        if self.cfg.personalization == "fedrep":
+            if personal is None:  # never trained here yet: personalize now, on the device
+                personal = self.train_personal(global_state, None, server_round)
+            m.load_adapter_state(PERSONAL, personal)
+            m.set_active(Stack(GLOBAL, PERSONAL))
+        else:
+            m.train_adapter(GLOBAL)
+            self._fit(self._train_cfg(server_round, "finetune", 100, max_steps=self.cfg.finetune_steps))
+        out["personalized_accuracy"] = self._accuracy()
+        m.load_adapter_state(GLOBAL, global_state)
+        return out, personal
+
+    def baselines(self) -> dict[str, float]:
+        """local-only adapters, a zero-shot head on the frozen base, and the local majority."""
+        m, d = self.model, self.data
+        fresh = build_fresh_global(self.cfg)
+        m.load_adapter_state(GLOBAL, fresh)
+        m.train_adapter(GLOBAL)
+        self._fit(self._train_cfg(0, "local-only", self.cfg.local_only_epochs))
+        local_only = self._accuracy()
+        m.load_adapter_state(GLOBAL, fresh)
+        m.train_head(GLOBAL)
+        self._fit(self._train_cfg(0, "zero-shot", self.cfg.local_only_epochs))
+        zero_shot = self._accuracy()
+        m.load_adapter_state(GLOBAL, fresh)
+        majority = sum(y == d.majority_label() for y in d.test_labels) / len(d.test_labels)
+        return {"local_only_accuracy": local_only, "zero_shot_accuracy": zero_shot,
+                "local_majority_accuracy": majority}
+
+    # -- the full-model FedAvg baseline -----------------------------------------------------
+    def train_full(self, state: State, server_round: int) -> tuple[State, dict]:
+        m = self.model
+        load_full_model_state(m, state)
+        m.set_active(None, head=GLOBAL)
+        m.requires_grad_(True)
+        tc = self._train_cfg(server_round, "full", self.cfg.full_model_epochs, lr=self.cfg.full_model_lr)
+        stats = self._fit(tc)
+        return full_model_state(m), stats
+
+    def evaluate_full(self, state: State, server_round: int) -> dict[str, float]:
+        m = self.model
+        load_full_model_state(m, state)
+        m.set_active(None, head=GLOBAL)
+        out = {"global_accuracy": self._accuracy()}
+        m.requires_grad_(True)
+        self._fit(self._train_cfg(server_round, "full-finetune", 100, lr=self.cfg.full_model_lr,
+                                  max_steps=self.cfg.finetune_steps))
+        out["personalized_accuracy"] = self._accuracy()
+        load_full_model_state(m, state)
+        return out
+
+
+@cache
+def build_fresh_global(cfg: SimConfig) -> State:
+    """The round-0 global adapter and head: identical on the server and every device."""
+    return build_model(cfg).adapter_state(GLOBAL)
+
+
+@cache
+def _cached_model(cfg: SimConfig, full_model: bool) -> AdapterModel:
+    return build_model(cfg, full_model)
+
+
+@cache
+def _tokenizer(max_length: int):
+    return load_tokenizer(max_length)
+
+
+@cache
+def trainable_global_keys(cfg: SimConfig) -> frozenset[str]:
+    """The global tensors a reply must carry a delta for (FFA-LoRA's frozen A is not one)."""
+    model = _cached_model(cfg, False)
+    model.train_adapter(GLOBAL)
+    return frozenset(model.adapter_state(GLOBAL, trainable_only=True))

@@ -1,0 +1,46 @@
+"""Adapter tensors in Flower records, and what they cost on the wire.
+
+A delta reply travels as the delta codec's safetensors bytes inside one `uint8` Array, so the
+codec (fp32, fp16 or int8 with its scales) is the single definition of the format, and the
+server can reject a malformed or oversized reply before decoding anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+
+from fedadapt.codecs import decode
+from fedadapt.deltas import State
+
+DELTA_KEY = "delta"
+
+
+def state_to_record(state: State) -> ArrayRecord:
+    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in state.items()})
+
+
+def record_to_state(record: ArrayRecord) -> State:
+    # Array.numpy() deserializes one array; ArrayRecord.to_numpy_ndarrays() would also run
+    # gc.collect() on every call.
+    return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
+
+
+def pack_delta(blob: bytes) -> ArrayRecord:
+    return ArrayRecord({DELTA_KEY: Array(np.frombuffer(blob, dtype=np.uint8))})
+
+
+def delta_blob(record: ArrayRecord) -> bytes:
+    """The raw codec bytes of a delta reply (KeyError if the record holds none)."""
+    return record[DELTA_KEY].numpy().tobytes()
+
+
+def unpack_delta(record: ArrayRecord) -> State:
+    return decode(delta_blob(record))
+
+
+def wire_bytes(content: RecordDict) -> int:
+    """Serialized size of a message's content: what crosses the network in deployment."""
+    return recorddict_to_proto(content).ByteSize()

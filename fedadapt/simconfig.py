@@ -1,0 +1,109 @@
+"""The whole configuration of a federated run, as one flat dataclass.
+
+The same keys are Flower's run config (`[tool.flwr.app.config]` in pyproject.toml, so
+`flwr run . --run-config 'rounds=3'` works) and the keys of `simulations/*.toml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "trimmed-mean", "median")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    # data
+    dataset: str = "rotten_tomatoes"  # or "bbc"
+    num_clients: int = 20
+    min_examples: int = 20  # Rotten Tomatoes: movies with fewer snippets are left out
+    test_fraction: float = 0.3
+    dirichlet_alpha: float = 0.3  # BBC only
+    seed: int = 0
+    # federation
+    rounds: int = 10
+    clients_per_round: int = 10
+    evaluate_every: int = 1  # evaluate on every client each N rounds (and after the last)
+    round_timeout: float = 900.0
+    # model and adapters
+    quantization: str = "int8"
+    method: str = "bottleneck"  # or "lora"
+    reduction_factor: int = 32
+    lora_r: int = 8
+    freeze_a: bool = True  # FFA-LoRA: exact averaging
+    # local training
+    local_epochs: int = 2
+    batch_size: int = 16
+    lr: float = 3e-3
+    max_length: int = 64
+    proximal_mu: float = 0.0  # FedProx term, used by strategy "fedprox"
+    # personalization: "fedrep" (personal adapter + head on top of the global one, kept on
+    # the device) or "finetune" (fine-tune the global adapter k steps before evaluating)
+    personalization: str = "fedrep"
+    personal_reduction_factor: int = 64
+    personal_epochs: int = 4
+    finetune_steps: int = 6
+    # aggregation
+    strategy: str = "fedavg"
+    server_lr: float = 0.01  # FedAdam / FedYogi eta
+    server_momentum: float = 0.9  # FedAvgM
+    trim_fraction: float = 0.2  # trimmed mean: cut this share at each end
+    clip_norm: float = 0.0  # robust per-delta L2 clipping; 0 turns it off
+    dp_noise_multiplier: float = 0.0  # > 0 enables central DP (Flower's wrapper)
+    dp_clipping_norm: float = 0.5
+    dp_delta: float = 1e-5
+    codec: str = "fp32"  # fp32 | fp16 | int8 (with client-side error feedback)
+    max_reply_bytes: int = 8_000_000
+    # simulated attacks
+    malicious_fraction: float = 0.0
+    attack: str = "sign-flip"  # sign-flip (x10) or noise (same norm)
+    # baselines (same clients, splits, rounds and seed)
+    baselines: bool = True
+    full_model_lr: float = 3e-5
+    full_model_epochs: int = 1
+    local_only_epochs: int = 8
+    # output
+    out: str = "out/sim"
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.personalization not in ("fedrep", "finetune"):
+            raise ValueError("personalization must be 'fedrep' or 'finetune'")
+        if self.clients_per_round > self.num_clients:
+            raise ValueError("clients_per_round cannot exceed num_clients")
+        if self.attack not in ("sign-flip", "noise"):
+            raise ValueError("attack must be 'sign-flip' or 'noise'")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SimConfig:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known: {sorted(fields)}")
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> SimConfig:
+        raw = tomllib.loads(Path(path).read_text()) if path else {}
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> SimConfig:
+        """Flower hands TOML ints as ints, floats as floats; coerce to the declared types."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in run_config:
+                v = run_config[f.name]
+                kind = type(getattr(cls(), f.name))
+                out[f.name] = kind(v) if kind in (int, float) and not isinstance(v, bool) else v
+        return cls(**out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,80 @@
+"""The server's strategy: one of Flower's own, chosen by name, optionally wrapped for DP.
+
+Replies carry adapter *deltas*; before any strategy sees them, `server.replies` turns each
+into `global + delta` (the client's adapter). Every stock strategy then does its own math
+unchanged: FedAvg's weighted mean of `global + Δ_i` is `global + weighted mean Δ`; FedAdam,
+FedYogi and FedAvgM take the pseudo-gradient against the global they sent; trimmed mean and
+median are coordinate-wise, so they shift by `global` exactly. Flower's central-DP wrapper
+clips `reply − global`, which is then exactly the delta, and its RDP accountant sees the
+stock `FedAvg.aggregate_train` it requires.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
+
+from fedadapt.simconfig import SimConfig
+
+
+def build_strategy(cfg: SimConfig) -> Strategy:
+    dp = cfg.dp_noise_multiplier > 0
+    common = {
+        "fraction_train": cfg.clients_per_round / cfg.num_clients,
+        "fraction_evaluate": 0.0,  # the server runs its own per-client evaluation
+        "min_train_nodes": cfg.clients_per_round,
+        "min_available_nodes": cfg.clients_per_round,
+        # accounted DP requires equal client weights
+        "weighted_by_key": "dp-weight" if dp else "num-examples",
+    }
+    name = cfg.strategy
+    if name == "fedavg":
+        strategy = FedAvg(**common)
+    elif name == "fedprox":
+        strategy = FedProx(**common, proximal_mu=cfg.proximal_mu)
+    elif name == "fedadam":
+        strategy = FedAdam(**common, eta=cfg.server_lr, eta_l=cfg.lr, tau=1e-6)
+    elif name == "fedyogi":
+        strategy = FedYogi(**common, eta=cfg.server_lr, eta_l=cfg.lr, tau=1e-6)
+    elif name == "fedavgm":
+        strategy = FedAvgM(**common, server_momentum=cfg.server_momentum)
+    elif name == "trimmed-mean":
+        strategy = FedTrimmedAvg(**common, beta=cfg.trim_fraction)
+    else:
+        strategy = FedMedian(**common)
+    if not dp:
+        return strategy
+    return DifferentialPrivacyServerSideFixedClipping(
+        strategy, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, cfg.clients_per_round,
+        accountant=_accountant(cfg) if name in ("fedavg",) else None,
+    )
+
+
+def _accountant(cfg: SimConfig):
+    from flwr.serverapp import RdpAccountant
+    from flwr.supercore.privacy_accounting import (
+        NeighboringRelation,
+        PrivacyConfig,
+        SamplingMethod,
+    )
+
+    return RdpAccountant(PrivacyConfig(
+        target_delta=cfg.dp_delta,
+        population_size=cfg.num_clients,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+        sampling_method=SamplingMethod.NO_AMPLIFICATION,
+    ))
+
+
+def dp_epsilon(strategy: Strategy) -> float | None:
+    spent = getattr(strategy, "privacy_spent", lambda: None)()
+    return None if spent is None else float(spent.epsilon)
