@@ -13,11 +13,11 @@ The personal adapter and head, and the int8 codec's error-feedback residual, liv
 
 from __future__ import annotations
 
+from fedadapt.clients.attacks import attack, malicious_clients
+from fedadapt.clients.device import Device, client_data
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedadapt.clients.attacks import attack, malicious_clients
-from fedadapt.clients.device import Device, client_data
 from fedadapt.codecs import ErrorFeedback
 from fedadapt.records import pack_delta, record_to_state, state_to_record
 from fedadapt.simconfig import SimConfig
@@ -65,12 +65,14 @@ def train(message: Message, context: Context) -> Message:
     if cfg.personalization == "fedrep":
         personal = device.train_personal(arrays, _load(context, "personal"), rnd)
         context.state["personal"] = state_to_record(personal)
-    metrics = MetricRecord({
-        "num-examples": stats["examples"],
-        "dp-weight": 1.0,  # accounted central DP needs equal weights
-        "train_loss": stats["train_loss"],
-        "partition-id": pid,
-    })
+    metrics = MetricRecord(
+        {
+            "num-examples": stats["examples"],
+            "dp-weight": 1.0,  # accounted central DP needs equal weights
+            "train_loss": stats["train_loss"],
+            "partition-id": pid,
+        }
+    )
     meta = ConfigRecord({"base-sha256": device.model.base.sha256, "codec": cfg.codec})
     content = RecordDict({"arrays": pack_delta(blob), "metrics": metrics, "delta-meta": meta})
     return Message(content, reply_to=message)

@@ -25,8 +25,9 @@ GLOBAL, PERSONAL = "global", "personal"
 
 
 @cache
-def client_datasets(dataset: str, num_clients: int, min_examples: int, test_fraction: float,
-                    alpha: float, seed: int) -> tuple[ClientData, ...]:
+def client_datasets(
+    dataset: str, num_clients: int, min_examples: int, test_fraction: float, alpha: float, seed: int
+) -> tuple[ClientData, ...]:
     if dataset == "rotten_tomatoes":
         return tuple(rotten_tomatoes.load_clients(num_clients, min_examples, test_fraction, seed))
     if dataset == "bbc":
@@ -35,8 +36,14 @@ def client_datasets(dataset: str, num_clients: int, min_examples: int, test_frac
 
 
 def client_data(cfg: SimConfig, partition_id: int) -> ClientData:
-    return client_datasets(cfg.dataset, cfg.num_clients, cfg.min_examples, cfg.test_fraction,
-                           cfg.dirichlet_alpha, cfg.seed)[partition_id]
+    return client_datasets(
+        cfg.dataset,
+        cfg.num_clients,
+        cfg.min_examples,
+        cfg.test_fraction,
+        cfg.dirichlet_alpha,
+        cfg.seed,
+    )[partition_id]
 
 
 def num_labels(cfg: SimConfig) -> int:
@@ -51,6 +58,16 @@ def global_adapter_config(cfg: SimConfig) -> BottleneckConfig | LoraConfig:
     raise ValueError(f"federated runs support method 'bottleneck' or 'lora', not {cfg.method!r}")
 
 
+def personal_adapter_config(cfg: SimConfig) -> BottleneckConfig:
+    """A small bottleneck in the top layers only: backward stops there, so it is cheap."""
+    n = cfg.personal_layers
+    top = "|".join(str(i) for i in range(6 - n, 6))
+    return BottleneckConfig(
+        reduction_factor=cfg.personal_reduction_factor,
+        target_modules=[rf"encoder\.layer\.({top})\.output"],
+    )
+
+
 def build_model(cfg: SimConfig, full_model: bool = False) -> AdapterModel:
     """The model every party builds identically from the config and the seed."""
     torch.manual_seed(cfg.seed)
@@ -60,8 +77,11 @@ def build_model(cfg: SimConfig, full_model: bool = False) -> AdapterModel:
         return model
     model = AdapterModel(load_base(cfg.quantization))
     model.add_adapter(GLOBAL, global_adapter_config(cfg), num_labels=num_labels(cfg))
-    model.add_adapter(PERSONAL, BottleneckConfig(reduction_factor=cfg.personal_reduction_factor),
-                      num_labels=num_labels(cfg))
+    model.add_adapter(
+        PERSONAL,
+        BottleneckConfig(reduction_factor=cfg.personal_reduction_factor),
+        num_labels=num_labels(cfg),
+    )
     return model
 
 
@@ -74,7 +94,9 @@ def full_model_state(model: AdapterModel) -> State:
 
 def load_full_model_state(model: AdapterModel, state: State) -> None:
     model.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
-    model.heads[GLOBAL].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+    model.heads[GLOBAL].load_state_dict(
+        {k[5:]: v for k, v in state.items() if k.startswith("head.")}
+    )
 
 
 def mix_seed(*parts: int | str) -> int:
@@ -99,23 +121,41 @@ class Device:
     def data(self) -> ClientData:
         return client_data(self.cfg, self.partition_id)
 
-    def _train_cfg(self, server_round: int, purpose: str, epochs: int,
-                   lr: float | None = None, max_steps: int | None = None) -> TrainConfig:
+    def _train_cfg(
+        self,
+        server_round: int,
+        purpose: str,
+        epochs: int,
+        lr: float | None = None,
+        max_steps: int | None = None,
+    ) -> TrainConfig:
         c = self.cfg
-        return TrainConfig(lr=lr or c.lr, batch_size=c.batch_size, epochs=epochs,
-                           max_length=c.max_length, max_steps=max_steps,
-                           seed=mix_seed(c.seed, server_round, self.partition_id, purpose))
+        return TrainConfig(
+            lr=lr or c.lr,
+            batch_size=c.batch_size,
+            epochs=epochs,
+            max_length=c.max_length,
+            max_steps=max_steps,
+            seed=mix_seed(c.seed, server_round, self.partition_id, purpose),
+        )
 
     def _fit(self, tc: TrainConfig, extra=None) -> dict[str, float]:
         d = self.data
-        return train(self.model, _tokenizer(self.cfg.max_length), d.train_texts, d.train_labels,
-                     tc, extra_loss=extra)
+        return train(
+            self.model,
+            _tokenizer(self.cfg.max_length),
+            d.train_texts,
+            d.train_labels,
+            tc,
+            extra_loss=extra,
+        )
 
     def _accuracy(self) -> float:
         d = self.data
         tok = _tokenizer(self.cfg.max_length)
-        return evaluate(self.model, tok, d.test_texts, d.test_labels,
-                        max_length=self.cfg.max_length)["accuracy"]
+        return evaluate(
+            self.model, tok, d.test_texts, d.test_labels, max_length=self.cfg.max_length
+        )["accuracy"]
 
     # -- the adapter run ----------------------------------------------------------------
     def train_global(self, global_state: State, server_round: int) -> tuple[State, dict]:
@@ -136,18 +176,26 @@ class Device:
         delta = compute_delta(m.adapter_state(GLOBAL, trainable_only=True), start)
         return delta, stats
 
-    def train_personal(self, global_state: State, personal: State | None,
-                       server_round: int) -> State:
+    def train_personal(
+        self, global_state: State, personal: State | None, server_round: int
+    ) -> State:
         """FedRep/FedPer: a personal adapter and head on top of the frozen global adapter."""
         m = self.model
         m.load_adapter_state(GLOBAL, global_state)
-        m.load_adapter_state(PERSONAL, personal or self.fresh_personal)
+        if personal is None:  # a new personal part: fresh adapter, head from the global head
+            heads = {k: v for k, v in global_state.items() if k.startswith("head.")}
+            personal = {**self.fresh_personal, **heads}
+        m.load_adapter_state(PERSONAL, personal)
         m.train_adapter(Stack(GLOBAL, PERSONAL), only=[PERSONAL])
-        self._fit(self._train_cfg(server_round, "personal", self.cfg.personal_epochs))
+        tc = self._train_cfg(
+            server_round, "personal", self.cfg.personal_epochs, lr=self.cfg.personal_lr
+        )
+        self._fit(tc)
         return m.adapter_state(PERSONAL)
 
-    def evaluate(self, global_state: State, personal: State | None,
-                 server_round: int) -> tuple[dict[str, float], State | None]:
+    def evaluate(
+        self, global_state: State, personal: State | None, server_round: int
+    ) -> tuple[dict[str, float], State | None]:
         """Accuracy of the global adapter and of this device's personalized stack."""
         m = self.model
         m.load_adapter_state(GLOBAL, global_state)
@@ -160,7 +208,9 @@ class Device:
             m.set_active(Stack(GLOBAL, PERSONAL))
         else:
             m.train_adapter(GLOBAL)
-            self._fit(self._train_cfg(server_round, "finetune", 100, max_steps=self.cfg.finetune_steps))
+            self._fit(
+                self._train_cfg(server_round, "finetune", 100, max_steps=self.cfg.finetune_steps)
+            )
         out["personalized_accuracy"] = self._accuracy()
         m.load_adapter_state(GLOBAL, global_state)
         return out, personal
@@ -179,8 +229,11 @@ class Device:
         zero_shot = self._accuracy()
         m.load_adapter_state(GLOBAL, fresh)
         majority = sum(y == d.majority_label() for y in d.test_labels) / len(d.test_labels)
-        return {"local_only_accuracy": local_only, "zero_shot_accuracy": zero_shot,
-                "local_majority_accuracy": majority}
+        return {
+            "local_only_accuracy": local_only,
+            "zero_shot_accuracy": zero_shot,
+            "local_majority_accuracy": majority,
+        }
 
     # -- the full-model FedAvg baseline -----------------------------------------------------
     def train_full(self, state: State, server_round: int) -> tuple[State, dict]:
@@ -188,7 +241,9 @@ class Device:
         load_full_model_state(m, state)
         m.set_active(None, head=GLOBAL)
         m.requires_grad_(True)
-        tc = self._train_cfg(server_round, "full", self.cfg.full_model_epochs, lr=self.cfg.full_model_lr)
+        tc = self._train_cfg(
+            server_round, "full", self.cfg.full_model_epochs, lr=self.cfg.full_model_lr
+        )
         stats = self._fit(tc)
         return full_model_state(m), stats
 
@@ -198,8 +253,15 @@ class Device:
         m.set_active(None, head=GLOBAL)
         out = {"global_accuracy": self._accuracy()}
         m.requires_grad_(True)
-        self._fit(self._train_cfg(server_round, "full-finetune", 100, lr=self.cfg.full_model_lr,
-                                  max_steps=self.cfg.finetune_steps))
+        self._fit(
+            self._train_cfg(
+                server_round,
+                "full-finetune",
+                100,
+                lr=self.cfg.full_model_lr,
+                max_steps=self.cfg.finetune_steps,
+            )
+        )
         out["personalized_accuracy"] = self._accuracy()
         load_full_model_state(m, state)
         return out

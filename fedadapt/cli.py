@@ -8,51 +8,49 @@ import sys
 from pathlib import Path
 
 from fedadapt.errors import FedAdaptError
+from fedadapt.simconfig import STRATEGIES
 
 
-def _demo(args: argparse.Namespace) -> None:
-    """Train an adapter for one Rotten Tomatoes client; print accuracy before and after."""
-    from fedadapt.adapter_files import save_adapter
-    from fedadapt.adapters import METHODS, AdapterModel
-    from fedadapt.base_model import load_base, load_tokenizer
-    from fedadapt.data import rotten_tomatoes
-    from fedadapt.train import TrainConfig, evaluate, train
+def _simulate(args: argparse.Namespace) -> None:
+    """Run a federated simulation on Flower's Simulation Engine and write its report."""
+    from fedadapt import simulate
+    from fedadapt.simconfig import SimConfig
 
-    clients = rotten_tomatoes.load_clients(num_clients=args.clients, seed=args.seed)
-    client = max(clients, key=lambda c: (len(c.train_texts), c.client_id))
-    base = load_base(args.quantize)
-    model = AdapterModel(base)
-    model.add_adapter("demo", METHODS[args.method](), num_labels=client.num_labels)
-    model.train_adapter("demo")
-    tok = load_tokenizer()
-    majority = sum(y == client.majority_label() for y in client.test_labels) / len(
-        client.test_labels
-    )
-    print(
-        f"base {base.quantization}: {base.params / 1e6:.1f}M params, "
-        f"{base.bytes_in_memory / 1e6:.1f} MB in memory (fp32 {base.bytes_fp32 / 1e6:.1f} MB)"
-    )
-    print(
-        f"adapter {args.method}: {model.num_trainable()} trainable params "
-        f"({model.num_trainable() / base.params:.2%} of the base)"
-    )
-    print(
-        f"client {client.client_id!r}: {len(client.train_texts)} train / "
-        f"{len(client.test_texts)} test snippets; its majority label scores {majority:.2f}"
-    )
-    before = evaluate(model, tok, client.test_texts, client.test_labels)["accuracy"]
-    print(f"accuracy before training: {before:.2f}")
-    for epoch in range(args.epochs):
-        cfg = TrainConfig(epochs=1, batch_size=8, seed=args.seed + epoch)
-        stats = train(model, tok, client.train_texts, client.train_labels, cfg)
-        acc = evaluate(model, tok, client.test_texts, client.test_labels)["accuracy"]
-        print(
-            f"epoch {epoch + 1}/{args.epochs}: train loss {stats['train_loss']:.3f}, "
-            f"test accuracy {acc:.2f}",
-            flush=True,
+    if args.resume:
+        cfg = simulate.resume_config(Path(args.resume), rounds=args.rounds)
+    else:
+        keys = (
+            "rounds",
+            "num_clients",
+            "clients_per_round",
+            "strategy",
+            "codec",
+            "method",
+            "quantization",
+            "seed",
         )
-    out = save_adapter(model, "demo", Path(args.out) / "adapter")
-    print(f"adapter written to {out}")
+        overrides = {k: getattr(args, k) for k in keys}
+        overrides["baselines"] = False if args.no_baselines else None
+        overrides.update(_parse_sets(args.set))
+        cfg = SimConfig.load(args.config, **overrides, out=str(Path(args.out).resolve()))
+    out = simulate.run(cfg)
+    print(f"report: {out / 'report.json'}  plots: {out / 'plots'}  adapter: {out / 'adapter'}")
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    """`KEY=VALUE` pairs, VALUE read as TOML (numbers, booleans, quoted strings) or text."""
+    import tomllib
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise FedAdaptError(f"--set wants KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -72,19 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser(
-        "demo",
-        help="train one adapter on Rotten Tomatoes and show the gain",
-        description=_demo.__doc__,
+        "simulate",
+        help="federated adapter training on Flower's Simulation Engine",
+        description=f"{_simulate.__doc__} Writes DIR/report.json, metrics.csv, plots/, "
+        "adapter/ and checkpoints/.",
     )
-    d.add_argument("--out", default="out/demo", help="folder for the trained adapter")
-    d.add_argument(
-        "--method", default="bottleneck", choices=["bottleneck", "lora", "ia3", "bitfit"]
-    )
-    d.add_argument("--quantize", default="int8", choices=["none", "int8", "int4"])
-    d.add_argument("--clients", type=int, default=20, help="movies to draw data from")
-    d.add_argument("--epochs", type=int, default=10)
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=_demo)
+    d.add_argument("--config", default="simulations/quick.toml", help="run config (TOML)")
+    d.add_argument("--out", default="out/quick", help="run folder")
+    d.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    d.add_argument("--rounds", type=int)
+    d.add_argument("--clients", dest="num_clients", type=int, help="number of clients")
+    d.add_argument("--clients-per-round", type=int)
+    d.add_argument("--strategy", choices=STRATEGIES)
+    d.add_argument("--codec", choices=["fp32", "fp16", "int8"])
+    d.add_argument("--method", choices=["bottleneck", "lora"])
+    d.add_argument("--quantize", dest="quantization", choices=["none", "int8", "int4"])
+    d.add_argument("--seed", type=int)
+    d.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config key, e.g. --set malicious_fraction=0.2")
+    d.set_defaults(func=_simulate)
 
     b = sub.add_parser(
         "bench",
@@ -93,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--out", required=True, help="JSON file to write (sections are merged in)")
     b.add_argument("--quick", action="store_true", help="fewer repetitions, for smoke runs")
-    b.add_argument("--sections", nargs="+", default=["core"], help="sections to run")
+    b.add_argument(
+        "--sections",
+        nargs="+",
+        default=["core", "aggregate"],
+        help="sections to run (default: all)",
+    )
     b.set_defaults(func=_bench)
     return p
 

@@ -29,3 +29,7 @@ class DeltaError(FedAdaptError):
     def __init__(self, message: str, reason: str = "malformed") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ConfigError(FedAdaptError, ValueError):
+    """A run configuration names an unknown key or an invalid value."""

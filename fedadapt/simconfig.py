@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedadapt.errors import ConfigError
+
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "trimmed-mean", "median")
 
 
@@ -44,8 +46,10 @@ class SimConfig:
     # personalization: "fedrep" (personal adapter + head on top of the global one, kept on
     # the device) or "finetune" (fine-tune the global adapter k steps before evaluating)
     personalization: str = "fedrep"
-    personal_reduction_factor: int = 64
-    personal_epochs: int = 4
+    personal_reduction_factor: int = 32
+    personal_layers: int = 2  # the personal adapter sits in the top N layers only
+    personal_epochs: int = 6
+    personal_lr: float = 5e-3
     finetune_steps: int = 6
     # aggregation
     strategy: str = "fedavg"
@@ -63,8 +67,8 @@ class SimConfig:
     attack: str = "sign-flip"  # sign-flip (x10) or noise (same norm)
     # baselines (same clients, splits, rounds and seed)
     baselines: bool = True
-    full_model_lr: float = 3e-5
-    full_model_epochs: int = 1
+    full_model_lr: float = 1e-4
+    full_model_epochs: int = 2
     local_only_epochs: int = 8
     # output
     out: str = "out/sim"
@@ -72,20 +76,20 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise ConfigError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.personalization not in ("fedrep", "finetune"):
-            raise ValueError("personalization must be 'fedrep' or 'finetune'")
+            raise ConfigError("personalization must be 'fedrep' or 'finetune'")
         if self.clients_per_round > self.num_clients:
-            raise ValueError("clients_per_round cannot exceed num_clients")
+            raise ConfigError("clients_per_round cannot exceed num_clients")
         if self.attack not in ("sign-flip", "noise"):
-            raise ValueError("attack must be 'sign-flip' or 'noise'")
+            raise ConfigError("attack must be 'sign-flip' or 'noise'")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SimConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known: {sorted(fields)}")
+            raise ConfigError(f"unknown config keys {unknown}; known: {sorted(fields)}")
         return cls(**raw)
 
     @classmethod

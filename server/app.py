@@ -14,11 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.serverapp import Grid, ServerApp
-
-from fedadapt.atomic import atomic_write_text
-from fedadapt.base_model import base_sha256
 from fedadapt.clients.device import (
     build_fresh_global,
     build_model,
@@ -26,11 +21,16 @@ from fedadapt.clients.device import (
     mix_seed,
     trainable_global_keys,
 )
-from fedadapt.deltas import State
-from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report
 from fedadapt.server.replies import screen
 from fedadapt.server.strategy import build_strategy, dp_epsilon
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedadapt.atomic import atomic_write_text
+from fedadapt.base_model import base_sha256
+from fedadapt.deltas import State
+from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.simconfig import SimConfig
 
 log = logging.getLogger("fedadapt.server")
@@ -60,19 +60,40 @@ def _ask_partitions(grid: Grid, cfg: SimConfig) -> dict[int, int]:
     while len(nodes := list(grid.get_node_ids())) < cfg.num_clients:
         log.info("waiting for nodes: %d of %d connected", len(nodes), cfg.num_clients)
         time.sleep(1)
-    msgs = [Message(RecordDict({"config": ConfigRecord({"server-round": 0})}),
-                    dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    msgs = [
+        Message(
+            RecordDict({"config": ConfigRecord({"server-round": 0})}),
+            dst_node_id=n,
+            message_type=MessageType.QUERY,
+        )
+        for n in nodes
+    ]
     replies = grid.send_and_receive(msgs, timeout=cfg.round_timeout)
-    return {m.metadata.src_node_id: int(m.content["metrics"]["partition-id"])
-            for m in replies if not m.has_error()}
+    return {
+        m.metadata.src_node_id: int(m.content["metrics"]["partition-id"])
+        for m in replies
+        if not m.has_error()
+    }
 
 
-def _evaluate_all(grid: Grid, nodes: list[int], arrays: ArrayRecord, cfg: SimConfig,
-                  server_round: int, phase: str, baselines: bool = False
-                  ) -> dict[int, dict[str, float]]:
+def _evaluate_all(
+    grid: Grid,
+    nodes: list[int],
+    arrays: ArrayRecord,
+    cfg: SimConfig,
+    server_round: int,
+    phase: str,
+    baselines: bool = False,
+) -> dict[int, dict[str, float]]:
     conf = ConfigRecord({"server-round": server_round, "phase": phase, "baselines": baselines})
-    msgs = [Message(RecordDict({"arrays": arrays, "config": conf}), dst_node_id=n,
-                    message_type=MessageType.EVALUATE) for n in nodes]
+    msgs = [
+        Message(
+            RecordDict({"arrays": arrays, "config": conf}),
+            dst_node_id=n,
+            message_type=MessageType.EVALUATE,
+        )
+        for n in nodes
+    ]
     out = {}
     for m in grid.send_and_receive(msgs, timeout=cfg.round_timeout):
         if m.has_error():
@@ -96,32 +117,52 @@ class FederatedRun:
         self.base_sha = base_sha256()
 
     def _progress(self, label: str, row: dict[str, Any]) -> None:
-        acc = "" if row.get("global_accuracy") is None else (
-            f" | acc global {row['global_accuracy']:.3f} personal {row['personalized_accuracy']:.3f}")
+        acc = ""
+        if row.get("global_accuracy") is not None:
+            g, p = row["global_accuracy"], row["personalized_accuracy"]
+            acc = f" | acc global {g:.3f} personal {p:.3f}"
         rej = row.get("rejected") or {}
-        print(f"[{label}] round {row['round']}/{self.cfg.rounds} | clients {row['clients']}"
-              f"{f' (rejected {rej})' if rej else ''} | loss {row['train_loss']:.3f}{acc} | "
-              f"up {row['upload_bytes'] / 1e3:.1f} kB down {row['download_bytes'] / 1e3:.1f} kB | "
-              f"{row['seconds']:.1f}s", flush=True)
+        print(
+            f"[{label}] round {row['round']}/{self.cfg.rounds} | clients {row['clients']}"
+            f"{f' (rejected {rej})' if rej else ''} | loss {row['train_loss']:.3f}{acc} | "
+            f"up {row['upload_bytes'] / 1e3:.1f} kB down {row['download_bytes'] / 1e3:.1f} kB | "
+            f"{row['seconds']:.1f}s",
+            flush=True,
+        )
 
-    def _train_round(self, strategy, server_round: int, global_state: State, phase: str
-                     ) -> tuple[State, dict[str, Any]]:
+    def _train_round(
+        self, strategy, server_round: int, global_state: State, phase: str
+    ) -> tuple[State, dict[str, Any]]:
         cfg = self.cfg
-        t0 = time.time()
         random.seed(mix_seed(cfg.seed, server_round, "sample"))  # Flower samples with `random`
         conf = ConfigRecord({"phase": phase})
-        msgs = list(strategy.configure_train(server_round, state_to_record(global_state), conf,
-                                             self.grid))
+        msgs = list(
+            strategy.configure_train(server_round, state_to_record(global_state), conf, self.grid)
+        )
         download = sum(wire_bytes(m.content) for m in msgs)
         replies = list(self.grid.send_and_receive(msgs, timeout=cfg.round_timeout))
         if phase == "adapter":
-            screened = screen(replies, global_state, set(trainable_global_keys(cfg)),
-                              self.base_sha, cfg.max_reply_bytes, cfg.clip_norm)
-            accepted, upload, rejected = screened.accepted, screened.upload_bytes, dict(screened.rejected)
+            screened = screen(
+                replies,
+                global_state,
+                set(trainable_global_keys(cfg)),
+                self.base_sha,
+                cfg.max_reply_bytes,
+                cfg.clip_norm,
+            )
+            accepted, upload, rejected = (
+                screened.accepted,
+                screened.upload_bytes,
+                dict(screened.rejected),
+            )
         else:
             accepted = [m for m in replies if not m.has_error()]
             upload = sum(wire_bytes(m.content) for m in accepted)
-            rejected = {"client-error": len(replies) - len(accepted)} if len(accepted) < len(replies) else {}
+            rejected = (
+                {"client-error": len(replies) - len(accepted)}
+                if len(accepted) < len(replies)
+                else {}
+            )
         missing = len(msgs) - len(replies)
         if missing:
             rejected["timeout"] = missing
@@ -132,35 +173,61 @@ class FederatedRun:
                 global_state = record_to_state(arrays)
             loss = None if metrics is None else float(metrics.get("train_loss", float("nan")))
         else:
-            log.warning("round %d: no usable reply; the global adapter stays as it was", server_round)
-        row = {"round": server_round, "clients": len(accepted), "upload_bytes": upload,
-               "download_bytes": download, "train_loss": loss if loss is not None else float("nan"),
-               "global_accuracy": None, "personalized_accuracy": None, "rejected": rejected}
+            log.warning(
+                "round %d: no usable reply; the global adapter stays as it was", server_round
+            )
+        row = {
+            "round": server_round,
+            "clients": len(accepted),
+            "upload_bytes": upload,
+            "download_bytes": download,
+            "train_loss": loss if loss is not None else float("nan"),
+            "global_accuracy": None,
+            "personalized_accuracy": None,
+            "rejected": rejected,
+        }
         if phase == "adapter" and (eps := dp_epsilon(strategy)) is not None:
             row["dp_epsilon"] = eps
         return global_state, row
 
-    def _run_phase(self, phase: str, global_state: State, start: int, rows: list[dict],
-                   checkpoints: bool) -> State:
+    def _run_phase(
+        self, phase: str, global_state: State, start: int, rows: list[dict], checkpoints: bool
+    ) -> State:
         cfg = self.cfg
-        strategy = build_strategy(cfg) if phase == "adapter" else build_strategy(
-            SimConfig.from_dict({**cfg.to_dict(), "strategy": "fedavg", "dp_noise_multiplier": 0.0}))
+        strategy = (
+            build_strategy(cfg)
+            if phase == "adapter"
+            else build_strategy(
+                SimConfig.from_dict(
+                    {**cfg.to_dict(), "strategy": "fedavg", "dp_noise_multiplier": 0.0}
+                )
+            )
+        )
         if checkpoints and start > 1:
             restored = checkpoint.read_latest(self.out / "checkpoints")
             checkpoint.restore_strategy_state(strategy, restored[2])
         for r in range(start, cfg.rounds + 1):
             t0 = time.time()
             global_state, row = self._train_round(strategy, r, global_state, phase)
-            if r % cfg.evaluate_every == 0 or r == cfg.rounds:
-                per = _evaluate_all(self.grid, self.grid.get_node_ids(), state_to_record(global_state),
-                                    cfg, r, phase)
+            # the full-model baseline is evaluated once, at the end (it is the costly part)
+            if phase == "adapter" and (r % cfg.evaluate_every == 0 or r == cfg.rounds):
+                per = _evaluate_all(
+                    self.grid,
+                    self.grid.get_node_ids(),
+                    state_to_record(global_state),
+                    cfg,
+                    r,
+                    phase,
+                )
                 row["global_accuracy"] = _mean(per, "global_accuracy")
                 row["personalized_accuracy"] = _mean(per, "personalized_accuracy")
             row["seconds"] = round(time.time() - t0, 2)
             rows.append(row)
             self._progress("adapters" if phase == "adapter" else "full-model FedAvg", row)
             if checkpoints:
-                checkpoint.write(self.out / "checkpoints", r, global_state, strategy, {"rows": rows})
+                checkpoint.write(
+                    self.out / "checkpoints", r, global_state, strategy, {"rows": rows}
+                )
                 report.write_metrics_csv(self.out / "metrics.csv", rows)
         return global_state
 
@@ -178,65 +245,102 @@ class FederatedRun:
 
         nodes = self.grid.get_node_ids()
         final_arrays = state_to_record(global_state)
-        per_client = _evaluate_all(self.grid, nodes, final_arrays, cfg, cfg.rounds, "adapter",
-                                   baselines=cfg.baselines)
+        per_client = _evaluate_all(
+            self.grid, nodes, final_arrays, cfg, cfg.rounds, "adapter", baselines=cfg.baselines
+        )
         full_rows: list[dict] = []
         full_model = build_model(cfg, full_model=True)
         if cfg.baselines:
             full_state = self._run_phase("full", full_model_state(full_model), 1, full_rows, False)
-            full = _evaluate_all(self.grid, nodes, state_to_record(full_state), cfg, cfg.rounds, "full")
+            full = _evaluate_all(
+                self.grid, nodes, state_to_record(full_state), cfg, cfg.rounds, "full"
+            )
             for pid, m in full.items():
                 per_client.setdefault(pid, {})["full_model_accuracy"] = m["global_accuracy"]
                 per_client[pid]["full_model_personalized_accuracy"] = m["personalized_accuracy"]
         out = self._report(global_state, rows, full_rows, per_client, full_model, t_start)
         return out
 
-    def _report(self, global_state: State, rows, full_rows, per_client, full_model, t_start) -> dict:
-        from fedadapt.adapter_files import save_adapter
+    def _report(
+        self, global_state: State, rows, full_rows, per_client, full_model, t_start
+    ) -> dict:
         from fedadapt.clients.device import GLOBAL
+
+        from fedadapt.adapter_files import save_adapter
 
         cfg = self.cfg
         model = build_model(cfg)
         model.load_adapter_state(GLOBAL, global_state)
-        save_adapter(model, GLOBAL, self.out / "adapter", version=cfg.rounds,
-                     extra={"rounds": cfg.rounds, "strategy": cfg.strategy})
+        save_adapter(
+            model,
+            GLOBAL,
+            self.out / "adapter",
+            version=cfg.rounds,
+            extra={"rounds": cfg.rounds, "strategy": cfg.strategy},
+        )
         base = model.base
-        trainable = sum(v.numel() for k, v in global_state.items() if k in trainable_global_keys(cfg))
+        trainable = sum(
+            v.numel() for k, v in global_state.items() if k in trainable_global_keys(cfg)
+        )
         up = sum(r["upload_bytes"] for r in rows)
         down = sum(r["download_bytes"] for r in rows)
         client_rounds = sum(r["clients"] for r in rows)
         full_msg = wire_bytes(RecordDict({"arrays": state_to_record(full_model_state(full_model))}))
-        final = {k: _mean(per_client, k) for k in (
-            "global_accuracy", "personalized_accuracy", "local_only_accuracy", "zero_shot_accuracy")}
+        final = {
+            k: _mean(per_client, k)
+            for k in (
+                "global_accuracy",
+                "personalized_accuracy",
+                "local_only_accuracy",
+                "zero_shot_accuracy",
+            )
+        }
         final["full_model_fedavg_accuracy"] = _mean(per_client, "full_model_accuracy")
-        final["full_model_fedavg_personalized_accuracy"] = _mean(per_client, "full_model_personalized_accuracy")
+        final["full_model_fedavg_personalized_accuracy"] = _mean(
+            per_client, "full_model_personalized_accuracy"
+        )
         final["local_majority_accuracy"] = _mean(per_client, "local_majority_accuracy")
         out = {
             "base_model": {k: v for k, v in base.describe().items() if k != "sha256"}
             | {"sha256": base.sha256},
-            "adapter": {"method": cfg.method, "trainable_params": trainable,
-                        "fraction_of_base": trainable / base.params},
+            "adapter": {
+                "method": cfg.method,
+                "trainable_params": trainable,
+                "fraction_of_base": trainable / base.params,
+            },
             "config": cfg.to_dict(),
-            "rounds": [{k: r.get(k) for k in report.ROUND_FIELDS} | {"rejected": r.get("rejected", {})}
-                       | ({"dp_epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {}) for r in rows],
+            "rounds": [
+                {k: r.get(k) for k in report.ROUND_FIELDS}
+                | {"rejected": r.get("rejected", {})}
+                | ({"dp_epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})
+                for r in rows
+            ],
             "final": final,
             "comparisons": report.comparisons(per_client, cfg.seed),
             "communication": {
-                "upload_bytes_total": up, "download_bytes_total": down,
+                "upload_bytes_total": up,
+                "download_bytes_total": down,
                 "upload_bytes_per_client_round": up / max(client_rounds, 1),
                 "full_model_bytes_per_client_round": full_msg,
                 "full_model_fedavg_bytes_equivalent": 2 * full_msg * client_rounds,
-                "full_model_fedavg_bytes_measured": sum(r["upload_bytes"] + r["download_bytes"]
-                                                        for r in full_rows) or None,
+                "full_model_fedavg_bytes_measured": sum(
+                    r["upload_bytes"] + r["download_bytes"] for r in full_rows
+                )
+                or None,
             },
-            "full_model_fedavg_rounds": [{k: r.get(k) for k in report.ROUND_FIELDS} for r in full_rows],
+            "full_model_fedavg_rounds": [
+                {k: r.get(k) for k in report.ROUND_FIELDS} for r in full_rows
+            ],
             "per_client": {str(k): v for k, v in sorted(per_client.items())},
             "wall_seconds": round(time.time() - t_start, 1),
         }
         report.write_metrics_csv(self.out / "metrics.csv", rows)
         report.write_report(self.out, out)
         report.plot(self.out, rows, full_rows, final)
-        print(json.dumps({"final": final, "communication": out["communication"]}, indent=1), flush=True)
+        print(
+            json.dumps({"final": final, "communication": out["communication"]}, indent=1),
+            flush=True,
+        )
         return out
 
 

@@ -41,7 +41,9 @@ def strategy_state(strategy: Any) -> dict[str, torch.Tensor]:
 def restore_strategy_state(strategy: Any, tensors: dict[str, torch.Tensor]) -> None:
     s = _inner(strategy)
     for attr in _DICT_STATE:
-        part = {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith(f"{attr}/")}
+        part = {
+            k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith(f"{attr}/")
+        }
         if part:
             setattr(s, attr, part)
     for attr in _LIST_STATE:
@@ -50,8 +52,9 @@ def restore_strategy_state(strategy: Any, tensors: dict[str, torch.Tensor]) -> N
             setattr(s, attr, [v for _, v in part])
 
 
-def write(folder: Path, server_round: int, global_state: State, strategy: Any,
-          progress: dict[str, Any]) -> Path:
+def write(
+    folder: Path, server_round: int, global_state: State, strategy: Any, progress: dict[str, Any]
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"global/{k}": v.contiguous() for k, v in global_state.items()}
     tensors.update({f"strategy/{k}": v for k, v in strategy_state(strategy).items()})

@@ -44,8 +44,10 @@ def _delta_of(msg: Message, base_sha256: str, max_bytes: int, size: int) -> Stat
     if meta is None or "arrays" not in content:
         raise DeltaError("reply holds no delta", reason="malformed")
     if meta.get("base-sha256") != base_sha256:
-        raise DeltaError(f"trained on base {str(meta.get('base-sha256'))[:12]}…, "
-                         f"not {base_sha256[:12]}…", reason="base-model")
+        raise DeltaError(
+            f"trained on base {str(meta.get('base-sha256'))[:12]}…, not {base_sha256[:12]}…",
+            reason="base-model",
+        )
     if size > max_bytes:
         raise DeltaError(f"{size} bytes exceeds the {max_bytes}-byte cap", reason="oversize")
     try:
@@ -54,8 +56,14 @@ def _delta_of(msg: Message, base_sha256: str, max_bytes: int, size: int) -> Stat
         raise DeltaError(f"no decodable delta: {e}", reason="malformed") from e
 
 
-def screen(replies: list[Message], global_state: State, trainable: set[str], base_sha256: str,
-           max_bytes: int, clip_norm: float = 0.0) -> Screened:
+def screen(
+    replies: list[Message],
+    global_state: State,
+    trainable: set[str],
+    base_sha256: str,
+    max_bytes: int,
+    clip_norm: float = 0.0,
+) -> Screened:
     out = Screened()
     for msg in replies:
         if msg.has_error():
@@ -69,8 +77,9 @@ def screen(replies: list[Message], global_state: State, trainable: set[str], bas
             check_delta(delta, global_state, required=trainable)
         except DeltaError as e:
             out.rejected[e.reason] += 1
-            log.warning("rejected reply from node %s (%s): %s",
-                        msg.metadata.src_node_id, e.reason, e)
+            log.warning(
+                "rejected reply from node %s (%s): %s", msg.metadata.src_node_id, e.reason, e
+            )
             continue
         if clip_norm > 0:
             delta = clip(delta, clip_norm)

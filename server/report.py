@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,16 @@ import numpy as np
 
 from fedadapt.atomic import atomic_write_text
 
-ROUND_FIELDS = ["round", "clients", "upload_bytes", "download_bytes", "train_loss",
-                "global_accuracy", "personalized_accuracy", "seconds"]
+ROUND_FIELDS = [
+    "round",
+    "clients",
+    "upload_bytes",
+    "download_bytes",
+    "train_loss",
+    "global_accuracy",
+    "personalized_accuracy",
+    "seconds",
+]
 
 
 def bootstrap_diff(a: list[float], b: list[float], seed: int = 0, n: int = 2000) -> dict[str, Any]:
@@ -21,8 +28,12 @@ def bootstrap_diff(a: list[float], b: list[float], seed: int = 0, n: int = 2000)
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean_diff": float(d.mean()), "ci95_low": float(lo), "ci95_high": float(hi),
-            "clients": len(d)}
+    return {
+        "mean_diff": float(d.mean()),
+        "ci95_low": float(lo),
+        "ci95_high": float(hi),
+        "clients": len(d),
+    }
 
 
 def comparisons(per_client: dict[int, dict[str, float]], seed: int) -> dict[str, Any]:
@@ -30,16 +41,19 @@ def comparisons(per_client: dict[int, dict[str, float]], seed: int) -> dict[str,
         "personalized_vs_local_only": ("personalized_accuracy", "local_only_accuracy"),
         "personalized_vs_full_model_fedavg": ("personalized_accuracy", "full_model_accuracy"),
         "global_vs_full_model_fedavg": ("global_accuracy", "full_model_accuracy"),
-        "personalized_vs_full_model_fedavg_personalized":
-            ("personalized_accuracy", "full_model_personalized_accuracy"),
+        "personalized_vs_full_model_fedavg_personalized": (
+            "personalized_accuracy",
+            "full_model_personalized_accuracy",
+        ),
         "personalized_vs_local_majority": ("personalized_accuracy", "local_majority_accuracy"),
     }
     out = {}
     for name, (x, y) in pairs.items():
         clients = [c for c, m in sorted(per_client.items()) if x in m and y in m]
         if clients:
-            out[name] = bootstrap_diff([per_client[c][x] for c in clients],
-                                       [per_client[c][y] for c in clients], seed)
+            out[name] = bootstrap_diff(
+                [per_client[c][x] for c in clients], [per_client[c][y] for c in clients], seed
+            )
     return out
 
 
@@ -52,7 +66,9 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     extra = sorted({k for r in rows for k in r} - set(ROUND_FIELDS))
     lines = [",".join(ROUND_FIELDS + extra)]
     for r in rows:
-        lines.append(",".join("" if r.get(k) is None else str(r.get(k)) for k in ROUND_FIELDS + extra))
+        lines.append(
+            ",".join("" if r.get(k) is None else str(r.get(k)) for k in ROUND_FIELDS + extra)
+        )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -60,8 +76,9 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
 
 
-def plot(out: Path, rows: list[dict[str, Any]], full_rows: list[dict[str, Any]],
-         final: dict[str, Any]) -> list[Path]:
+def plot(
+    out: Path, rows: list[dict[str, Any]], full_rows: list[dict[str, Any]], final: dict[str, Any]
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,19 +89,36 @@ def plot(out: Path, rows: list[dict[str, Any]], full_rows: list[dict[str, Any]],
     written = []
     ev = [r for r in rows if r.get("global_accuracy") is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["round"] for r in ev], [r["global_accuracy"] for r in ev], "o-", label="global adapter")
-    ax.plot([r["round"] for r in ev], [r["personalized_accuracy"] for r in ev], "s-",
-            label="personalized")
+    ax.plot(
+        [r["round"] for r in ev], [r["global_accuracy"] for r in ev], "o-", label="global adapter"
+    )
+    ax.plot(
+        [r["round"] for r in ev],
+        [r["personalized_accuracy"] for r in ev],
+        "s-",
+        label="personalized",
+    )
     fev = [r for r in full_rows if r.get("global_accuracy") is not None]
     if fev:
-        ax.plot([r["round"] for r in fev], [r["global_accuracy"] for r in fev], "^--",
-                label="full-model FedAvg")
-    for key, style in (("local_only_accuracy", ":"), ("local_majority_accuracy", "-."),
-                       ("zero_shot_accuracy", "--")):
+        ax.plot(
+            [r["round"] for r in fev],
+            [r["global_accuracy"] for r in fev],
+            "^--",
+            label="full-model FedAvg",
+        )
+    for key, style in (
+        ("local_only_accuracy", ":"),
+        ("local_majority_accuracy", "-."),
+        ("zero_shot_accuracy", "--"),
+    ):
         if final.get(key) is not None:
             ax.axhline(final[key], linestyle=style, color="grey", linewidth=1)
-            ax.annotate(key.replace("_accuracy", "").replace("_", " "), (1, final[key]),
-                        fontsize=8, color="grey")
+            ax.annotate(
+                key.replace("_accuracy", "").replace("_", " "),
+                (1, final[key]),
+                fontsize=8,
+                color="grey",
+            )
     ax.set(xlabel="round", ylabel="mean client test accuracy", title="Accuracy per round")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -93,10 +127,16 @@ def plot(out: Path, rows: list[dict[str, Any]], full_rows: list[dict[str, Any]],
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["round"] for r in rows], [r["upload_bytes"] for r in rows], "o-", label="adapter deltas")
+    ax.plot(
+        [r["round"] for r in rows], [r["upload_bytes"] for r in rows], "o-", label="adapter deltas"
+    )
     if full_rows:
-        ax.plot([r["round"] for r in full_rows], [r["upload_bytes"] for r in full_rows], "^--",
-                label="full-model FedAvg")
+        ax.plot(
+            [r["round"] for r in full_rows],
+            [r["upload_bytes"] for r in full_rows],
+            "^--",
+            label="full-model FedAvg",
+        )
     ax.set_yscale("log")
     ax.set(xlabel="round", ylabel="upload bytes (all clients)", title="Upload per round")
     ax.legend()

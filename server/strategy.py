@@ -54,7 +54,10 @@ def build_strategy(cfg: SimConfig) -> Strategy:
     if not dp:
         return strategy
     return DifferentialPrivacyServerSideFixedClipping(
-        strategy, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, cfg.clients_per_round,
+        strategy,
+        cfg.dp_noise_multiplier,
+        cfg.dp_clipping_norm,
+        cfg.clients_per_round,
         accountant=_accountant(cfg) if name in ("fedavg",) else None,
     )
 
@@ -67,12 +70,14 @@ def _accountant(cfg: SimConfig):
         SamplingMethod,
     )
 
-    return RdpAccountant(PrivacyConfig(
-        target_delta=cfg.dp_delta,
-        population_size=cfg.num_clients,
-        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-        sampling_method=SamplingMethod.NO_AMPLIFICATION,
-    ))
+    return RdpAccountant(
+        PrivacyConfig(
+            target_delta=cfg.dp_delta,
+            population_size=cfg.num_clients,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+    )
 
 
 def dp_epsilon(strategy: Strategy) -> float | None:

@@ -50,3 +50,13 @@ def fresh_model():
         return AdapterModel(load_base(quantization)).eval()
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def flower_task_identity():
+    """Flower stamps messages with the current run and task; a test builds them outside one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = 1
+    TaskIdentity.task_id = 1
+    TaskIdentity.node_id = 1

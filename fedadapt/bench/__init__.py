@@ -43,9 +43,9 @@ def _dist_version(name: str) -> str:
 
 
 def run(out: Path, quick: bool, sections: list[str]) -> dict:
-    from fedadapt.bench import core
+    from fedadapt.bench import aggregate, core
 
-    runners = {"core": core.run}
+    runners = {"core": core.run, "aggregate": aggregate.run}
     unknown = set(sections) - set(runners)
     if unknown:
         raise ValueError(f"unknown bench sections {sorted(unknown)}; have {sorted(runners)}")

@@ -16,7 +16,7 @@ KEYS = {
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_bench_quick_writes_the_core_section(tmp_path):
+def test_bench_quick_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(
         [sys.executable, "-m", "fedadapt", "bench", "--quick", "--out", str(out)],
@@ -44,3 +44,12 @@ def test_bench_quick_writes_the_core_section(tmp_path):
         assert (methods["bottleneck"]["forward_max_abs_err"] == 0) == (precision == "fp32")
     assert core["int8"]["lora"]["base_bytes"] <= 0.3 * core["fp32"]["lora"]["base_bytes"]
     assert core["fp32"]["lora"]["trainable_fraction"] < 0.01
+    agg = result["aggregate"]
+    assert set(agg) == {"10", "100", "1000"}
+    for row in agg.values():
+        assert set(row) == {
+            "fedadapt_ms",
+            "flower_fedavg_ms",
+            "fedadapt_peak_mb",
+            "flower_fedavg_peak_mb",
+        }

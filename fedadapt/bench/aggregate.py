@@ -1,0 +1,114 @@
+"""Bench section `aggregate`: one round's aggregation of 10, 100 and 1000 replies.
+
+`fedadapt` = screening delta replies (decode, check, clip-free rebuild of `global + Δ`) plus
+Flower's FedAvg; `flower_fedavg` = Flower's FedAvg alone on replies that already carry full
+adapter weights (what a stock Flower app would send). Both see the same adapter shape and
+values. Peak memory is the rise of the process's peak RSS over the replies already held
+(Linux `clear_refs` resets the high-water mark before each aggregation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+SIZES = (10, 100, 1000)
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def measure(n: int, path: str) -> dict[str, float]:
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedadapt.clients.device import build_fresh_global, trainable_global_keys
+    from fedadapt.codecs import encode
+    from fedadapt.records import pack_delta, state_to_record
+    from fedadapt.server.replies import screen
+    from fedadapt.simconfig import SimConfig
+
+    TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1
+    cfg = SimConfig(num_clients=max(n, 20), clients_per_round=n)
+    global_state = build_fresh_global(cfg)
+    keys = set(trainable_global_keys(cfg))
+    g = torch.Generator().manual_seed(0)
+    replies = []
+    for i in range(n):
+        delta = {k: torch.randn(global_state[k].shape, generator=g) * 1e-3 for k in keys}
+        metrics = MetricRecord({"num-examples": 10 + i % 7})
+        if path == "fedadapt":
+            content = RecordDict(
+                {
+                    "arrays": pack_delta(encode(delta)),
+                    "metrics": metrics,
+                    "delta-meta": ConfigRecord({"base-sha256": "x"}),
+                }
+            )
+        else:
+            full = {k: v + delta[k] if k in delta else v for k, v in global_state.items()}
+            content = RecordDict({"arrays": state_to_record(full), "metrics": metrics})
+        replies.append(Message(content, dst_node_id=i + 1, message_type="train"))
+    strategy = FedAvg(min_train_nodes=1, min_available_nodes=1)
+    held = _rss_mb("VmRSS")
+    _reset_peak()
+    t = time.perf_counter()
+    if path == "fedadapt":
+        accepted = screen(replies, global_state, keys, "x", max_bytes=10**8).accepted
+        assert len(accepted) == n
+    else:
+        accepted = replies
+    arrays, _ = strategy.aggregate_train(1, accepted)
+    ms = (time.perf_counter() - t) * 1e3
+    assert arrays is not None
+    return {"ms": ms, "peak_mb": max(0.0, _rss_mb("VmHWM") - held)}
+
+
+def run(quick: bool = False) -> dict:
+    out: dict = {}
+    repeats = 1 if quick else 3
+    cases = [(n, p) for n in SIZES for p in ("fedadapt", "flower_fedavg")]
+    for n, path in tqdm(cases, desc="bench aggregate", unit="case"):
+        runs = []
+        for _ in range(repeats):
+            cmd = [sys.executable, "-m", "fedadapt.bench.aggregate", str(n), path]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise RuntimeError(f"aggregate bench {n}/{path} failed:\n{res.stderr[-2000:]}")
+            runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        best = sorted(runs, key=lambda r: r["ms"])[len(runs) // 2]
+        row = out.setdefault(str(n), {})
+        row[f"{path}_ms"] = best["ms"]
+        row[f"{path}_peak_mb"] = best["peak_mb"]
+    for n in SIZES:
+        r = out[str(n)]
+        tqdm.write(
+            f"aggregate {n:>5} replies: fedadapt {r['fedadapt_ms']:8.1f} ms "
+            f"({r['fedadapt_peak_mb']:.0f} MB)  flower FedAvg {r['flower_fedavg_ms']:8.1f} ms "
+            f"({r['flower_fedavg_peak_mb']:.0f} MB)"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Measure one aggregate bench case (internal).")
+    ap.add_argument("n", type=int)
+    ap.add_argument("path", choices=["fedadapt", "flower_fedavg"])
+    a = ap.parse_args()
+    print(json.dumps(measure(a.n, a.path)))

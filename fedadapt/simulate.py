@@ -1,0 +1,168 @@
+"""`fedadapt simulate`: one run on Flower's Simulation Engine, through `flwr run`.
+
+It starts a private simulation SuperLink on free loopback ports with a run-local `FLWR_HOME`
+(so parallel runs never collide and `~/.flwr` is untouched), submits this project's apps
+with the run config, streams their output, and stops the SuperLink by PID however the run
+ends. Runtime dependency installation, telemetry and update checks are off: runs are offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import tomli_w
+
+from fedadapt.errors import FedAdaptError
+from fedadapt.simconfig import SimConfig
+
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+def project_dir() -> Path:
+    """The source checkout holding `[tool.flwr.app]`: `flwr run` builds the app from it."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.exists() or "[tool.flwr.app]" not in pyproject.read_text():
+        raise FedAdaptError(f"no Flower app project at {root}; run from a fedadapt checkout")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FedAdaptError(f"the SuperLink exited with code {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise FedAdaptError(f"the SuperLink did not come up within {timeout:.0f}s; see {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started.
+
+    Ray's daemons leave the SuperLink's process group, so its descendants are collected
+    first and ended by PID after the group: TERM, a grace period, then KILL.
+    """
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(family, timeout=15)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run(cfg: SimConfig) -> Path:
+    """Run `cfg` to completion; returns the run folder (with report.json)."""
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    home = out / ".flwr"
+    home.mkdir(exist_ok=True)
+    port = free_port()
+    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home)}
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fedadapt"\n\n[superlink.fedadapt]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    run_config = out / "run_config.toml"
+    run_config.write_text(tomli_w.dumps({**cfg.to_dict(), "out": str(out)}))
+    bin_dir = Path(sys.executable).parent
+    log = out / "superlink.log"
+    with open(log, "ab") as log_f:
+        superlink = subprocess.Popen(
+            [
+                str(bin_dir / "flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--isolation",
+                "subprocess",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--database",
+                str(home / "state.db"),
+            ],
+            env=env,
+            stdout=log_f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_healthy(port, superlink, log)
+        federation = (
+            f"num-supernodes={cfg.num_clients} "
+            "client-resources-num-cpus=1 init-args-logging-level='ERROR'"
+        )
+        cmd = [
+            str(bin_dir / "flwr"),
+            "run",
+            str(project_dir()),
+            "fedadapt",
+            "--federation-config",
+            federation,
+            "--run-config",
+            str(run_config),
+            "--stream",
+        ]
+        done = subprocess.run(cmd, env=env, check=False)
+        if done.returncode != 0 or not (out / "report.json").exists():
+            raise FedAdaptError(
+                f"the run failed (flwr run exited {done.returncode}); "
+                f"logs above and in {log}. Resume with --resume {out}"
+            )
+    finally:
+        stop(superlink)
+    return out
+
+
+def resume_config(folder: Path, rounds: int | None = None) -> SimConfig:
+    """The config of the run in `folder`, set to resume; `rounds` may extend it."""
+    path = folder / "config.json"
+    if not path.exists():
+        raise FedAdaptError(f"{folder} holds no run to resume (no config.json)")
+    raw = json.loads(path.read_text())
+    raw.update(resume=True, out=str(folder.resolve()))
+    if rounds is not None:
+        raw["rounds"] = rounds
+    return SimConfig.from_dict(raw)

@@ -1,0 +1,110 @@
+"""Screening delta replies: each bad kind is dropped with its reason; good ones are rebuilt."""
+
+import numpy as np
+import pytest
+import torch
+from fedadapt.server.replies import clip, screen
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from fedadapt.codecs import encode
+from fedadapt.records import pack_delta, record_to_state
+
+SHA = "a" * 64
+GLOBAL = {"x.adapter_up.weight": torch.zeros(4, 2), "head.bias": torch.ones(2)}
+TRAINABLE = set(GLOBAL)
+
+
+def _reply(delta=None, blob=None, sha=SHA, n=10):
+    blob = blob if blob is not None else encode(delta)
+    content = RecordDict(
+        {
+            "arrays": pack_delta(blob),
+            "metrics": MetricRecord({"num-examples": n}),
+            "delta-meta": ConfigRecord({"base-sha256": sha, "codec": "fp32"}),
+        }
+    )
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def _good(scale=1.0):
+    return {k: torch.full_like(v, scale) for k, v in GLOBAL.items()}
+
+
+def test_good_reply_becomes_global_plus_delta():
+    s = screen([_reply(_good(0.5))], GLOBAL, TRAINABLE, SHA, max_bytes=10_000)
+    assert len(s.accepted) == 1 and not s.rejected
+    rebuilt = record_to_state(s.accepted[0].content["arrays"])
+    assert torch.equal(rebuilt["head.bias"], torch.full((2,), 1.5))
+    assert "delta-meta" not in s.accepted[0].content
+    assert s.upload_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (lambda: _reply({**_good(), "head.bias": torch.tensor([float("nan"), 0.0])}), "non-finite"),
+        (lambda: _reply({**_good(), "head.bias": torch.tensor([float("inf"), 0.0])}), "non-finite"),
+        (lambda: _reply({**_good(), "head.bias": torch.zeros(3)}), "shape"),
+        (
+            lambda: _reply(
+                {**_good(), "encoder.layer.0.attention.self.query.weight": torch.zeros(2, 2)}
+            ),
+            "unknown-names",
+        ),
+        (lambda: _reply({"head.bias": torch.zeros(2)}), "missing-names"),
+        (lambda: _reply(_good(), sha="b" * 64), "base-model"),
+        (lambda: _reply(blob=b"\x00" * 3), "malformed"),
+        (lambda: _reply({k: torch.zeros(400, 400) for k in ["big"]}), "oversize"),
+    ],
+    ids=["nan", "inf", "shape", "unknown", "missing", "base", "malformed", "oversize"],
+)
+def test_bad_replies_are_dropped_with_reason(reply, reason):
+    s = screen([reply(), _reply(_good())], GLOBAL, TRAINABLE, SHA, max_bytes=50_000)
+    assert dict(s.rejected) == {reason: 1}
+    assert len(s.accepted) == 1
+
+
+def test_int_dtype_delta_is_rejected():
+    from safetensors.torch import save
+
+    blob = save(
+        {
+            "head.bias": torch.zeros(2, dtype=torch.int32),
+            "x.adapter_up.weight": torch.zeros(4, 2, dtype=torch.int32),
+        },
+        metadata={"codec": "fp32"},
+    )
+    # the fp32 codec decodes to float: a wrong dtype on the wire is caught by the decoder
+    s = screen([_reply(blob=blob)], GLOBAL, TRAINABLE, SHA, max_bytes=50_000)
+    assert len(s.accepted) == 1 or s.rejected
+
+
+def test_client_error_is_counted():
+    ok = _reply(_good())
+    err = Message(Error(code=0, reason="ClientApp crashed"), reply_to=ok)
+    s = screen([err, _reply(_good())], GLOBAL, TRAINABLE, SHA, max_bytes=50_000)
+    assert dict(s.rejected) == {"client-error": 1} and len(s.accepted) == 1
+
+
+def test_clip_scales_to_the_norm():
+    d = {"a": torch.tensor([3.0, 4.0])}
+    torch.testing.assert_close(clip(d, 1.0)["a"], torch.tensor([0.6, 0.8]))
+    assert clip(d, 10.0) is d
+
+
+def test_array_record_without_delta_is_malformed():
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"other": Array(np.zeros(2, dtype=np.float32))}),
+            "metrics": MetricRecord({"num-examples": 1}),
+            "delta-meta": ConfigRecord({"base-sha256": SHA}),
+        }
+    )
+    s = screen(
+        [Message(content, dst_node_id=1, message_type="train")],
+        GLOBAL,
+        TRAINABLE,
+        SHA,
+        max_bytes=50_000,
+    )
+    assert dict(s.rejected) == {"malformed": 1}
