@@ -53,6 +53,83 @@ def _parse_sets(pairs: list[str]) -> dict:
     return out
 
 
+def _passphrase(env: str | None) -> bytes | None:
+    import os
+
+    if env is None:
+        return None
+    if env not in os.environ:
+        raise FedAdaptError(f"the passphrase variable {env} is not set")
+    return os.environ[env].encode()
+
+
+def _keygen(args: argparse.Namespace) -> None:
+    """Make an Ed25519 key pair for signing adapter updates (private key mode 0600)."""
+    from fedadapt.keys import key_id, keygen, load_public
+
+    priv, pub = keygen(args.out, _passphrase(args.passphrase_env))
+    print(f"private key: {priv}\npublic key:  {pub}\nkey id:      {key_id(load_public(pub))}")
+
+
+def _publish(args: argparse.Namespace) -> None:
+    """Publish an adapter folder as the next signed version in a static-file registry."""
+    import datetime as dt
+
+    from fedadapt.keys import load_private
+    from fedadapt.server.publish import publish
+
+    key = load_private(args.key, _passphrase(args.passphrase_env))
+    entry = publish(
+        args.adapter,
+        args.registry,
+        key,
+        name=args.name,
+        expires_in=dt.timedelta(days=args.expires_days),
+    )
+    deltas = ", ".join(
+        f"from v{d['from_version']}: {d['payload_bytes']} B" for d in entry["deltas"]
+    )
+    print(
+        f"published version {entry['version']}: full {entry['full']['payload_bytes']} B"
+        + (f"; deltas {deltas}" if deltas else "")
+    )
+
+
+def _serve_updates(args: argparse.Namespace) -> None:
+    """Serve a registry over HTTP (Range requests, bounded connections, no path escapes)."""
+    from fedadapt.server.update_service import UpdateServer
+
+    server = UpdateServer(Path(args.registry), args.host, args.port, args.max_connections)
+    print(f"serving {server.root} at {server.url} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def _fetch(args: argparse.Namespace) -> None:
+    """Fetch the newest adapter update, verify it and apply it atomically."""
+    from fedadapt.base_model import base_sha256
+    from fedadapt.clients.updater import fetch
+    from fedadapt.keys import load_public
+
+    trusted = [load_public(p) for p in args.trust]
+    m = fetch(args.url, args.device_dir, trusted, base_sha256(), timeout=args.timeout)
+    if m is None:
+        print("already up to date")
+    else:
+        print(f"installed {m.adapter_name} version {m.version} ({m.kind}, {m.payload_bytes} B)")
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    """Go back to the previously installed adapter version."""
+    from fedadapt.clients.updater import DeviceStore
+
+    print(f"rolled back to version {DeviceStore(args.device_dir).rollback()}")
+
+
 def _bench(args: argparse.Namespace) -> None:
     from fedadapt.bench import run
 
@@ -62,12 +139,12 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="fedadapt",
         description="Federated on-device personalization with adapters over a frozen, "
         "quantized MiniLM.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser(
         "simulate",
@@ -87,9 +164,56 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quantize", dest="quantization", choices=["none", "int8", "int4"])
     d.add_argument("--seed", type=int)
     d.add_argument("--no-baselines", action="store_true", help="skip the baselines")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config key, e.g. --set malicious_fraction=0.2")
+    d.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config key, e.g. --set malicious_fraction=0.2",
+    )
     d.set_defaults(func=_simulate)
+
+    k = sub.add_parser(
+        "keygen", help="make an Ed25519 signing key pair", description=_keygen.__doc__
+    )
+    k.add_argument("--out", required=True, help="folder for the key files")
+    k.add_argument("--passphrase-env", metavar="VAR", help="encrypt with the passphrase in $VAR")
+    k.set_defaults(func=_keygen)
+
+    p = sub.add_parser(
+        "publish", help="publish a signed adapter update", description=_publish.__doc__
+    )
+    p.add_argument("--adapter", required=True, help="adapter folder")
+    p.add_argument("--registry", required=True, help="registry folder (static files)")
+    p.add_argument("--key", required=True, help="private key file")
+    p.add_argument("--passphrase-env", metavar="VAR")
+    p.add_argument("--name", help="adapter name (default: the registry's, or the folder's)")
+    p.add_argument("--expires-days", type=float, default=30.0)
+    p.set_defaults(func=_publish)
+
+    s = sub.add_parser(
+        "serve-updates", help="serve a registry over HTTP", description=_serve_updates.__doc__
+    )
+    s.add_argument("--registry", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8787)
+    s.add_argument("--max-connections", type=int, default=64)
+    s.set_defaults(func=_serve_updates)
+
+    f = sub.add_parser(
+        "fetch", help="fetch, verify and apply the newest update", description=_fetch.__doc__
+    )
+    f.add_argument("--url", required=True, help="registry URL")
+    f.add_argument("--device-dir", required=True)
+    f.add_argument("--trust", required=True, action="append", help="trusted public key (repeat)")
+    f.add_argument("--timeout", type=float, default=30.0)
+    f.set_defaults(func=_fetch)
+
+    r = sub.add_parser(
+        "rollback", help="go back one adapter version", description=_rollback.__doc__
+    )
+    r.add_argument("--device-dir", required=True)
+    r.set_defaults(func=_rollback)
 
     b = sub.add_parser(
         "bench",
@@ -105,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sections to run (default: all)",
     )
     b.set_defaults(func=_bench)
-    return p
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ import datetime
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 from fedadapt.atomic import atomic_write_text
@@ -34,6 +36,16 @@ def machine() -> dict:
         "flwr": flwr.__version__ if hasattr(flwr, "__version__") else _dist_version("flwr"),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def run_case(module: str, *args: object) -> dict:
+    """Run one bench case as `python -m module args...` in its own process; its last stdout
+    line is the JSON result. A process per case keeps peak RSS and allocator state its own."""
+    cmd = [sys.executable, "-m", module, *map(str, args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"bench case {module} {args} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def _dist_version(name: str) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from fedadapt.bench import run_case
 
 SIZES = (10, 100, 1000)
 
@@ -87,11 +87,7 @@ def run(quick: bool = False) -> dict:
     for n, path in tqdm(cases, desc="bench aggregate", unit="case"):
         runs = []
         for _ in range(repeats):
-            cmd = [sys.executable, "-m", "fedadapt.bench.aggregate", str(n), path]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if res.returncode != 0:
-                raise RuntimeError(f"aggregate bench {n}/{path} failed:\n{res.stderr[-2000:]}")
-            runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            runs.append(run_case("fedadapt.bench.aggregate", n, path))
         best = sorted(runs, key=lambda r: r["ms"])[len(runs) // 2]
         row = out.setdefault(str(n), {})
         row[f"{path}_ms"] = best["ms"]

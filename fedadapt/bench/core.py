@@ -10,13 +10,13 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from fedadapt.bench import run_case
 
 PRECISIONS = {"fp32": "none", "int8": "int8", "int4": "int4"}
 METHODS = ("bottleneck", "lora")
@@ -89,11 +89,7 @@ def run(quick: bool = False) -> dict:
     out: dict = {}
     cases = [(p, m) for p in PRECISIONS for m in METHODS]
     for p, m in tqdm(cases, desc="bench core", unit="case"):
-        cmd = [sys.executable, "-m", "fedadapt.bench.core", p, m, str(steps)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            raise RuntimeError(f"bench case {p}/{m} failed:\n{res.stderr[-2000:]}")
-        out.setdefault(p, {})[m] = json.loads(res.stdout.strip().splitlines()[-1])
+        out.setdefault(p, {})[m] = run_case("fedadapt.bench.core", p, m, steps)
     for p in PRECISIONS:
         for m in METHODS:
             r = out[p][m]

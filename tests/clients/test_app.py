@@ -8,16 +8,9 @@ from fedadapt.base_model import model_dir
 from fedadapt.codecs import decode
 from fedadapt.records import delta_blob, state_to_record
 from fedadapt.simconfig import SimConfig
+from tests.clients import SMALL
 
-CFG = SimConfig(
-    num_clients=4,
-    clients_per_round=2,
-    local_epochs=1,
-    personal_epochs=1,
-    local_only_epochs=1,
-    rounds=1,
-    codec="int8",
-)
+CFG = SimConfig(**{**SMALL.to_dict(), "codec": "int8"})
 
 
 def _context():

@@ -11,15 +11,9 @@ from fedadapt.clients.device import (
 )
 
 from fedadapt.simconfig import SimConfig
+from tests.clients import SMALL
 
-CFG = SimConfig(
-    num_clients=4,
-    clients_per_round=2,
-    local_epochs=1,
-    personal_epochs=1,
-    local_only_epochs=1,
-    rounds=1,
-)
+CFG = SMALL
 
 
 @pytest.fixture(scope="module")

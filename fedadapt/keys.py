@@ -1,0 +1,80 @@
+"""Ed25519 signing keys for adapter updates, via `cryptography`.
+
+The private key is written with mode 0600 from the first byte (created with O_EXCL, never
+chmod-ed after the fact) and may be passphrase-protected. A key is named by its id: the
+first 16 hex digits of the SHA-256 of its raw public bytes, so devices can trust several
+keys at once and a publisher can rotate without reinstalling anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedadapt.errors import FedAdaptError
+
+PRIVATE_FILE, PUBLIC_FILE = "signing_key.pem", "signing_key.pub.pem"
+
+
+class SigningKeyError(FedAdaptError):
+    """A key file is missing, malformed, or needs a passphrase."""
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def keygen(out: str | Path, passphrase: bytes | None = None) -> tuple[Path, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    enc = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    priv_path, pub_path = out / PRIVATE_FILE, out / PUBLIC_FILE
+    try:
+        fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as e:
+        raise SigningKeyError(f"{priv_path} exists; refusing to overwrite a signing key") from e
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub_path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return priv_path, pub_path
+
+
+def load_private(path: str | Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
+    except FileNotFoundError as e:
+        raise SigningKeyError(f"no private key at {path}") from e
+    except TypeError as e:  # encrypted without a passphrase, or the reverse
+        raise SigningKeyError(f"{path}: {e}") from e
+    except ValueError as e:
+        raise SigningKeyError(f"{path} is not a usable private key (wrong passphrase?): {e}") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def load_public(path: str | Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except FileNotFoundError as e:
+        raise SigningKeyError(f"no public key at {path}") from e
+    except ValueError as e:
+        raise SigningKeyError(f"{path} is not a PEM public key: {e}") from e
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningKeyError(f"{path} is not an Ed25519 public key")
+    return key
