@@ -165,7 +165,7 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
             out[k] = bits.view(v.dtype).reshape(v.shape)
     except (lzma.LZMAError, SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
         raise BundleError(f"delta payload does not apply: {e}", "malformed") from e
-    return np_save(out, metadata=meta)
+    return np_save(out, metadata=meta or None)
 
 
 def _metadata(blob: bytes) -> dict[str, str]:

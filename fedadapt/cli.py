@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--sections",
         nargs="+",
-        default=["core", "aggregate"],
+        default=["core", "aggregate", "updates"],
         help="sections to run (default: all)",
     )
     b.set_defaults(func=_bench)

@@ -55,9 +55,9 @@ def _dist_version(name: str) -> str:
 
 
 def run(out: Path, quick: bool, sections: list[str]) -> dict:
-    from fedadapt.bench import aggregate, core
+    from fedadapt.bench import aggregate, core, updates
 
-    runners = {"core": core.run, "aggregate": aggregate.run}
+    runners = {"core": core.run, "aggregate": aggregate.run, "updates": updates.run}
     unknown = set(sections) - set(runners)
     if unknown:
         raise ValueError(f"unknown bench sections {sorted(unknown)}; have {sorted(runners)}")
