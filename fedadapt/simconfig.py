@@ -70,6 +70,10 @@ class SimConfig:
     full_model_lr: float = 1e-4
     full_model_epochs: int = 2
     local_only_epochs: int = 8
+    # signed updates: publish the global adapter every N rounds and at the end (0: off)
+    publish_every: int = 0
+    publish_registry: str = ""
+    publish_key: str = ""
     # output
     out: str = "out/sim"
     resume: bool = False

@@ -231,6 +231,29 @@ class FederatedRun:
                 report.write_metrics_csv(self.out / "metrics.csv", rows)
         return global_state
 
+    def _publish(self, global_state: State, server_round: int) -> None:
+        """Sign the global adapter into the update registry, for devices to fetch."""
+        from fedadapt.clients.device import GLOBAL
+        from fedadapt.server.publish import publish
+
+        from fedadapt.adapter_files import save_adapter
+        from fedadapt.keys import load_private
+
+        cfg = self.cfg
+        model = build_model(cfg)
+        model.load_adapter_state(GLOBAL, global_state)
+        folder = save_adapter(
+            model,
+            GLOBAL,
+            self.out / "published" / f"round-{server_round:04d}",
+            version=server_round,
+        )
+        entry = publish(folder, cfg.publish_registry, load_private(cfg.publish_key), name="global")
+        print(
+            f"published the round-{server_round} global adapter as version {entry['version']}",
+            flush=True,
+        )
+
     def execute(self) -> dict[str, Any]:
         cfg, t_start = self.cfg, time.time()
         self.out.mkdir(parents=True, exist_ok=True)

@@ -218,6 +218,19 @@ def test_kill_during_apply_leaves_the_old_version(installed_v1, monkeypatch):
     assert DeviceStore(w["device"]).current_bytes() == before["versions/v0001.safetensors"]
 
 
+def test_key_rotation_needs_no_reinstall(installed_v1):
+    """A device trusting the old and the new key takes an update signed by the new one."""
+    w = installed_v1
+    keygen(w["tmp"] / "new")
+    new_key = load_private(w["tmp"] / "new" / "signing_key.pem")
+    new_pub = load_public(w["tmp"] / "new" / "signing_key.pub.pem")
+    publish(_adapter(w["base"], w["tmp"] / "v3", 3), w["reg"], new_key)
+    m = fetch(w["url"], w["device"], [w["pub"], new_pub], w["base"].sha256)
+    assert m.version == 3
+    with pytest.raises(BundleError, match="unknown-key"):  # a device left on the old key only
+        fetch(w["url"], w["tmp"] / "old-device", [w["pub"]], w["base"].sha256)
+
+
 def test_path_traversal_is_refused(world):
     import httpx
 

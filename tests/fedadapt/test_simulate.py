@@ -45,8 +45,22 @@ def _simulate(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_simulate_writes_every_output(tmp_path):
-    out = tmp_path / "run"
-    res = _simulate("--config", "simulations/ci.toml", "--out", str(out))
+    from fedadapt.keys import keygen
+
+    out, reg = tmp_path / "run", tmp_path / "registry"
+    priv, _ = keygen(tmp_path / "keys")
+    res = _simulate(
+        "--config",
+        "simulations/ci.toml",
+        "--out",
+        str(out),
+        "--set",
+        "publish_every=1",
+        "--set",
+        f"publish_registry='{reg}'",
+        "--set",
+        f"publish_key='{priv}'",
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "[adapters] round 2/2" in res.stdout
     report = json.loads((out / "report.json").read_text())
@@ -65,6 +79,8 @@ def test_simulate_writes_every_output(tmp_path):
     assert {p.name for p in (out / "plots").glob("*.png")} == {"accuracy.png", "upload_bytes.png"}
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "checkpoints" / "latest").exists()
+    index = json.loads((reg / "index.json").read_text())  # published every round, signed
+    assert [v["version"] for v in index["versions"]] == [1, 2]
 
 
 @pytest.mark.slow
