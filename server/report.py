@@ -88,7 +88,7 @@ def plot(
     plots.mkdir(parents=True, exist_ok=True)
     written = []
     ev = [r for r in rows if r.get("global_accuracy") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(
         [r["round"] for r in ev], [r["global_accuracy"] for r in ev], "o-", label="global adapter"
     )
@@ -106,21 +106,19 @@ def plot(
             "^--",
             label="full-model FedAvg",
         )
-    for key, style in (
-        ("local_only_accuracy", ":"),
-        ("local_majority_accuracy", "-."),
-        ("zero_shot_accuracy", "--"),
-    ):
+    baselines = (
+        ("local_only_accuracy", ":", "tab:green"),
+        ("local_majority_accuracy", "-.", "grey"),
+        ("zero_shot_accuracy", "--", "tab:purple"),
+        ("full_model_fedavg_accuracy", "--", "tab:red"),
+        ("full_model_fedavg_personalized_accuracy", ":", "tab:red"),
+    )
+    for key, style, color in baselines:
         if final.get(key) is not None:
-            ax.axhline(final[key], linestyle=style, color="grey", linewidth=1)
-            ax.annotate(
-                key.replace("_accuracy", "").replace("_", " "),
-                (1, final[key]),
-                fontsize=8,
-                color="grey",
-            )
+            label = f"{key.removesuffix('_accuracy').replace('_', ' ')} (final) {final[key]:.3f}"
+            ax.axhline(final[key], linestyle=style, color=color, linewidth=1, label=label)
     ax.set(xlabel="round", ylabel="mean client test accuracy", title="Accuracy per round")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     written.append(plots / "accuracy.png")
     fig.savefig(written[-1], dpi=110)
