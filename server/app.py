@@ -104,10 +104,6 @@ def _evaluate_all(
     return out
 
 
-def _mean(per_client: dict[int, dict[str, float]], key: str) -> float | None:
-    return report.mean_of(per_client, key)
-
-
 class FederatedRun:
     def __init__(self, cfg: SimConfig, grid: Grid) -> None:
         self.cfg, self.out = cfg, Path(cfg.out)
@@ -219,8 +215,8 @@ class FederatedRun:
                     r,
                     phase,
                 )
-                row["global_accuracy"] = _mean(per, "global_accuracy")
-                row["personalized_accuracy"] = _mean(per, "personalized_accuracy")
+                row["global_accuracy"] = report.mean_of(per, "global_accuracy")
+                row["personalized_accuracy"] = report.mean_of(per, "personalized_accuracy")
             row["seconds"] = round(time.time() - t0, 2)
             rows.append(row)
             self._progress("adapters" if phase == "adapter" else "full-model FedAvg", row)
@@ -310,7 +306,7 @@ class FederatedRun:
         client_rounds = sum(r["clients"] for r in rows)
         full_msg = wire_bytes(RecordDict({"arrays": state_to_record(full_model_state(full_model))}))
         final = {
-            k: _mean(per_client, k)
+            k: report.mean_of(per_client, k)
             for k in (
                 "global_accuracy",
                 "personalized_accuracy",
@@ -318,11 +314,11 @@ class FederatedRun:
                 "zero_shot_accuracy",
             )
         }
-        final["full_model_fedavg_accuracy"] = _mean(per_client, "full_model_accuracy")
-        final["full_model_fedavg_personalized_accuracy"] = _mean(
+        final["full_model_fedavg_accuracy"] = report.mean_of(per_client, "full_model_accuracy")
+        final["full_model_fedavg_personalized_accuracy"] = report.mean_of(
             per_client, "full_model_personalized_accuracy"
         )
-        final["local_majority_accuracy"] = _mean(per_client, "local_majority_accuracy")
+        final["local_majority_accuracy"] = report.mean_of(per_client, "local_majority_accuracy")
         out = {
             "base_model": {k: v for k, v in base.describe().items() if k != "sha256"}
             | {"sha256": base.sha256},
