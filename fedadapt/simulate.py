@@ -98,14 +98,17 @@ def run(cfg: SimConfig) -> Path:
     home = out / ".flwr"
     home.mkdir(exist_ok=True)
     port = free_port()
-    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home)}
+    bin_dir = Path(sys.executable).parent
+    # The SuperLink starts `flower-superexec` (and Ray its workers) by name: this venv's
+    # bin must be on PATH even when the venv was never activated (as under `make`).
+    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home), "PATH": path}
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "fedadapt"\n\n[superlink.fedadapt]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     run_config = out / "run_config.toml"
     run_config.write_text(tomli_w.dumps({**cfg.to_dict(), "out": str(out)}))
-    bin_dir = Path(sys.executable).parent
     log = out / "superlink.log"
     with open(log, "ab") as log_f:
         superlink = subprocess.Popen(
