@@ -225,6 +225,12 @@ class FederatedRun:
                     self.out / "checkpoints", r, global_state, strategy, {"rows": rows}
                 )
                 report.write_metrics_csv(self.out / "metrics.csv", rows)
+            if (
+                phase == "adapter"
+                and cfg.publish_every
+                and (r % cfg.publish_every == 0 or r == cfg.rounds)
+            ):
+                self._publish(global_state, r)
         return global_state
 
     def _publish(self, global_state: State, server_round: int) -> None:
