@@ -11,10 +11,12 @@ import json
 import logging
 import random
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from fedadapt.clients.device import (
+    GLOBAL,
     build_fresh_global,
     build_model,
     full_model_state,
@@ -22,14 +24,18 @@ from fedadapt.clients.device import (
     trainable_global_keys,
 )
 from fedadapt.server import checkpoint, report
+from fedadapt.server.publish import publish
 from fedadapt.server.replies import screen
 from fedadapt.server.strategy import build_strategy, dp_epsilon
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedadapt.adapter_files import save_adapter
+from fedadapt.adapters import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base_model import base_sha256
 from fedadapt.deltas import State
+from fedadapt.keys import load_private
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.simconfig import SimConfig
 
@@ -233,22 +239,20 @@ class FederatedRun:
                 self._publish(global_state, r)
         return global_state
 
+    @cached_property
+    def adapter_model(self) -> AdapterModel:
+        """One model to write adapter folders with: building it loads and quantizes the base."""
+        return build_model(self.cfg)
+
+    def _save_global(self, global_state: State, folder: Path, version: int, **extra: Any) -> Path:
+        self.adapter_model.load_adapter_state(GLOBAL, global_state)
+        return save_adapter(self.adapter_model, GLOBAL, folder, version=version, extra=extra)
+
     def _publish(self, global_state: State, server_round: int) -> None:
         """Sign the global adapter into the update registry, for devices to fetch."""
-        from fedadapt.clients.device import GLOBAL
-        from fedadapt.server.publish import publish
-
-        from fedadapt.adapter_files import save_adapter
-        from fedadapt.keys import load_private
-
         cfg = self.cfg
-        model = build_model(cfg)
-        model.load_adapter_state(GLOBAL, global_state)
-        folder = save_adapter(
-            model,
-            GLOBAL,
-            self.out / "published" / f"round-{server_round:04d}",
-            version=server_round,
+        folder = self._save_global(
+            global_state, self.out / "published" / f"round-{server_round:04d}", server_round
         )
         entry = publish(folder, cfg.publish_registry, load_private(cfg.publish_key), name="global")
         print(
@@ -289,21 +293,11 @@ class FederatedRun:
     def _report(
         self, global_state: State, rows, full_rows, per_client, full_model, t_start
     ) -> dict:
-        from fedadapt.clients.device import GLOBAL
-
-        from fedadapt.adapter_files import save_adapter
-
         cfg = self.cfg
-        model = build_model(cfg)
-        model.load_adapter_state(GLOBAL, global_state)
-        save_adapter(
-            model,
-            GLOBAL,
-            self.out / "adapter",
-            version=cfg.rounds,
-            extra={"rounds": cfg.rounds, "strategy": cfg.strategy},
+        self._save_global(
+            global_state, self.out / "adapter", cfg.rounds, rounds=cfg.rounds, strategy=cfg.strategy
         )
-        base = model.base
+        base = self.adapter_model.base
         trainable = sum(
             v.numel() for k, v in global_state.items() if k in trainable_global_keys(cfg)
         )
