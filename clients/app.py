@@ -13,11 +13,11 @@ The personal adapter and head, and the int8 codec's error-feedback residual, liv
 
 from __future__ import annotations
 
-from fedadapt.clients.attacks import attack, malicious_clients
-from fedadapt.clients.device import Device, client_data
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedadapt.clients.attacks import attack, malicious_clients
+from fedadapt.clients.device import Device, client_data
 from fedadapt.codecs import ErrorFeedback
 from fedadapt.records import pack_delta, record_to_state, state_to_record
 from fedadapt.simconfig import SimConfig

@@ -35,6 +35,11 @@ def client_datasets(
     raise ValueError(f"unknown dataset {dataset!r}")
 
 
+def label_names(dataset: str) -> list[str]:
+    """The class names a head's outputs stand for; saved with the adapter for the runtime."""
+    return {"rotten_tomatoes": rotten_tomatoes.LABELS, "bbc": bbc.LABELS}[dataset]
+
+
 def client_data(cfg: SimConfig, partition_id: int) -> ClientData:
     return client_datasets(
         cfg.dataset,
@@ -166,7 +171,7 @@ class Device:
         start = {k: v.clone() for k, v in m.adapter_state(GLOBAL, trainable_only=True).items()}
         extra = None
         if self.cfg.strategy == "fedprox" and self.cfg.proximal_mu > 0:
-            params = m._tensors(GLOBAL)
+            params = m.adapter_parameters(GLOBAL)
             mu = self.cfg.proximal_mu
 
             def extra() -> torch.Tensor:

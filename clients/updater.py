@@ -4,6 +4,7 @@ Device folder:
 
     state.json                   installed adapter name, version and the previous version
     versions/v0003.safetensors   full adapter files (the current one and the previous one)
+    versions/v0003.onnx_adapter  the same, for the edge runtime (where a graph is installed)
     downloads/                   partial downloads, resumed with HTTP Range
 
 `state.json` is the commit point: a new version file is written (temp file, fsync, rename)
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import safetensors.numpy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedadapt.atomic import atomic_write_bytes, atomic_write_text
@@ -32,7 +34,9 @@ from fedadapt.bundles import (
     sha256,
     verify_manifest,
 )
+from fedadapt.clients.runtime import RUNTIME_FILE, STATE_FILE, adapter_file
 from fedadapt.errors import FedAdaptError
+from fedadapt.export.onnx_adapter import write_onnx_adapter
 from fedadapt.keys import key_id
 
 MAX_INDEX_BYTES = 1 << 20
@@ -53,7 +57,7 @@ class DeviceStore:
         self.downloads = self.folder / "downloads"
 
     def state(self) -> Installed:
-        path = self.folder / "state.json"
+        path = self.folder / STATE_FILE
         return Installed(**json.loads(path.read_text())) if path.exists() else Installed()
 
     def version_file(self, version: int) -> Path:
@@ -63,14 +67,19 @@ class DeviceStore:
         s = self.state()
         return None if s.version is None else self.version_file(s.version).read_bytes()
 
-    def install(self, name: str, version: int, adapter: bytes) -> None:
+    def install(self, name: str, version: int, adapter: bytes, base_sha256: str) -> None:
+        """Write the version's files, then name it in `state.json` (the commit point). On a
+        device with an exported graph the runtime's `.onnx_adapter` is written here too."""
         s = self.state()
         atomic_write_bytes(self.version_file(version), adapter)
+        if (self.folder / RUNTIME_FILE).exists():
+            tensors = safetensors.numpy.load(adapter)
+            write_onnx_adapter(adapter_file(self.folder, version), tensors, version, base_sha256)
         new = Installed(name, version, s.version)
-        atomic_write_text(self.folder / "state.json", json.dumps(new.__dict__) + "\n")
+        atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
         keep = {version, s.version}
-        for f in self.versions.glob("v*.safetensors"):
-            if int(f.stem[1:]) not in keep:
+        for f in self.versions.glob("v*.*"):
+            if f.name.startswith("v") and int(f.name[1:5]) not in keep:
                 f.unlink(missing_ok=True)
 
     def rollback(self) -> int:
@@ -78,7 +87,7 @@ class DeviceStore:
         if s.previous is None or not self.version_file(s.previous).exists():
             raise FedAdaptError("no previous version to roll back to")
         new = Installed(s.adapter_name, s.previous, None)
-        atomic_write_text(self.folder / "state.json", json.dumps(new.__dict__) + "\n")
+        atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
         return s.previous
 
 
@@ -165,6 +174,6 @@ def fetch(
     adapter = payload if m.from_version is None else apply_delta(device.current_bytes(), payload)
     if sha256(adapter) != m.result_sha256:
         raise BundleError("the rebuilt adapter does not match the signed result", "hash-mismatch")
-    device.install(m.adapter_name, m.version, adapter)
+    device.install(m.adapter_name, m.version, adapter, base_sha256)
     part.unlink(missing_ok=True)
     return m

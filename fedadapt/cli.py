@@ -111,12 +111,19 @@ def _serve_updates(args: argparse.Namespace) -> None:
 
 def _fetch(args: argparse.Namespace) -> None:
     """Fetch the newest adapter update, verify it and apply it atomically."""
-    from fedadapt.base_model import base_sha256
+    from fedadapt.clients.runtime import RUNTIME_FILE
     from fedadapt.clients.updater import fetch
     from fedadapt.keys import load_public
 
+    runtime = Path(args.device_dir) / RUNTIME_FILE
+    if runtime.exists():  # an edge device: its installed graph names its base (no torch here)
+        base = json.loads(runtime.read_text())["base_sha256"]
+    else:
+        from fedadapt.base_model import base_sha256
+
+        base = base_sha256()
     trusted = [load_public(p) for p in args.trust]
-    m = fetch(args.url, args.device_dir, trusted, base_sha256(), timeout=args.timeout)
+    m = fetch(args.url, args.device_dir, trusted, base, timeout=args.timeout)
     if m is None:
         print("already up to date")
     else:
@@ -128,6 +135,47 @@ def _rollback(args: argparse.Namespace) -> None:
     from fedadapt.clients.updater import DeviceStore
 
     print(f"rolled back to version {DeviceStore(args.device_dir).rollback()}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    """Export an adapter over the base to ONNX: adapter tensors stay swappable graph inputs,
+    the base MatMuls are quantized by ONNX Runtime, and a device folder is written."""
+    from fedadapt.export.exporter import ExportOptions, export
+
+    fixed = None
+    if args.fixed_shape:
+        try:
+            b, s = (int(x) for x in args.fixed_shape.split(","))
+        except ValueError as e:
+            raise FedAdaptError(
+                f"--fixed-shape wants B,S (e.g. 1,128), got {args.fixed_shape!r}"
+            ) from e
+        fixed = (b, s)
+    opts = ExportOptions(
+        quantize=args.quantize,
+        merge_lora=args.merge_lora,
+        fixed_shape=fixed,
+        ort_format=args.ort,
+        max_length=args.max_length,
+        measure=not args.no_measure,
+    )
+    report = export(args.adapter, args.out, opts)
+    brief = {k: report[k] for k in ("sizes", "parity_max_abs", "latency", "swap_ms") if k in report}
+    print(json.dumps(brief, indent=1))
+    print(f"report: {Path(args.out) / 'export_report.json'}")
+
+
+def _infer(args: argparse.Namespace) -> None:
+    """Classify texts with ONNX Runtime and the device's installed adapter (no torch needed)."""
+    from fedadapt.clients.runtime import EdgeRuntime
+
+    rt = EdgeRuntime(args.device_dir, threads=args.threads)
+    if args.adapter:
+        rt.activate(args.adapter)
+    for p in rt.predict(args.texts, task=args.task):
+        scores = " ".join(f"{k}={v:.3f}" for k, v in p.scores.items())
+        print(f"{p.label}\t{scores}\t{p.text}")
+    print(f"(adapter version {rt.adapter_version})", file=sys.stderr)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -214,6 +262,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--device-dir", required=True)
     r.set_defaults(func=_rollback)
+
+    e = sub.add_parser("export", help="export an adapter to ONNX", description=_export.__doc__)
+    e.add_argument("--adapter", required=True, help="adapter folder (e.g. out/quick/adapter)")
+    e.add_argument("--out", required=True, help="device folder to write")
+    e.add_argument("--quantize", choices=["none", "int8", "int4"], default="int8")
+    e.add_argument(
+        "--merge-lora", action="store_true", help="fold a fixed, global LoRA into the base"
+    )
+    e.add_argument("--fixed-shape", metavar="B,S", help="fix batch and sequence (mobile EPs)")
+    e.add_argument("--ort", action="store_true", help="also write model.ort for ORT Mobile")
+    e.add_argument("--max-length", type=int, default=128, help="token limit at inference")
+    e.add_argument("--no-measure", action="store_true", help="skip latency/parity/mobile checks")
+    e.set_defaults(func=_export)
+
+    i = sub.add_parser(
+        "infer", help="classify texts on a device folder", description=_infer.__doc__
+    )
+    i.add_argument("--device-dir", required=True)
+    i.add_argument("texts", nargs="+", metavar="TEXT")
+    i.add_argument("--adapter", help="use this .onnx_adapter instead of the installed one")
+    i.add_argument("--task", type=int, help="task index, for a stacked multi-adapter graph")
+    i.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    i.set_defaults(func=_infer)
 
     b = sub.add_parser(
         "bench",

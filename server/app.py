@@ -15,18 +15,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from fedadapt.clients.device import (
-    GLOBAL,
-    build_fresh_global,
-    build_model,
-    full_model_state,
-    mix_seed,
-    trainable_global_keys,
-)
-from fedadapt.server import checkpoint, report
-from fedadapt.server.publish import publish
-from fedadapt.server.replies import screen
-from fedadapt.server.strategy import build_strategy, dp_epsilon
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -34,9 +22,22 @@ from fedadapt.adapter_files import save_adapter
 from fedadapt.adapters import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base_model import base_sha256
+from fedadapt.clients.device import (
+    GLOBAL,
+    build_fresh_global,
+    build_model,
+    full_model_state,
+    label_names,
+    mix_seed,
+    trainable_global_keys,
+)
 from fedadapt.deltas import State
 from fedadapt.keys import load_private
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
+from fedadapt.server import checkpoint, report
+from fedadapt.server.publish import publish
+from fedadapt.server.replies import screen
+from fedadapt.server.strategy import build_strategy, dp_epsilon
 from fedadapt.simconfig import SimConfig
 
 log = logging.getLogger("fedadapt.server")
@@ -246,6 +247,7 @@ class FederatedRun:
 
     def _save_global(self, global_state: State, folder: Path, version: int, **extra: Any) -> Path:
         self.adapter_model.load_adapter_state(GLOBAL, global_state)
+        extra = {"label_names": label_names(self.cfg.dataset), **extra}
         return save_adapter(self.adapter_model, GLOBAL, folder, version=version, extra=extra)
 
     def _publish(self, global_state: State, server_round: int) -> None:

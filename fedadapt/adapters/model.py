@@ -89,7 +89,7 @@ class AdapterModel(nn.Module):
         self.set_active(setup)
         self.requires_grad_(False)
         for name in only or self.control.active.names:
-            for key, p in self._tensors(name).items():
+            for key, p in self.adapter_parameters(name).items():
                 frozen_a = key.endswith("lora_A.weight") and getattr(
                     self.configs[name], "freeze_a", False
                 )
@@ -106,7 +106,7 @@ class AdapterModel(nn.Module):
             raise KeyError(f"no adapter named {name!r}; have {sorted(self.configs)}")
 
     # -- state ------------------------------------------------------------------------------
-    def _tensors(self, name: str) -> dict[str, nn.Parameter]:
+    def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         self._check(name)
         out: dict[str, nn.Parameter] = {}
         for path, module in self.encoder.named_modules():
@@ -123,7 +123,7 @@ class AdapterModel(nn.Module):
         """Detached copies of an adapter's tensors (and its head's)."""
         return {
             k: p.detach().clone()
-            for k, p in self._tensors(name).items()
+            for k, p in self.adapter_parameters(name).items()
             if p.requires_grad or not trainable_only
         }
 
@@ -131,7 +131,7 @@ class AdapterModel(nn.Module):
         self, name: str, state: dict[str, torch.Tensor], strict: bool = True
     ) -> None:
         """Copy tensors into adapter `name`; a missing, extra or mis-shaped tensor is an error."""
-        own = self._tensors(name)
+        own = self.adapter_parameters(name)
         extra = sorted(set(state) - set(own))
         missing = sorted(set(own) - set(state)) if strict else []
         bad = [

@@ -1,4 +1,5 @@
 import torch
+
 from fedadapt.clients.attacks import attack, malicious_clients
 
 

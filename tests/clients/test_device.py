@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from fedadapt.clients.device import (
     GLOBAL,
     PERSONAL,
@@ -9,7 +10,6 @@ from fedadapt.clients.device import (
     build_fresh_global,
     trainable_global_keys,
 )
-
 from fedadapt.simconfig import SimConfig
 from tests.clients import SMALL
 

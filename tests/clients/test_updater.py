@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from fedadapt.clients.updater import DeviceStore, fetch
-from fedadapt.server.publish import publish, read_index
-from fedadapt.server.update_service import UpdateServer
 
 from fedadapt.adapter_files import load_adapter, save_adapter
 from fedadapt.adapters import AdapterModel, LoraConfig
 from fedadapt.base_model import load_base
 from fedadapt.bundles import BundleError, Manifest, sign
+from fedadapt.clients.updater import DeviceStore, fetch
 from fedadapt.keys import keygen, load_private, load_public
+from fedadapt.server.publish import publish, read_index
+from fedadapt.server.update_service import UpdateServer
 
 
 @pytest.fixture(scope="module")

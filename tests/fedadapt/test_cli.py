@@ -29,11 +29,10 @@ def test_keygen_publish_fetch_rollback_from_the_command_line(tmp_path, capsys):
     import stat
     import threading
 
-    from fedadapt.server.update_service import UpdateServer
-
     from fedadapt.adapter_files import save_adapter
     from fedadapt.adapters import AdapterModel, LoraConfig
     from fedadapt.base_model import load_base
+    from fedadapt.server.update_service import UpdateServer
 
     assert main(["keygen", "--out", str(tmp_path / "k")]) == 0
     priv = tmp_path / "k" / "signing_key.pem"

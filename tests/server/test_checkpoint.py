@@ -1,7 +1,7 @@
 import torch
+
 from fedadapt.server import checkpoint
 from fedadapt.server.strategy import build_strategy
-
 from fedadapt.simconfig import SimConfig
 
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from fedadapt.server.replies import clip, screen
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedadapt.codecs import encode
 from fedadapt.records import pack_delta, record_to_state
+from fedadapt.server.replies import clip, screen
 
 SHA = "a" * 64
 GLOBAL = {"x.adapter_up.weight": torch.zeros(4, 2), "head.bias": torch.ones(2)}

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from fedadapt.server.strategy import build_strategy, dp_epsilon
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedadapt.records import record_to_state, state_to_record
+from fedadapt.server.strategy import build_strategy, dp_epsilon
 from fedadapt.simconfig import SimConfig
 
 GLOBAL = {"w": torch.zeros(5)}

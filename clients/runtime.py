@@ -1,0 +1,134 @@
+"""The edge runtime: ONNX Runtime over the installed graph plus the active `.onnx_adapter`.
+
+Needs only onnxruntime, numpy and tokenizers (no torch), so it is what a device ships.
+Swapping adapters never recreates the session: a new `LoraAdapter` is loaded and set on the
+run options. The adapter object is kept referenced here, because ORT silently runs with the
+graph's defaults when a `LoraAdapter` it was given has been garbage-collected.
+
+Device folder (written by `fedadapt export`, updated by `fedadapt fetch`):
+
+    runtime.json                 base SHA-256, labels, token limit, graph file
+    model.onnx                   the graph with overridable adapter inputs
+    tokenizer.json
+    state.json                   the installed version (the updater's commit point)
+    versions/v0003.onnx_adapter  the installed adapter; none installed: the export's own
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from fedadapt.errors import FedAdaptError
+from fedadapt.export.onnx_adapter import SUFFIX, check_fits
+
+RUNTIME_FILE = "runtime.json"
+STATE_FILE = "state.json"
+
+
+def adapter_file(folder: Path, version: int) -> Path:
+    return Path(folder) / "versions" / f"v{version:04d}{SUFFIX}"
+
+
+def installed_adapter(folder: Path) -> Path | None:
+    """The adapter file that `state.json` names, if an update has been installed."""
+    state = Path(folder) / STATE_FILE
+    if not state.exists():
+        return None
+    version = json.loads(state.read_text()).get("version")
+    return None if version is None else adapter_file(folder, version)
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str
+    scores: dict[str, float]
+
+
+class EdgeRuntime:
+    def __init__(self, folder: str | Path, threads: int = 0) -> None:
+        self.folder = Path(folder)
+        try:
+            self.meta = json.loads((self.folder / RUNTIME_FILE).read_text())
+        except FileNotFoundError as e:
+            raise FedAdaptError(
+                f"{self.folder} has no {RUNTIME_FILE}: install an exported model first "
+                "(`fedadapt export --adapter DIR --out DEVICE_DIR`)"
+            ) from e
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # overridable initializers warn once per tensor otherwise
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(self.folder / self.meta["model_file"]), opts, providers=["CPUExecutionProvider"]
+        )
+        self.slots = {i.name: tuple(i.shape) for i in self.session.get_overridable_initializers()}
+        self.fixed = _fixed_shape(self.session)
+        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(
+            max_length=self.fixed[1] if self.fixed else self.meta["max_length"]
+        )
+        if self.fixed:
+            self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=self.fixed[1])
+        else:
+            self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._adapter: ort.LoraAdapter | None = None
+        self.run_options = ort.RunOptions()
+        self.adapter_version: int | None = self.meta.get("adapter_version")
+        installed = installed_adapter(self.folder)
+        if installed is not None:
+            self.activate(installed)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta["labels"]
+
+    def activate(self, path: str | Path) -> int:
+        """Make the adapter at `path` the active one, on the live session; returns its version."""
+        version, _ = check_fits(path, self.meta["base_sha256"], self.slots)
+        adapter = ort.LoraAdapter()
+        adapter.Load(str(path))
+        options = ort.RunOptions()
+        options.add_active_adapter(adapter)
+        self._adapter, self.run_options, self.adapter_version = adapter, options, version
+        return version
+
+    def logits(self, texts: list[str], task: int | None = None) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, len(self.labels)), np.float32)
+        batch = self.fixed[0] if self.fixed else len(texts)
+        out = []
+        for start in range(0, len(texts), batch):
+            chunk = texts[start : start + batch]
+            enc = self.tokenizer.encode_batch(chunk + [""] * (batch - len(chunk)))
+            feed = {
+                "input_ids": np.array([e.ids for e in enc], np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+            }
+            if "task_index" in self.meta.get("extra_inputs", []):
+                feed["task_index"] = np.array(task or 0, np.int64)
+            out.append(self.session.run(["logits"], feed, self.run_options)[0][: len(chunk)])
+        return np.concatenate(out)
+
+    def predict(self, texts: list[str], task: int | None = None) -> list[Prediction]:
+        z = self.logits(texts, task)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return [
+            Prediction(
+                t,
+                self.labels[int(row.argmax())],
+                dict(zip(self.labels, map(float, row), strict=True)),
+            )
+            for t, row in zip(texts, p, strict=True)
+        ]
+
+
+def _fixed_shape(session: ort.InferenceSession) -> tuple[int, int] | None:
+    shape = session.get_inputs()[0].shape
+    return (shape[0], shape[1]) if all(isinstance(d, int) for d in shape) else None

@@ -1,0 +1,153 @@
+"""torch → ONNX with every adapter tensor kept as an overridable initializer.
+
+The exporters rename `nn.Linear` weights and the dynamo optimizer merges equal initializers
+across layers (zero-initialised biases, say), so adapter tensors are never exported as
+parameters. They enter the graph as named *inputs* (`torch.func.functional_call` feeds them to
+the unchanged modules), and afterwards each input gets a same-named default initializer. ONNX
+Runtime treats such a pair as an overridable initializer: the adapter baked in at export runs
+by default, and `RunOptions.add_active_adapter` (or a plain feed) replaces it on a live session.
+
+A stacked export takes K adapters of one shape, each tensor as `[K, ...]`, plus a `task_index`
+input that picks one per run: one graph serves K tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+from torch.func import functional_call
+
+from fedadapt.adapters.model import AdapterModel
+from fedadapt.atomic import atomic_write_bytes
+
+DATA_INPUTS = ("input_ids", "attention_mask")
+TASK_INPUT = "task_index"
+OUTPUT = "logits"
+
+
+class _AdapterInputs(nn.Module):
+    """Runs `model` with its adapter tensors taken from the `adapters` argument."""
+
+    def __init__(self, model: AdapterModel, paths: dict[str, str]) -> None:
+        super().__init__()
+        self.model = model
+        self.paths = paths  # logical tensor name -> parameter path in `model`
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        adapters: dict[str, torch.Tensor],
+        task_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        params = {
+            self.paths[k]: v if task_index is None else v[task_index] for k, v in adapters.items()
+        }
+        return functional_call(self.model, params, (input_ids, attention_mask), strict=False)
+
+
+def parameter_paths(model: AdapterModel, name: str) -> dict[str, str]:
+    """Logical adapter tensor names (as in adapter files) -> parameter paths in `model`."""
+    where = {id(p): path for path, p in model.named_parameters()}
+    return {k: where[id(p)] for k, p in model.adapter_parameters(name).items()}
+
+
+def export_graph(
+    model: AdapterModel,
+    adapters: dict[str, torch.Tensor],
+    paths: dict[str, str],
+    path: Path,
+    fixed_shape: tuple[int, int] | None = None,
+    stacked: int | None = None,
+    metadata: dict[str, str] | None = None,
+) -> list[str]:
+    """Export the active setup of `model` to `path`; returns the overridable input names.
+
+    `adapters` maps logical names to the default values (stacked along dim 0 when `stacked`
+    is the number of tasks K); `paths` maps the same names to parameters of `model`.
+    """
+    model.eval()
+    seq = 16 if fixed_shape is None else fixed_shape[1]
+    batch = 2 if fixed_shape is None else fixed_shape[0]
+    ids = torch.full((batch, seq), 1000, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    kwargs: dict = {"adapters": {k: v.detach().float().contiguous() for k, v in adapters.items()}}
+    names = [*DATA_INPUTS, *adapters]
+    if stacked is not None:
+        kwargs[TASK_INPUT] = torch.tensor(0, dtype=torch.long)
+        names.append(TASK_INPUT)
+    dynamic = None
+    if fixed_shape is None:
+        b, s = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
+        # A dict, not a tuple: torch turns tuples in dynamic_shapes into lists and then
+        # rejects them against the tuple of inputs.
+        dynamic = {"input_ids": {0: b, 1: s}, "attention_mask": {0: b, 1: s}}
+        dynamic["adapters"] = {k: None for k in adapters}
+        if stacked is not None:
+            dynamic[TASK_INPUT] = None
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            _AdapterInputs(model, paths),
+            (ids, mask),
+            kwargs=kwargs,
+            dynamo=True,
+            input_names=names,
+            output_names=[OUTPUT],
+            dynamic_shapes=dynamic,
+        )
+    proto = program.model_proto
+    got = [i.name for i in proto.graph.input]
+    if got != names:
+        raise RuntimeError(f"exporter changed the graph inputs: expected {names}, got {got}")
+    add_defaults(proto, {k: kwargs["adapters"][k].numpy() for k in adapters})
+    for k, v in (metadata or {}).items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    save_model(proto, path)
+    return list(adapters)
+
+
+def add_defaults(proto: onnx.ModelProto, defaults: dict[str, np.ndarray]) -> None:
+    """Give each adapter input a same-named initializer: an overridable default."""
+    have = {i.name for i in proto.graph.initializer}
+    for k, v in defaults.items():
+        if k in have:
+            raise ValueError(f"{k} is already an initializer")
+        proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(v), k))
+
+
+def overridable(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the initializers that are also graph inputs."""
+    inputs = {i.name for i in proto.graph.input}
+    return {i.name: tuple(i.dims) for i in proto.graph.initializer if i.name in inputs}
+
+
+def save_model(proto: onnx.ModelProto, path: Path) -> None:
+    """One self-contained file, written atomically.
+
+    `onnx.save` appends to an existing external-data file, so re-exporting into the same
+    folder would grow and corrupt it; serialising in memory avoids external data entirely.
+    """
+    atomic_write_bytes(Path(path), proto.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints progress, deprecation warnings and a torchvision notice per call."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)

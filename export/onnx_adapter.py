@@ -1,0 +1,91 @@
+"""`.onnx_adapter` files: ONNX Runtime's own adapter format, plus the checks ORT leaves out.
+
+ORT stores an adapter version and a model version but never compares them with anything.
+Here the model version is the first 28 bits of the base model's SHA-256 (the format holds a
+31-bit integer), and `check_fits` compares it, and every tensor's name and shape, with the
+exported graph before a session may use the adapter. This module needs only numpy and
+onnxruntime, so it runs on devices without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from fedadapt.errors import AdapterLoadError
+
+SUFFIX = ".onnx_adapter"
+
+
+def model_version(base_sha256: str) -> int:
+    return int(base_sha256[:7], 16)
+
+
+def write_onnx_adapter(
+    path: str | Path, tensors: dict[str, np.ndarray], version: int, base_sha256: str
+) -> Path:
+    """Write atomically (temp file, fsync, rename): a reader never sees half a file."""
+    path = Path(path)
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(int(version))
+    fmt.set_model_version(model_version(base_sha256))
+    fmt.set_parameters(
+        {
+            k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+            for k, v in tensors.items()
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=SUFFIX)
+    os.close(fd)
+    try:
+        fmt.export_adapter(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_onnx_adapter(path: str | Path) -> tuple[int, int, dict[str, np.ndarray]]:
+    """(adapter version, model version, tensors); a damaged file is an AdapterLoadError."""
+    try:
+        fmt = ort.AdapterFormat.read_adapter(str(path))
+    except Exception as e:  # ORT raises bare RuntimeErrors/Fails for malformed flatbuffers
+        raise AdapterLoadError(f"{path} is not a readable .onnx_adapter file: {e}") from e
+    tensors = {k: v.numpy() for k, v in fmt.get_parameters().items()}
+    return fmt.get_adapter_version(), fmt.get_model_version(), tensors
+
+
+def check_fits(
+    path: str | Path, base_sha256: str, slots: dict[str, tuple[int, ...]]
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Check an adapter file against a graph's base and overridable inputs; returns
+    (version, tensors). ORT would accept a wrong base silently and a wrong name or shape only
+    at run time."""
+    version, mv, tensors = read_onnx_adapter(path)
+    if mv != model_version(base_sha256):
+        raise AdapterLoadError(
+            f"{path} was made for another base model (model version {mv}, this base is "
+            f"{model_version(base_sha256)}, from SHA-256 {base_sha256[:12]}…)"
+        )
+    unknown = sorted(set(tensors) - set(slots))
+    if unknown:
+        raise AdapterLoadError(
+            f"{path} has tensors this graph cannot take: {unknown[:5]} "
+            "(exported with --merge-lora, or for another adapter layout?)"
+        )
+    bad = [
+        f"{k}: graph {slots[k]}, file {tuple(v.shape)}"
+        for k, v in tensors.items()
+        if tuple(v.shape) != tuple(slots[k])
+    ]
+    if bad:
+        raise AdapterLoadError(f"{path} has mis-shaped tensors: {bad[:5]}")
+    return version, tensors
