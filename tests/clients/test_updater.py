@@ -37,7 +37,7 @@ def _adapter(base, folder: Path, seed: int, head_only_from: Path | None = None) 
     else:
         load_adapter(m, head_only_from, name="a")
     with torch.no_grad():
-        for k, p in m._tensors("a").items():
+        for k, p in m.adapter_parameters("a").items():
             if head_only_from is None or k.startswith("head."):
                 p.add_(torch.randn_like(p) * 0.01)
     save_adapter(m, "a", folder)

@@ -12,7 +12,7 @@ from fedadapt.errors import AdapterLoadError
 def _trained(model, name, cfg, labels=2):
     model.add_adapter(name, cfg, num_labels=labels)
     with torch.no_grad():
-        for p in model._tensors(name).values():
+        for p in model.adapter_parameters(name).values():
             p.add_(torch.randn_like(p) * 0.05)
     return model
 

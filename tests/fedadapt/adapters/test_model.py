@@ -18,7 +18,7 @@ from fedadapt.adapters.layer import AdapterLayer
 
 def _randomize(model, name):
     with torch.no_grad():
-        for p in model._tensors(name).values():
+        for p in model.adapter_parameters(name).values():
             p.normal_(0, 0.05)
 
 
