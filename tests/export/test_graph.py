@@ -157,7 +157,7 @@ def test_quantized_base_keeps_adapters_swappable(bottleneck, batch, tmp_path, pr
 
 def test_model_files_are_rewritten_not_appended(bottleneck, tmp_path):
     """`onnx.save` appends to an existing external-data file; ours writes one file anew."""
-    m, folder = bottleneck
+    _m, folder = bottleneck
     sizes = []
     for _ in range(2):
         quantize_base(folder / "fp32.onnx", tmp_path / "m.onnx", "none")
@@ -170,7 +170,7 @@ def test_model_files_are_rewritten_not_appended(bottleneck, tmp_path):
 def test_fixed_shape_and_ort_format_keep_adapters(bottleneck, batch, tmp_path):
     m, folder = bottleneck
     shutil.copy(folder / "fp32.onnx", tmp_path / "model.onnx")
-    ids, mask = batch
+    ids, _mask = batch
     make_shape_fixed(tmp_path / "model.onnx", *ids.shape)
     proto = onnx.load(str(tmp_path / "model.onnx"))
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
