@@ -2,7 +2,17 @@ import pytest
 
 from fedadapt.cli import build_parser, main
 
-COMMANDS = ["simulate", "keygen", "publish", "serve-updates", "fetch", "rollback", "bench"]
+COMMANDS = [
+    "simulate",
+    "export",
+    "infer",
+    "keygen",
+    "publish",
+    "serve-updates",
+    "fetch",
+    "rollback",
+    "bench",
+]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
