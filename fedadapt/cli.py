@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     except FedAdaptError as e:
         print(f"fedadapt: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fedadapt: interrupted (a simulation resumes with --resume OUT)", file=sys.stderr)
+        return 130
     return 0
 
 

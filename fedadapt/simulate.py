@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,6 +132,7 @@ def run(cfg: SimConfig) -> Path:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    previous = _stop_on_sigterm()
     try:
         _wait_healthy(port, superlink, log)
         federation = (
@@ -156,7 +158,21 @@ def run(cfg: SimConfig) -> Path:
             )
     finally:
         stop(superlink)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return out
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into an exception, so `kill PID` still stops the SuperLink, Ray and the
+    ClientApp workers (they run in their own session and would outlive us otherwise)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def resume_config(folder: Path, rounds: int | None = None) -> SimConfig:
