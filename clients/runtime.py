@@ -110,7 +110,7 @@ class EdgeRuntime:
                 "input_ids": np.array([e.ids for e in enc], np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
             }
-            if "task_index" in self.meta.get("extra_inputs", []):
+            if self.meta.get("tasks"):  # a task-indexed graph of stacked adapters
                 feed["task_index"] = np.array(task or 0, np.int64)
             out.append(self.session.run(["logits"], feed, self.run_options)[0][: len(chunk)])
         return np.concatenate(out)

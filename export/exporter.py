@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from fedadapt.adapter_files import load_adapter, read_adapter
-from fedadapt.adapters.model import HEAD_PREFIX, AdapterModel
+from fedadapt.adapters.model import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base_model import base_sha256, load_base, load_tokenizer, model_dir, tokenize
 from fedadapt.clients.runtime import RUNTIME_FILE
 from fedadapt.errors import AdapterLoadError
 from fedadapt.export import measure
-from fedadapt.export.graph import export_graph, parameter_paths
+from fedadapt.export.graph import TASK_INPUT, export_graph
 from fedadapt.export.merge import merge_lora
 from fedadapt.export.mobile import make_shape_fixed, mobile_summary, to_ort_format
 from fedadapt.export.onnx_adapter import SUFFIX, write_onnx_adapter
@@ -51,21 +51,28 @@ def _log(msg: str) -> None:
     print(f"[export] {msg}", file=sys.stderr, flush=True)
 
 
-def load_model(adapter_dir: Path) -> tuple[AdapterModel, str, dict[str, Any]]:
-    """The fp32 base with the adapter (and its head) active; a wrong base is refused here."""
-    config, _ = read_adapter(adapter_dir)
-    if config.get("base_model_sha256") != base_sha256():
-        raise AdapterLoadError(
-            f"{adapter_dir} belongs to base {str(config.get('base_model_sha256'))[:12]}…, "
-            f"the installed base is {base_sha256()[:12]}…"
-        )
-    if not config.get("num_labels"):
-        raise AdapterLoadError(f"{adapter_dir} has no task head; export needs one for logits")
+def load_model(adapter_dirs: list[Path]) -> tuple[AdapterModel, list[str], dict[str, Any]]:
+    """The fp32 base with the adapters (and heads) loaded, the first active; a wrong base, a
+    missing head or (for several) unequal layouts are refused here."""
+    configs = []
+    for d in adapter_dirs:
+        config, _ = read_adapter(d)
+        if config.get("base_model_sha256") != base_sha256():
+            raise AdapterLoadError(
+                f"{d} belongs to base {str(config.get('base_model_sha256'))[:12]}…, "
+                f"the installed base is {base_sha256()[:12]}…"
+            )
+        if not config.get("num_labels"):
+            raise AdapterLoadError(f"{d} has no task head; export needs one for logits")
+        configs.append(config)
+    layout = [(c["method"], c["config"], c["num_labels"]) for c in configs]
+    if any(x != layout[0] for x in layout):
+        raise AdapterLoadError("stacked adapters must share method, config and label count")
     model = AdapterModel(load_base("none"))
-    name = load_adapter(model, adapter_dir)
-    model.set_active(name)
+    names = [load_adapter(model, d, name=f"task{i}") for i, d in enumerate(adapter_dirs)]
+    model.set_active(names[0])
     model.eval()
-    return model, name, config
+    return model, names, configs[0]
 
 
 def held_out_sentences(n: int = 16) -> list[str]:
@@ -76,42 +83,44 @@ def held_out_sentences(n: int = 16) -> list[str]:
     return texts[:n]
 
 
-def graph_tensors(model: AdapterModel, name: str) -> dict[str, torch.Tensor]:
-    """The tensors the active forward reads: all of the adapter's, or only its head's once
-    a LoRA is merged (or when no adapter is active)."""
-    state = model.adapter_state(name)
-    if model.control.active is None:
-        return {k: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
-    return state
-
-
-def export(adapter_dir: str | Path, out: str | Path, opts: ExportOptions = ExportOptions()) -> dict:
-    adapter_dir, out = Path(adapter_dir), Path(out)
+def export(
+    adapter_dirs: str | Path | list, out: str | Path, opts: ExportOptions = ExportOptions()
+) -> dict:
+    """Write the device folder for one adapter, or a task-indexed graph for several."""
+    dirs = [Path(d) for d in (adapter_dirs if isinstance(adapter_dirs, list) else [adapter_dirs])]
+    out = Path(out)
     t0 = time.perf_counter()
-    model, name, config = load_model(adapter_dir)
+    model, names, config = load_model(dirs)
     sha = base_sha256()
-    tok = load_tokenizer(opts.max_length)
-    sentences = held_out_sentences()
-    ids, mask = tokenize(tok, sentences)
+    ids, mask = tokenize(load_tokenizer(opts.max_length), held_out_sentences())
     with torch.no_grad():
         reference = model(ids, mask).numpy()
-    merged = merge_lora(model, name) if opts.merge_lora else 0
-    tensors = graph_tensors(model, name)
-    paths = parameter_paths(model, name)
+    if opts.merge_lora:
+        if len(names) > 1:
+            raise ValueError("--merge-lora folds one global LoRA; it cannot serve several tasks")
+        merged = merge_lora(model, names[0])
+    else:
+        merged = 0
+    stacked = None
+    extra: dict[str, np.ndarray] = {}
+    if len(names) > 1:
+        states = [model.adapter_state(n) for n in names]
+        stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+        extra[TASK_INPUT] = np.array(0, np.int64)
     version = int(config.get("version", 1))
     labels = config.get("label_names") or [f"label_{i}" for i in range(config["num_labels"])]
     metadata = {"fedadapt.base_sha256": sha, "fedadapt.adapter_version": str(version)}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        _log(f"exporting {adapter_dir} ({config['method']}, {len(tensors)} adapter inputs)")
-        export_graph(model, tensors, paths, tmp / "fp32.onnx", metadata=metadata)
+        _log(f"exporting {', '.join(map(str, dirs))} ({config['method']})")
+        tensors = export_graph(model, tmp / "fp32.onnx", metadata=metadata, stacked=stacked)
         _log(f"quantizing the base: {opts.quantize}")
         excluded = quantize_base(tmp / "fp32.onnx", out / MODEL_FILE, opts.quantize)
         if opts.fixed_shape:
             make_shape_fixed(out / MODEL_FILE, *opts.fixed_shape)
-        arrays = {k: v.numpy() for k, v in tensors.items()}
-        adapter_file = write_onnx_adapter(out / f"{adapter_dir.name}{SUFFIX}", arrays, version, sha)
+        stem = dirs[0].name if len(dirs) == 1 else "tasks"
+        adapter_file = write_onnx_adapter(out / f"{stem}{SUFFIX}", tensors, version, sha)
         shutil.copyfile(model_dir() / "tokenizer.json", out / "tokenizer.json")
         runtime = {
             "base_sha256": sha,
@@ -121,10 +130,11 @@ def export(adapter_dir: str | Path, out: str | Path, opts: ExportOptions = Expor
             "adapter_version": version,
             "precision": opts.quantize,
             "fixed_shape": list(opts.fixed_shape) if opts.fixed_shape else None,
+            "tasks": [str(d) for d in dirs] if stacked is not None else None,
         }
         atomic_write_text(out / RUNTIME_FILE, json.dumps(runtime, indent=2) + "\n")
         report: dict[str, Any] = {
-            "adapter": str(adapter_dir),
+            "adapters": [str(d) for d in dirs],
             "method": config["method"],
             "options": asdict(opts),
             "base_sha256": sha,
@@ -141,7 +151,9 @@ def export(adapter_dir: str | Path, out: str | Path, opts: ExportOptions = Expor
             report["sizes"][ort_file.name] = ort_file.stat().st_size
         if opts.measure:
             _log("measuring parity, latency and swap time")
-            report.update(_measure(model, name, out, tmp, opts, ids, mask, reference, arrays, sha))
+            report.update(
+                _measure(model, names[0], out, tmp, opts, (ids, mask, reference), tensors, extra)
+            )
             report["mobile"] = mobile_summary(out / MODEL_FILE)
     report["export_s"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
@@ -155,40 +167,37 @@ def _measure(
     out: Path,
     tmp: Path,
     opts: ExportOptions,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    reference: np.ndarray,
-    arrays: dict[str, np.ndarray],
-    sha: str,
+    held_out: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    tensors: dict[str, np.ndarray],
+    extra: dict[str, np.ndarray],
 ) -> dict[str, Any]:
+    ids, mask, reference = held_out
     adapted = measure.session(out / MODEL_FILE)
     result: dict[str, Any] = {}
     if not opts.fixed_shape:
-        result["parity_max_abs"] = measure.parity(adapted, ids.numpy(), mask.numpy(), reference)
+        result["parity_max_abs"] = measure.parity(
+            adapted, ids.numpy(), mask.numpy(), reference, extra
+        )
     # The same precision without the adapter branches: what the overhead is measured against.
     active = model.control.active
     model.set_active(None, head=name)
-    export_graph(
-        model, graph_tensors(model, name), parameter_paths(model, name), tmp / "base32.onnx"
-    )
+    export_graph(model, tmp / "base32.onnx")
     model.set_active(active, head=name)
     quantize_base(tmp / "base32.onnx", tmp / "base.onnx", opts.quantize)
     if opts.fixed_shape:
         make_shape_fixed(tmp / "base.onnx", *opts.fixed_shape)
     base = measure.session(tmp / "base.onnx")
-    seqs = [opts.fixed_shape[1]] if opts.fixed_shape else list(SEQS)
     result["latency"] = {}
-    for seq in seqs:
-        if opts.fixed_shape and opts.fixed_shape[0] != 1:
-            break
-        b, a = measure.latency_pair(base, adapted, seq)
-        result["latency"][f"seq{seq}"] = {
-            "base_ms": round(b, 3),
-            "adapter_ms": round(a, 3),
-            "overhead_pct": round(100 * (a / b - 1), 2),
-        }
+    if opts.fixed_shape is None or opts.fixed_shape[0] == 1:
+        for seq in [opts.fixed_shape[1]] if opts.fixed_shape else list(SEQS):
+            b, a = measure.latency_pair(base, adapted, seq, extra=extra)
+            result["latency"][f"seq{seq}"] = {
+                "base_ms": round(b, 3),
+                "adapter_ms": round(a, 3),
+                "overhead_pct": round(100 * (a / b - 1), 2),
+            }
     if model.control.active is not None:
         result["swap_ms"] = measure.swap_ms(
-            adapted, tmp, arrays, sha, shape=opts.fixed_shape or (1, 32)
+            adapted, tmp, tensors, base_sha256(), shape=opts.fixed_shape or (1, 32), extra=extra
         )
     return result

@@ -26,7 +26,9 @@ from onnx import numpy_helper
 from torch import nn
 from torch.func import functional_call
 
-from fedadapt.adapters.model import AdapterModel
+from fedadapt.adapters.composition import Fuse
+from fedadapt.adapters.fusion import fusion_key
+from fedadapt.adapters.model import HEAD_PREFIX, AdapterModel
 from fedadapt.atomic import atomic_write_bytes
 
 DATA_INPUTS = ("input_ids", "attention_mask")
@@ -55,31 +57,51 @@ class _AdapterInputs(nn.Module):
         return functional_call(self.model, params, (input_ids, attention_mask), strict=False)
 
 
-def parameter_paths(model: AdapterModel, name: str) -> dict[str, str]:
-    """Logical adapter tensor names (as in adapter files) -> parameter paths in `model`."""
-    where = {id(p): path for path, p in model.named_parameters()}
-    return {k: where[id(p)] for k, p in model.adapter_parameters(name).items()}
+def active_parameters(model: AdapterModel) -> dict[str, nn.Parameter]:
+    """Every tensor the active setup reads, by its graph input name.
+
+    One adapter keeps its adapter-file names, so its `.onnx_adapter` is its file's tensors.
+    Several adapters are told apart as `<adapter>:<name>`, a fusion's tensors as
+    `fusion:<name>`; the active head is always `head.weight` / `head.bias`.
+    """
+    block = model.control.active
+    names = block.names if block else ()
+
+    def body(tensors: dict[str, nn.Parameter], prefix: str) -> dict[str, nn.Parameter]:
+        return {prefix + k: p for k, p in tensors.items() if not k.startswith(HEAD_PREFIX)}
+
+    out: dict[str, nn.Parameter] = {}
+    for n in names:
+        out.update(body(model.adapter_parameters(n), "" if len(names) == 1 else f"{n}:"))
+    if isinstance(block, Fuse):
+        out.update(body(model.fusion_parameters(fusion_key(names)), "fusion:"))
+    if model.active_head is not None:
+        for k, p in model.heads[model.active_head].named_parameters():
+            out[HEAD_PREFIX + k] = p
+    return out
 
 
 def export_graph(
     model: AdapterModel,
-    adapters: dict[str, torch.Tensor],
-    paths: dict[str, str],
     path: Path,
     fixed_shape: tuple[int, int] | None = None,
-    stacked: int | None = None,
     metadata: dict[str, str] | None = None,
-) -> list[str]:
-    """Export the active setup of `model` to `path`; returns the overridable input names.
+    stacked: dict[str, torch.Tensor] | None = None,
+) -> dict[str, np.ndarray]:
+    """Export the active setup of `model` to `path`; returns the inputs' default values.
 
-    `adapters` maps logical names to the default values (stacked along dim 0 when `stacked`
-    is the number of tasks K); `paths` maps the same names to parameters of `model`.
+    With `stacked` (each active tensor's name -> K values stacked on dim 0), the graph takes
+    a `task_index` input and runs the adapter at that index: K tasks, one graph.
     """
     model.eval()
-    seq = 16 if fixed_shape is None else fixed_shape[1]
-    batch = 2 if fixed_shape is None else fixed_shape[0]
+    params = active_parameters(model)
+    where = {id(p): name for name, p in model.named_parameters()}
+    paths = {k: where[id(p)] for k, p in params.items()}
+    if stacked is not None and set(stacked) != set(params):
+        raise ValueError("stacked tensors must match the active setup's tensors")
+    adapters = stacked if stacked is not None else {k: p.detach() for k, p in params.items()}
+    batch, seq = fixed_shape or (2, 16)
     ids = torch.full((batch, seq), 1000, dtype=torch.long)
-    mask = torch.ones_like(ids)
     kwargs: dict = {"adapters": {k: v.detach().float().contiguous() for k, v in adapters.items()}}
     names = [*DATA_INPUTS, *adapters]
     if stacked is not None:
@@ -97,7 +119,7 @@ def export_graph(
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             _AdapterInputs(model, paths),
-            (ids, mask),
+            (ids, torch.ones_like(ids)),
             kwargs=kwargs,
             dynamo=True,
             input_names=names,
@@ -108,11 +130,12 @@ def export_graph(
     got = [i.name for i in proto.graph.input]
     if got != names:
         raise RuntimeError(f"exporter changed the graph inputs: expected {names}, got {got}")
-    add_defaults(proto, {k: kwargs["adapters"][k].numpy() for k in adapters})
+    defaults = {k: v.numpy() for k, v in kwargs["adapters"].items()}
+    add_defaults(proto, defaults)
     for k, v in (metadata or {}).items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     save_model(proto, path)
-    return list(adapters)
+    return defaults
 
 
 def add_defaults(proto: onnx.ModelProto, defaults: dict[str, np.ndarray]) -> None:

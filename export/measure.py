@@ -32,9 +32,15 @@ def feed(ids: np.ndarray, mask: np.ndarray, extra: dict | None = None) -> dict[s
     }
 
 
-def parity(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, ref: np.ndarray) -> float:
+def parity(
+    sess: ort.InferenceSession,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    ref: np.ndarray,
+    extra: dict | None = None,
+) -> float:
     """Max abs difference of the logits against `ref` (torch's, on held-out sentences)."""
-    return float(np.abs(sess.run(["logits"], feed(ids, mask))[0] - ref).max())
+    return float(np.abs(sess.run(["logits"], feed(ids, mask, extra))[0] - ref).max())
 
 
 def latency_pair(
@@ -66,6 +72,7 @@ def swap_ms(
     tensors: dict[str, np.ndarray],
     base_sha256: str,
     shape: tuple[int, int] = (1, 32),
+    extra: dict | None = None,
     n: int = 20,
 ) -> float:
     """Median time to load an `.onnx_adapter` and make it the active one on a live session.
@@ -81,7 +88,7 @@ def swap_ms(
         for i in range(2)
     ]
     ids = np.full(shape, 2000)
-    f = feed(ids, np.ones_like(ids))
+    f = feed(ids, np.ones_like(ids), extra)
     outputs, times = [], []
     for i in range(n):
         t = time.perf_counter()

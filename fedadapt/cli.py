@@ -264,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_rollback)
 
     e = sub.add_parser("export", help="export an adapter to ONNX", description=_export.__doc__)
-    e.add_argument("--adapter", required=True, help="adapter folder (e.g. out/quick/adapter)")
+    e.add_argument(
+        "--adapter",
+        required=True,
+        action="append",
+        help="adapter folder (e.g. out/quick/adapter); repeat for a task-indexed graph of "
+        "several same-shaped adapters (`infer --task N` picks one)",
+    )
     e.add_argument("--out", required=True, help="device folder to write")
     e.add_argument("--quantize", choices=["none", "int8", "int4"], default="int8")
     e.add_argument(

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedadapt.adapters.composition import Parallel
-from fedadapt.adapters.layer import AdapterLayer
+from fedadapt.adapters.composition import Fuse, Parallel
+from fedadapt.adapters.fusion import fusion_key
+from fedadapt.adapters.layer import AdapterControl, AdapterLayer
 
 PLACEMENTS = {
     "pfeiffer": [r"encoder\.layer\.\d+\.output"],
@@ -49,10 +50,20 @@ class Bottleneck(nn.Module):
 class BottleneckBlock(AdapterLayer):
     """Wraps a `ResidualOutput` block: `LayerNorm(dense(hidden) + adapters + residual)`."""
 
+    supports_fuse = True
+
+    def __init__(self, base_layer: nn.Module, control: AdapterControl) -> None:
+        super().__init__(base_layer, control)
+        self.fusions = nn.ModuleDict()  # fusion_key(names) -> Fusion
+
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
         h0 = base.dropout(base.dense(hidden))
         kind, adapters = self.active()
+        if kind is Fuse and adapters:
+            changes = [a(residual if a.parallel else h0) for a in adapters]
+            fused = self.fusions[fusion_key(self.control.active.names)](h0, changes)
+            return base.LayerNorm(h0 + fused + residual)
         h = h0
         for a in adapters:
             # Stack feeds each sequential adapter the previous output; Parallel feeds all h0.

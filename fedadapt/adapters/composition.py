@@ -1,8 +1,8 @@
 """Composition blocks, as AdapterHub has them: tiny values, not code paths.
 
 `Stack("a", "b")` applies `a` then `b`; `Parallel("a", "b")` applies both to the same input
-and sums their contributions; `Fuse("a", "b")` (AdapterFusion) is reserved for the fusion
-layer that learns attention over the adapters' outputs. Each adapter layer reads the active
+and sums their contributions; `Fuse("a", "b")` (AdapterFusion, see `fusion.py`) lets a learned
+attention weigh the adapters' outputs per token. Each adapter layer reads the active
 setup and interprets it for its own method.
 """
 
@@ -33,7 +33,7 @@ class Parallel(Block):
 
 
 class Fuse(Block):
-    """AdapterFusion over the adapters' outputs (its layer comes with the fusion issue)."""
+    """AdapterFusion over bottleneck adapters' outputs (add it with `add_fusion`)."""
 
 
 Setup = Block | str | None

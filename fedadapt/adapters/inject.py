@@ -52,7 +52,8 @@ def find_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     patterns = expand(patterns)
     found: list[str] = []
     for path, module in model.named_modules():
-        if not path or ".adapters." in f".{path}." or isinstance(module, AdapterLayer):
+        inside = ".adapters." in f".{path}." or ".fusions." in f".{path}."
+        if not path or inside or isinstance(module, AdapterLayer):
             continue
         name = logical_name(path)
         if name not in found and any(matches(name, p) for p in patterns):

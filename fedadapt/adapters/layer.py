@@ -21,6 +21,8 @@ class AdapterControl:
 class AdapterLayer(nn.Module):
     """Wraps one base module; holds one small module per adapter name."""
 
+    supports_fuse = False  # AdapterFusion attends over bottleneck outputs only
+
     def __init__(self, base_layer: nn.Module, control: AdapterControl) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -32,8 +34,10 @@ class AdapterLayer(nn.Module):
         block = self.control.active
         if block is None:
             return Block, []
-        if isinstance(block, Fuse):
-            raise NotImplementedError("Fuse needs the AdapterFusion layer, which is not built yet")
+        if isinstance(block, Fuse) and not self.supports_fuse:
+            raise NotImplementedError(
+                f"AdapterFusion fuses bottleneck adapters; {type(self).__name__} cannot fuse"
+            )
         return type(block), [self.adapters[n] for n in block.names if n in self.adapters]
 
 

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedadapt.adapters.composition import Setup, as_block
+from fedadapt.adapters.bottleneck import BottleneckBlock
+from fedadapt.adapters.composition import Fuse, Setup, as_block
+from fedadapt.adapters.fusion import Fusion, FusionConfig, fusion_key
 from fedadapt.adapters.inject import AdapterConfig, inject, remove
 from fedadapt.adapters.layer import AdapterControl, AdapterLayer, logical_name
 from fedadapt.base_model import BaseModel
@@ -50,8 +52,50 @@ class AdapterModel(nn.Module):
             head.bias.zero_()
         self.heads[name] = head
 
+    def add_fusion(
+        self, fuse: Fuse, cfg: FusionConfig | None = None, num_labels: int | None = None
+    ) -> str:
+        """An AdapterFusion layer over `fuse`'s adapters in every block that holds them all;
+        returns its key (also the name of its head, when `num_labels` is given)."""
+        for n in fuse.names:
+            self._check(n)
+        key = fusion_key(fuse.names)
+        blocks = [
+            m
+            for m in self.encoder.modules()
+            if isinstance(m, BottleneckBlock) and all(n in m.adapters for n in fuse.names)
+        ]
+        if not blocks:
+            raise ValueError(f"no block holds all of {fuse.names} as bottleneck adapters")
+        for block in blocks:
+            block.fusions[key] = Fusion(block.base_layer.dense.out_features, cfg or FusionConfig())
+        if num_labels is not None:
+            self.add_head(key, num_labels)
+        return key
+
+    def fusion_parameters(self, key: str) -> dict[str, nn.Parameter]:
+        """A fusion's tensors as `<block>.fusion.<tensor>`, and its head's as `head.<tensor>`."""
+        out: dict[str, nn.Parameter] = {}
+        for path, module in self.encoder.named_modules():
+            if isinstance(module, BottleneckBlock) and key in module.fusions:
+                for k, p in module.fusions[key].named_parameters():
+                    out[f"{logical_name(path)}.fusion.{k}"] = p
+        if not out:
+            raise KeyError(f"no fusion {key!r}")
+        if key in self.heads:
+            for k, p in self.heads[key].named_parameters():
+                out[HEAD_PREFIX + k] = p
+        return out
+
     def delete_adapter(self, name: str) -> None:
+        """Remove an adapter, its head, and any fusion that includes it."""
         self._check(name)
+        for m in self.encoder.modules():
+            if isinstance(m, BottleneckBlock):
+                for key in [k for k in m.fusions if name in k.split(",")]:
+                    del m.fusions[key]
+                    if key in self.heads:
+                        del self.heads[key]
         remove(self.encoder, name)
         del self.configs[name]
         if name in self.heads:
@@ -68,7 +112,12 @@ class AdapterModel(nn.Module):
             self._check(n)
         self.control.active = block
         names = block.names if block else ()
-        self.active_head = head or next((n for n in reversed(names) if n in self.heads), None)
+        fused = fusion_key(names) if isinstance(block, Fuse) else None
+        self.active_head = (
+            head
+            or (fused if fused in self.heads else None)
+            or next((n for n in reversed(names) if n in self.heads), None)
+        )
 
     def deactivate(self) -> None:
         self.set_active(None, head=self.active_head)
@@ -94,6 +143,13 @@ class AdapterModel(nn.Module):
                     self.configs[name], "freeze_a", False
                 )
                 p.requires_grad_(not frozen_a)
+
+    def train_fusion(self, fuse: Fuse) -> None:
+        """Activate `fuse` and train only its fusion layers and head; the adapters stay frozen."""
+        self.set_active(fuse)
+        self.requires_grad_(False)
+        for p in self.fusion_parameters(fusion_key(fuse.names)).values():
+            p.requires_grad_(True)
 
     def train_head(self, name: str) -> None:
         """A linear probe: no adapter active, only head `name` trainable."""

@@ -135,3 +135,13 @@ def test_wrong_base_adapter_folder_is_refused(tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     assert main(["export", "--adapter", str(folder), "--out", str(tmp_path / "d")]) == 2
     assert not (tmp_path / "d").exists()
+
+
+def test_several_adapters_make_a_task_indexed_device_folder(tmp_path):
+    models = [_adapter(tmp_path / f"t{i}", seed=10 + i)[0] for i in range(2)]
+    opts = ExportOptions(quantize="none", measure=False)
+    report = export([tmp_path / "t0", tmp_path / "t1"], tmp_path / "dev", opts)
+    assert report["sizes"]["tasks.onnx_adapter"] > 0
+    rt = EdgeRuntime(tmp_path / "dev")
+    for task, m in enumerate(models):
+        assert np.abs(rt.logits(TEXTS, task=task) - _torch_logits(m, TEXTS)).max() < 1e-4

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fedadapt.adapters import AdapterModel, BottleneckConfig, IA3Config, LoraConfig
+from fedadapt.adapters import AdapterModel, BottleneckConfig, Fuse, IA3Config, LoraConfig
 from fedadapt.base_model import load_base, tokenize
-from fedadapt.export.graph import export_graph, overridable, parameter_paths
+from fedadapt.export.graph import export_graph, overridable
 from fedadapt.export.merge import merge_lora
 from fedadapt.export.mobile import make_shape_fixed, mobile_summary, to_ort_format
 from fedadapt.export.onnx_adapter import write_onnx_adapter
@@ -40,7 +40,7 @@ def _model(cfg, seed: int = 0) -> AdapterModel:
 
 
 def _export(m: AdapterModel, path) -> None:
-    export_graph(m, m.adapter_state("a"), parameter_paths(m, "a"), path)
+    export_graph(m, path)
 
 
 def _sess(path) -> ort.InferenceSession:
@@ -212,7 +212,45 @@ def test_merged_lora_has_no_branches_and_same_output(batch, tmp_path):
     with torch.no_grad():
         want = m(*batch).numpy()
     assert merge_lora(m, "a") == 24  # query, value and both output.dense, 6 layers
-    state = {k: v for k, v in m.adapter_state("a").items() if k.startswith("head.")}
-    export_graph(m, state, parameter_paths(m, "a"), tmp_path / "m.onnx")
+    export_graph(m, tmp_path / "m.onnx")
     assert set(overridable(onnx.load(str(tmp_path / "m.onnx")))) == {"head.weight", "head.bias"}
     assert np.abs(_run(_sess(tmp_path / "m.onnx"), batch) - want).max() < 1e-4
+
+
+def test_task_index_graph_runs_each_stacked_adapter(batch, tmp_path):
+    m = _model(BottleneckConfig(reduction_factor=16))
+    other = _model(BottleneckConfig(reduction_factor=16), seed=4)
+    states = [m.adapter_state("a"), other.adapter_state("a")]
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    export_graph(m, tmp_path / "m.onnx", stacked=stacked)
+    sess = _sess(tmp_path / "m.onnx")
+    for task, model in enumerate((m, other)):
+        with torch.no_grad():
+            want = model(*batch).numpy()
+        got = _run(sess, batch, {"task_index": np.array(task, np.int64)})
+        assert np.abs(got - want).max() < 1e-4
+
+
+def test_fusion_graph_matches_torch_and_its_tensors_are_inputs(batch, tmp_path):
+    torch.manual_seed(0)
+    m = AdapterModel(load_base("none"))
+    g = torch.Generator().manual_seed(0)
+    for n in ("a", "b"):
+        m.add_adapter(n, BottleneckConfig(reduction_factor=16))
+        with torch.no_grad():
+            for p in m.adapter_parameters(n).values():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    key = m.add_fusion(Fuse("a", "b"), num_labels=2)
+    with torch.no_grad():
+        for p in m.fusion_parameters(key).values():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    m.set_active(Fuse("a", "b"))
+    m.eval()
+    export_graph(m, tmp_path / "f.onnx")
+    slots = overridable(onnx.load(str(tmp_path / "f.onnx")))
+    assert "a:encoder.layer.0.output.adapter_down.weight" in slots
+    assert "fusion:encoder.layer.0.output.fusion.query.weight" in slots
+    assert {"head.weight", "head.bias"} <= set(slots)
+    with torch.no_grad():
+        want = m(*batch).numpy()
+    assert np.abs(_run(_sess(tmp_path / "f.onnx"), batch) - want).max() < 1e-4

@@ -126,9 +126,6 @@ def test_errors_name_the_problem(fresh_model):
         model.set_active("zzz")
     with pytest.raises(ValueError, match="no module matches"):
         model.add_adapter("b", LoraConfig(target_modules=["nonexistent"]))
-    model.set_active(Fuse("a"))
-    with pytest.raises(NotImplementedError, match="AdapterFusion"):
-        model.embed(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
 
 
 def test_composition_values():
@@ -137,3 +134,55 @@ def test_composition_values():
     assert list(Parallel("x", "y")) == ["x", "y"]
     with pytest.raises(ValueError):
         Stack()
+
+
+def _bumped(model, name, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.adapter_parameters(name).values():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_fusion_of_one_adapter_is_that_adapter(fresh_model, batch):
+    model = fresh_model()
+    model.add_adapter("a", BottleneckConfig(), num_labels=2)
+    _bumped(model, "a", 0)
+    model.add_fusion(Fuse("a"))
+    model.set_active("a")
+    with torch.no_grad():
+        want = model.embed(*batch)
+        model.set_active(Fuse("a"))
+        got = model.embed(*batch)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_fusion_trains_only_its_own_layers_and_head(fresh_model, batch):
+    model = fresh_model()
+    for n, seed in (("a", 1), ("b", 2)):
+        model.add_adapter(n, BottleneckConfig(), num_labels=2)
+        _bumped(model, n, seed)
+    key = model.add_fusion(Fuse("a", "b"), num_labels=3)
+    model.train_fusion(Fuse("a", "b"))
+    assert model.active_head == key and model(*batch).shape[-1] == 3
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert trainable == {id(p) for p in model.fusion_parameters(key).values()}
+    model(*batch).sum().backward()
+    assert all(p.grad is not None for p in model.fusion_parameters(key).values())
+    model.set_active(Fuse("a", "b"))
+    with torch.no_grad():
+        fused = model.embed(*batch)
+        model.set_active("a")
+        only_a = model.embed(*batch)
+    assert not torch.allclose(fused, only_a, atol=1e-4)
+    model.delete_adapter("b")
+    assert key not in model.heads
+    with pytest.raises(KeyError):
+        model.fusion_parameters(key)
+
+
+def test_fuse_refuses_lora(fresh_model):
+    model = fresh_model()
+    model.add_adapter("l", LoraConfig())
+    model.set_active(Fuse("l"))
+    with pytest.raises(NotImplementedError, match="AdapterFusion fuses bottleneck"):
+        model.embed(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
