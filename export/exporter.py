@@ -26,6 +26,7 @@ from fedadapt.base_model import base_sha256, load_base, load_tokenizer, model_di
 from fedadapt.clients.runtime import RUNTIME_FILE
 from fedadapt.errors import AdapterLoadError
 from fedadapt.export import measure
+from fedadapt.export.decompose import decompose
 from fedadapt.export.graph import TASK_INPUT, export_graph
 from fedadapt.export.merge import merge_lora
 from fedadapt.export.mobile import make_shape_fixed, mobile_summary, to_ort_format
@@ -45,6 +46,7 @@ class ExportOptions:
     ort_format: bool = False
     max_length: int = 128
     measure: bool = True
+    decompose: tuple[str, ...] = ()  # see export/decompose.py: for NNAPI
 
 
 def _log(msg: str) -> None:
@@ -101,6 +103,7 @@ def export(
         merged = merge_lora(model, names[0])
     else:
         merged = 0
+    decompose(model, opts.decompose)  # after the reference: parity shows what it costs
     stacked = None
     extra: dict[str, np.ndarray] = {}
     if len(names) > 1:

@@ -109,9 +109,10 @@ class Intermediate(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.act = F.gelu  # the exporter may swap in a decomposition (export/decompose.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(x))
+        return self.act(self.dense(x))
 
 
 class Layer(nn.Module):
@@ -154,6 +155,12 @@ class Bert(nn.Module):
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens: the sentence embedding that sentence-transformers uses."""
-    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    """Mean over real tokens: the sentence embedding that sentence-transformers uses.
+
+    Written as two batched MatMuls rather than sums, so that exported graphs hold no
+    ReduceSum, which NNAPI cannot run (the token count is `m·m` since the mask is 0/1).
+    """
+    m = attention_mask.to(hidden.dtype).unsqueeze(1)  # [B, 1, S]
+    total = torch.matmul(m, hidden).squeeze(1)  # [B, d]
+    count = torch.matmul(m, m.transpose(1, 2)).squeeze(1)  # [B, 1]
+    return total / count.clamp(min=1e-9)

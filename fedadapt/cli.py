@@ -158,6 +158,7 @@ def _export(args: argparse.Namespace) -> None:
         ort_format=args.ort,
         max_length=args.max_length,
         measure=not args.no_measure,
+        decompose=tuple(args.decompose),
     )
     report = export(args.adapter, args.out, opts)
     brief = {k: report[k] for k in ("sizes", "parity_max_abs", "latency", "swap_ms") if k in report}
@@ -279,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fixed-shape", metavar="B,S", help="fix batch and sequence (mobile EPs)")
     e.add_argument("--ort", action="store_true", help="also write model.ort for ORT Mobile")
     e.add_argument("--max-length", type=int, default=128, help="token limit at inference")
+    e.add_argument(
+        "--decompose",
+        nargs="+",
+        default=[],
+        choices=["layernorm", "gelu-tanh"],
+        help="rewrite ops NNAPI lacks: layernorm (exact), gelu-tanh (approximate GELU)",
+    )
     e.add_argument("--no-measure", action="store_true", help="skip latency/parity/mobile checks")
     e.set_defaults(func=_export)
 
@@ -302,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--sections",
         nargs="+",
-        default=["core", "aggregate", "updates"],
+        default=["core", "aggregate", "export", "updates"],
         help="sections to run (default: all)",
     )
     b.set_defaults(func=_bench)

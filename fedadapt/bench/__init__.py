@@ -55,9 +55,14 @@ def _dist_version(name: str) -> str:
 
 
 def run(out: Path, quick: bool, sections: list[str]) -> dict:
-    from fedadapt.bench import aggregate, core, updates
+    from fedadapt.bench import aggregate, core, export, updates
 
-    runners = {"core": core.run, "aggregate": aggregate.run, "updates": updates.run}
+    runners = {
+        "core": core.run,
+        "aggregate": aggregate.run,
+        "export": export.run,
+        "updates": updates.run,
+    }
     unknown = set(sections) - set(runners)
     if unknown:
         raise ValueError(f"unknown bench sections {sorted(unknown)}; have {sorted(runners)}")
