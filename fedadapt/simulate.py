@@ -47,7 +47,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+def wait_healthy(
+    url: str, proc: subprocess.Popen, log: Path, timeout: float = 90, verify: str | bool = True
+) -> None:
+    """Wait for a SuperLink's `/health` (`verify`: the CA file of a TLS SuperLink)."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -55,7 +58,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float =
         if proc.poll() is not None:
             raise FedAdaptError(f"the SuperLink exited with code {proc.returncode}; see {log}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
+            if httpx.get(f"{url}/health", timeout=1, verify=verify).is_success:
                 return
         except httpx.HTTPError:
             pass
@@ -132,9 +135,9 @@ def run(cfg: SimConfig) -> Path:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    previous = _stop_on_sigterm()
+    previous = stop_on_sigterm()
     try:
-        _wait_healthy(port, superlink, log)
+        wait_healthy(f"http://127.0.0.1:{port}", superlink, log)
         federation = (
             f"num-supernodes={cfg.num_clients} "
             "client-resources-num-cpus=1 init-args-logging-level='ERROR'"
@@ -163,7 +166,7 @@ def run(cfg: SimConfig) -> Path:
     return out
 
 
-def _stop_on_sigterm():
+def stop_on_sigterm():
     """Turn SIGTERM into an exception, so `kill PID` still stops the SuperLink, Ray and the
     ClientApp workers (they run in their own session and would outlive us otherwise)."""
     if threading.current_thread() is not threading.main_thread():

@@ -1,0 +1,118 @@
+"""TLS certificates and SuperNode keys for Flower's Deployment Engine, via `cryptography`.
+
+Layout written by `fedadapt certs --out DIR`:
+
+    ca.crt, ca.key                the CA that signs the SuperLink's certificate
+    superlink.crt, superlink.key  the SuperLink's TLS identity (host names and IPs as SANs)
+    supernodes/node-1, ...        one ECDSA P-384 key pair per SuperNode, OpenSSH format,
+    supernodes/node-1.pub, ...    as `flwr supernode register` and `flower-supernode` read them
+
+Private keys are created with mode 0600 (O_EXCL: an existing key is never overwritten).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedadapt.errors import FedAdaptError
+
+VALID_DAYS = 365
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as e:
+        raise FedAdaptError(f"{path} exists; refusing to overwrite a private key") from e
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    signer: ec.EllipticCurvePrivateKey,
+    sans: list[x509.GeneralName] | None = None,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+    )
+    if issuer is None:  # the CA
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+    else:
+        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans or []), False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False
+        )
+    return builder.sign(signer, hashes.SHA384())
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def make_certs(out: str | Path, hosts: list[str], supernodes: int) -> dict[str, Path]:
+    """Write the CA, the SuperLink certificate for `hosts`, and `supernodes` key pairs."""
+    out = Path(out)
+    (out / "supernodes").mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca = _cert("fedadapt CA", ca_key, None, ca_key)
+    link_key = ec.generate_private_key(ec.SECP384R1())
+    link = _cert("fedadapt SuperLink", link_key, ca.subject, ca_key, [_san(h) for h in hosts])
+    _write_private(out / "ca.key", _pem_key(ca_key))
+    _write_private(out / "superlink.key", _pem_key(link_key))
+    (out / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (out / "superlink.crt").write_bytes(link.public_bytes(serialization.Encoding.PEM))
+    for i in range(1, supernodes + 1):
+        node_key(out / "supernodes" / f"node-{i}")
+    return {"ca": out / "ca.crt", "cert": out / "superlink.crt", "key": out / "superlink.key"}
+
+
+def node_key(path: Path) -> Path:
+    """One SuperNode's ECDSA P-384 key pair in OpenSSH format (`path`, `path.pub`)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    _write_private(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    path.with_name(path.name + ".pub").write_bytes(pub + b"\n")
+    return path
