@@ -51,8 +51,12 @@ def wait_healthy(
     url: str, proc: subprocess.Popen, log: Path, timeout: float = 90, verify: str | bool = True
 ) -> None:
     """Wait for a SuperLink's `/health` (`verify`: the CA file of a TLS SuperLink)."""
+    import ssl
+
     import httpx
 
+    if isinstance(verify, str):
+        verify = ssl.create_default_context(cafile=verify)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

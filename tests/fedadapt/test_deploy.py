@@ -1,0 +1,74 @@
+"""The Deployment Engine for real, on loopback: TLS, SuperNode authentication, a run.
+
+One cluster serves every check, because starting one costs most of the time: intruders are
+refused (an unregistered key, a plaintext client, a client without the CA), then the three
+registered SuperNodes run the same apps as `simulate` and write the same report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fedadapt.certs import node_key
+from fedadapt.deploy import Cluster
+from fedadapt.simconfig import SimConfig
+from fedadapt.simulate import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _rogue(cluster: Cluster, *args: str) -> subprocess.Popen:
+    exe = str(Path(sys.executable).parent / "flower-supernode")
+    cmd = [exe, "--superlink", cluster.address, "--max-retries", "2", "--max-wait-time", "15"]
+    cmd += ["--port", str(free_port()), *args]
+    return subprocess.Popen(
+        cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_online(cluster: Cluster, n: int, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    while (seen := cluster.online()) < n and time.monotonic() < deadline:
+        time.sleep(2)
+    return seen
+
+
+def test_tls_auth_and_a_deployed_run(tmp_path):
+    cluster = Cluster(tmp_path / "cluster", nodes=3)
+    pids = []
+    try:
+        cluster.start()
+        intruder = node_key(tmp_path / "intruder")
+        refused = [
+            cluster.start_supernode(9, key=intruder),  # TLS fine, key never registered
+            _rogue(cluster, "--insecure"),  # plaintext against the TLS SuperLink
+            _rogue(cluster, "--auth-supernode-private-key", str(cluster.node_key(1))),  # no CA
+        ]
+        for proc in refused:
+            assert proc.wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in (cluster.folder / "supernode-9.log").read_text()
+        del cluster.supernodes[9]
+        assert cluster.online() == 0
+
+        for i in (1, 2, 3):
+            cluster.start_supernode(i)
+        assert _wait_online(cluster, 3) == 3
+        pids = [p.pid for p in (*cluster.supernodes.values(), cluster.link)]
+        out = tmp_path / "run"
+        cfg = SimConfig(num_clients=3, clients_per_round=3, rounds=1, baselines=False, out=str(out))
+        assert cluster.run(cfg).returncode == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["final"]["global_accuracy"] is not None
+        assert report["communication"]["upload_bytes_per_client_round"] > 0
+        assert (out / "metrics.csv").exists() and (out / "adapter" / "adapter_config.json").exists()
+    finally:
+        cluster.stop()
+    time.sleep(1)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
