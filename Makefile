@@ -9,7 +9,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo deploy-demo test lint bench
 
 setup: $(STAMP)
 
@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml requirements-data.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/fedadapt demo --out out/demo
+	$(BIN)/fedadapt simulate --config simulations/quick.toml --out out/quick
+
+deploy-demo: setup
+	$(BIN)/fedadapt deploy-demo --config simulations/deploy.toml --out out/deploy
 
 test: setup
 	$(BIN)/ruff check .
