@@ -8,14 +8,20 @@ Handlers, one per message type (Flower's Message API):
   local-only, zero-shot and local-majority baselines.
 
 The personal adapter and head, and the int8 codec's error-feedback residual, live in
-`context.state` (this node's state) and never enter a reply.
+`context.state` (this node's state) and never enter a reply. A deployed SuperNode started
+with `device-dir` in its node config also keeps them there (safetensors, written
+atomically), so a restarted SuperNode resumes with its personal adapter intact.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from safetensors.torch import load_file, save
 
+from fedadapt.atomic import atomic_write_bytes
 from fedadapt.clients.attacks import attack, malicious_clients
 from fedadapt.clients.device import Device, client_data
 from fedadapt.codecs import ErrorFeedback
@@ -32,8 +38,29 @@ def _setup(message: Message, context: Context) -> tuple[SimConfig, int, int, str
     return cfg, pid, int(conf["server-round"]), str(conf["phase"])
 
 
+def _device_file(context: Context, key: str) -> Path | None:
+    folder = context.node_config.get("device-dir")
+    return Path(str(folder)) / f"{key}.safetensors" if folder else None
+
+
 def _load(context: Context, key: str):
-    return record_to_state(context.state[key]) if key in context.state else None
+    if key in context.state:
+        return record_to_state(context.state[key])
+    path = _device_file(context, key)
+    if path is not None and path.exists():
+        state = load_file(path)
+        context.state[key] = state_to_record(state)
+        return state
+    return None
+
+
+def _keep(context: Context, key: str, state) -> None:
+    """Into the node's state and, on a device, its folder: never into a reply."""
+    context.state[key] = state_to_record(state)
+    path = _device_file(context, key)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
 
 
 @app.query()
@@ -61,10 +88,10 @@ def train(message: Message, context: Context) -> Message:
     feedback.residual = _load(context, "ef-residual") or {}
     blob = feedback.encode(delta)
     if cfg.codec == "int8":
-        context.state["ef-residual"] = state_to_record(feedback.residual)
+        _keep(context, "ef-residual", feedback.residual)
     if cfg.personalization == "fedrep":
         personal = device.train_personal(arrays, _load(context, "personal"), rnd)
-        context.state["personal"] = state_to_record(personal)
+        _keep(context, "personal", personal)
     metrics = MetricRecord(
         {
             "num-examples": stats["examples"],
@@ -88,7 +115,7 @@ def evaluate(message: Message, context: Context) -> Message:
         device = Device.create(cfg, pid)
         out, personal = device.evaluate(arrays, _load(context, "personal"), rnd)
         if personal is not None:
-            context.state["personal"] = state_to_record(personal)
+            _keep(context, "personal", personal)
         if message.content["config"].get("baselines", False):
             out.update(device.baselines())
     n = len(client_data(cfg, pid).test_labels)

@@ -60,3 +60,27 @@ def test_reply_metrics_have_the_same_keys_every_time():
     ctx = _context()
     keys = {tuple(sorted(app(_train_message(), ctx).content["metrics"].keys())) for _ in range(2)}
     assert len(keys) == 1
+
+
+def test_a_restarted_node_finds_its_personal_state_in_its_device_dir(tmp_path):
+    import torch
+
+    from fedadapt.clients.app import _load
+
+    def ctx():
+        return Context(
+            run_id=1,
+            node_id=7,
+            node_config={"partition-id": 2, "device-dir": str(tmp_path / "dev")},
+            state=RecordDict(),
+            run_config=CFG.to_dict(),
+        )
+
+    first = ctx()
+    app(_train_message(), first)
+    assert (tmp_path / "dev" / "personal.safetensors").exists()
+    assert (tmp_path / "dev" / "ef-residual.safetensors").exists()
+    restarted = ctx()  # a new process: empty node state, same device folder
+    before, after = _load(first, "personal"), _load(restarted, "personal")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
