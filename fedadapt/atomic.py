@@ -35,3 +35,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> None
 
 def atomic_write_text(path: str | Path, text: str, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode(), mode)
+
+
+def create_private(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0600 from its first byte (never chmod-ed afterwards); an
+    existing file raises FileExistsError: a key is never overwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedadapt.atomic import create_private
 from fedadapt.errors import FedAdaptError
 
 VALID_DAYS = 365
@@ -29,11 +29,9 @@ VALID_DAYS = 365
 
 def _write_private(path: Path, data: bytes) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_private(path, data)
     except FileExistsError as e:
         raise FedAdaptError(f"{path} exists; refusing to overwrite a private key") from e
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

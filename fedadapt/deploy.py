@@ -140,23 +140,22 @@ class Cluster:
             return 0
         return sum(1 for n in nodes if n.get("status") == "online")
 
-    def run(self, cfg: SimConfig) -> subprocess.CompletedProcess:
-        """Submit this project's apps with `cfg` and stream their output until the run ends."""
+    def submit(self, cfg: SimConfig, **popen) -> subprocess.Popen:
+        """Submit this project's apps with `cfg`; the process streams the run's output."""
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         run_config = out / "run_config.toml"
         run_config.write_text(tomli_w.dumps({**cfg.to_dict(), "out": str(out)}))
         exe = str(Path(sys.executable).parent / "flwr")
-        cmd = [
-            exe,
-            "run",
-            str(project_dir()),
-            CONNECTION,
-            "--run-config",
-            str(run_config),
-            "--stream",
-        ]
-        return subprocess.run(cmd, env=self.env, check=False)
+        cmd = [exe, "run", str(project_dir()), CONNECTION, "--run-config", str(run_config)]
+        return subprocess.Popen([*cmd, "--stream"], env=self.env, **popen)
+
+    def run(self, cfg: SimConfig) -> int:
+        """Submit and wait for the run to end; returns `flwr run`'s exit code."""
+        return self.submit(cfg).wait()
+
+    def kill_supernode(self, i: int) -> None:
+        stop(self.supernodes.pop(i))
 
     def stop(self) -> None:
         for proc in [*self.supernodes.values(), self.link]:
@@ -175,11 +174,10 @@ def demo(cfg: SimConfig, folder: Path, nodes: int = 3) -> Path:
         cluster.start()
         for i in range(1, nodes + 1):
             cluster.start_supernode(i)
-        done = cluster.run(cfg)
-        if done.returncode != 0 or not (Path(cfg.out) / "report.json").exists():
+        code = cluster.run(cfg)
+        if code != 0 or not (Path(cfg.out) / "report.json").exists():
             raise FedAdaptError(
-                f"the deployed run failed (flwr run exited {done.returncode}); "
-                f"logs in {cluster.folder}"
+                f"the deployed run failed (flwr run exited {code}); logs in {cluster.folder}"
             )
     finally:
         cluster.stop()

@@ -9,12 +9,12 @@ keys at once and a publisher can rotate without reinstalling anything.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedadapt.atomic import create_private
 from fedadapt.errors import FedAdaptError
 
 PRIVATE_FILE, PUBLIC_FILE = "signing_key.pem", "signing_key.pub.pem"
@@ -41,11 +41,9 @@ def keygen(out: str | Path, passphrase: bytes | None = None) -> tuple[Path, Path
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
     priv_path, pub_path = out / PRIVATE_FILE, out / PUBLIC_FILE
     try:
-        fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_private(priv_path, pem)
     except FileExistsError as e:
         raise SigningKeyError(f"{priv_path} exists; refusing to overwrite a signing key") from e
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
     pub_path.write_bytes(
         private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -63,7 +63,7 @@ def test_tls_auth_and_a_deployed_run(tmp_path):
         pids = [p.pid for p in (*cluster.supernodes.values(), cluster.link)]
         out = tmp_path / "run"
         cfg = SimConfig(num_clients=3, clients_per_round=3, rounds=1, baselines=False, out=str(out))
-        assert cluster.run(cfg).returncode == 0
+        assert cluster.run(cfg) == 0
         report = json.loads((out / "report.json").read_text())
         assert report["final"]["global_accuracy"] is not None
         assert report["communication"]["upload_bytes_per_client_round"] > 0
@@ -72,3 +72,50 @@ def test_tls_auth_and_a_deployed_run(tmp_path):
         cluster.stop()
     time.sleep(1)
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def _rows(out: Path) -> list[dict]:
+    import csv
+
+    path = out / "metrics.csv"
+    return list(csv.DictReader(path.open())) if path.exists() else []
+
+
+def _until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def test_a_killed_supernode_leaves_the_round_going_and_rejoins_with_its_state(tmp_path):
+    cluster = Cluster(tmp_path / "cluster", nodes=3)
+    out = tmp_path / "run"
+    cfg = SimConfig(
+        num_clients=3,
+        clients_per_round=3,
+        rounds=3,
+        baselines=False,
+        round_timeout=120,
+        out=str(out),
+    )
+    personal = cluster.device_dir(3) / "personal.safetensors"
+    try:
+        cluster.start()
+        for i in (1, 2, 3):
+            cluster.start_supernode(i)
+        run = cluster.submit(cfg)
+        _until(personal.exists, 300, "node 3 to train once")
+        kept = personal.read_bytes()
+        cluster.kill_supernode(3)  # mid-run: its evaluation and next training time out
+        _until(lambda: len(_rows(out)) >= 2, 900, "a round without node 3")
+        assert personal.read_bytes() == kept
+        cluster.start_supernode(3)  # same key, same node id: it rejoins
+        assert run.wait(timeout=900) == 0
+    finally:
+        cluster.stop()
+    rows = _rows(out)
+    assert [int(r["clients"]) for r in rows][-1] == 3
+    assert any(int(r["clients"]) == 2 and "timeout" in r["rejected"] for r in rows)
+    assert personal.read_bytes() != kept  # trained again after the restart, from its state
+    assert json.loads((out / "report.json").read_text())["final"]["global_accuracy"] is not None
