@@ -38,11 +38,11 @@ def run(quick: bool = False) -> dict:
         model = build_model(SimConfig())
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            for p in model._tensors(GLOBAL).values():
+            for p in model.adapter_parameters(GLOBAL).values():
                 p.add_(torch.randn(p.shape, generator=g) * 1e-2)
         save_adapter(model, GLOBAL, tmp / "v1")
         with torch.no_grad():  # one round's worth of change: small steps on every tensor
-            for p in model._tensors(GLOBAL).values():
+            for p in model.adapter_parameters(GLOBAL).values():
                 p.add_(torch.randn(p.shape, generator=g) * 1e-4)
         save_adapter(model, GLOBAL, tmp / "v2")
         reg = tmp / "reg"

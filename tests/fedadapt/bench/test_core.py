@@ -21,7 +21,7 @@ def test_bench_quick_writes_every_section(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "fedadapt", "bench", "--quick", "--out", str(out)],
         check=True,
-        timeout=900,
+        timeout=1800,
         capture_output=True,
     )
     result = json.loads(out.read_text())
@@ -53,3 +53,23 @@ def test_bench_quick_writes_every_section(tmp_path):
             "fedadapt_peak_mb",
             "flower_fedavg_peak_mb",
         }
+    assert set(result["updates"]) >= {
+        "base_download_bytes",
+        "full_bundle_bytes",
+        "delta_bundle_bytes",
+        "fetch_apply_ms",
+        "verify_ms_per_mb",
+    }
+    export = result["export"]
+    for precision in ("fp32", "int8", "int4"):
+        row = export[precision]
+        assert row["size_bytes"] > 0 and row["swap_ms"] > 0 and row["parity_max_abs"] >= 0
+        for seq in ("seq128", "seq32"):
+            assert set(row[seq]) == {
+                "base_ms",
+                "adapter_ms",
+                "overhead_pct",
+                "merged_lora_overhead_pct",
+            }
+    assert export["int8"]["size_bytes"] < export["fp32"]["size_bytes"]
+    assert export["nnapi_decompositions"]["layernorm+gelu-tanh"]["blocking_ops"] == []
