@@ -44,6 +44,24 @@ def installed_adapter(folder: Path) -> Path | None:
     return None if version is None else adapter_file(folder, version)
 
 
+def open_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # overridable initializers warn once per tensor otherwise
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def load_adapter_options(path: str | Path) -> tuple[ort.LoraAdapter, ort.RunOptions]:
+    """Run options that make the `.onnx_adapter` at `path` active. Keep the adapter
+    referenced as long as the options are used: ORT does not, and silently falls back to
+    the graph's defaults once it is collected."""
+    adapter = ort.LoraAdapter()
+    adapter.Load(str(path))
+    options = ort.RunOptions()
+    options.add_active_adapter(adapter)
+    return adapter, options
+
+
 @dataclass
 class Prediction:
     text: str
@@ -61,22 +79,13 @@ class EdgeRuntime:
                 f"{self.folder} has no {RUNTIME_FILE}: install an exported model first "
                 "(`fedadapt export --adapter DIR --out DEVICE_DIR`)"
             ) from e
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # overridable initializers warn once per tensor otherwise
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(self.folder / self.meta["model_file"]), opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = open_session(self.folder / self.meta["model_file"], threads)
         self.slots = {i.name: tuple(i.shape) for i in self.session.get_overridable_initializers()}
         self.fixed = _fixed_shape(self.session)
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(
-            max_length=self.fixed[1] if self.fixed else self.meta["max_length"]
-        )
-        if self.fixed:
-            self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=self.fixed[1])
-        else:
-            self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        length = self.fixed[1] if self.fixed else None  # a fixed graph wants exactly S tokens
+        self.tokenizer.enable_truncation(max_length=length or self.meta["max_length"])
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
         self._adapter: ort.LoraAdapter | None = None
         self.run_options = ort.RunOptions()
         self.adapter_version: int | None = self.meta.get("adapter_version")
@@ -91,11 +100,8 @@ class EdgeRuntime:
     def activate(self, path: str | Path) -> int:
         """Make the adapter at `path` the active one, on the live session; returns its version."""
         version, _ = check_fits(path, self.meta["base_sha256"], self.slots)
-        adapter = ort.LoraAdapter()
-        adapter.Load(str(path))
-        options = ort.RunOptions()
-        options.add_active_adapter(adapter)
-        self._adapter, self.run_options, self.adapter_version = adapter, options, version
+        self._adapter, self.run_options = load_adapter_options(path)
+        self.adapter_version = version
         return version
 
     def logits(self, texts: list[str], task: int | None = None) -> np.ndarray:

@@ -23,7 +23,7 @@ from fedadapt.adapter_files import load_adapter, read_adapter
 from fedadapt.adapters.model import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base_model import base_sha256, load_base, load_tokenizer, model_dir, tokenize
-from fedadapt.clients.runtime import RUNTIME_FILE
+from fedadapt.clients.runtime import RUNTIME_FILE, open_session
 from fedadapt.errors import AdapterLoadError
 from fedadapt.export import measure
 from fedadapt.export.decompose import decompose
@@ -155,7 +155,9 @@ def export(
         if opts.measure:
             _log("measuring parity, latency and swap time")
             report.update(
-                _measure(model, names[0], out, tmp, opts, (ids, mask, reference), tensors, extra)
+                _measure(
+                    model, names[0], out, tmp, opts, (ids, mask, reference), tensors, extra, sha
+                )
             )
             report["mobile"] = mobile_summary(out / MODEL_FILE)
     report["export_s"] = round(time.perf_counter() - t0, 1)
@@ -173,9 +175,10 @@ def _measure(
     held_out: tuple[torch.Tensor, torch.Tensor, np.ndarray],
     tensors: dict[str, np.ndarray],
     extra: dict[str, np.ndarray],
+    sha: str,
 ) -> dict[str, Any]:
     ids, mask, reference = held_out
-    adapted = measure.session(out / MODEL_FILE)
+    adapted = open_session(out / MODEL_FILE)
     result: dict[str, Any] = {}
     if not opts.fixed_shape:
         result["parity_max_abs"] = measure.parity(
@@ -189,7 +192,7 @@ def _measure(
     quantize_base(tmp / "base32.onnx", tmp / "base.onnx", opts.quantize)
     if opts.fixed_shape:
         make_shape_fixed(tmp / "base.onnx", *opts.fixed_shape)
-    base = measure.session(tmp / "base.onnx")
+    base = open_session(tmp / "base.onnx")
     result["latency"] = {}
     if opts.fixed_shape is None or opts.fixed_shape[0] == 1:
         for seq in [opts.fixed_shape[1]] if opts.fixed_shape else list(SEQS):
@@ -201,6 +204,6 @@ def _measure(
             }
     if model.control.active is not None:
         result["swap_ms"] = measure.swap_ms(
-            adapted, tmp, tensors, base_sha256(), shape=opts.fixed_shape or (1, 32), extra=extra
+            adapted, tmp, tensors, sha, shape=opts.fixed_shape or (1, 32), extra=extra
         )
     return result

@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -163,14 +164,25 @@ def save_model(proto: onnx.ModelProto, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporter prints progress, deprecation warnings and a torchvision notice per call."""
-    log = logging.getLogger("torch.onnx")
+def quiet_logger(name: str | None = None) -> Iterator[None]:
+    """Logger `name` (default: the root) at ERROR for the block, then as it was.
+
+    Importing `onnxruntime.quantization` (and its tools) sets the root logger to INFO, which
+    floods a user's logs; the torch exporter logs a torchvision notice per call.
+    """
+    log = logging.getLogger(name)
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
         log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter prints progress, deprecation warnings and a torchvision notice per call."""
+    with quiet_logger("torch.onnx"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield

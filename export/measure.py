@@ -14,14 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from fedadapt.clients.runtime import load_adapter_options
 from fedadapt.export.onnx_adapter import write_onnx_adapter
-
-
-def session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def feed(ids: np.ndarray, mask: np.ndarray, extra: dict | None = None) -> dict[str, np.ndarray]:
@@ -92,10 +86,7 @@ def swap_ms(
     outputs, times = [], []
     for i in range(n):
         t = time.perf_counter()
-        adapter = ort.LoraAdapter()
-        adapter.Load(str(files[i % 2]))
-        opts = ort.RunOptions()
-        opts.add_active_adapter(adapter)
+        _adapter, opts = load_adapter_options(files[i % 2])
         times.append((time.perf_counter() - t) * 1e3)
         outputs.append(sess.run(["logits"], f, opts)[0])
     for p in files:

@@ -15,8 +15,7 @@ from onnxruntime.tools.convert_onnx_models_to_ort import (
 )
 from onnxruntime.tools.mobile_helpers import usability_checker
 
-from fedadapt.export.graph import save_model
-from fedadapt.export.quantize import keep_root_logger_level
+from fedadapt.export.graph import quiet_logger, save_model
 
 DIMS = ("batch", "seq")
 
@@ -33,7 +32,7 @@ def make_shape_fixed(path: Path, batch: int, seq: int) -> None:
 def to_ort_format(path: Path) -> Path:
     """Convert to `.ort` next to the `.onnx`. Overridable initializers stay graph inputs, so
     ORT's optimizer cannot fold the adapter tensors and adapters still swap."""
-    with contextlib.redirect_stdout(io.StringIO()), keep_root_logger_level():
+    with contextlib.redirect_stdout(io.StringIO()), quiet_logger():
         convert_onnx_models_to_ort(
             path, output_dir=path.parent, optimization_styles=[OptimizationStyle.Fixed]
         )
@@ -57,7 +56,7 @@ def mobile_summary(path: Path) -> dict:
         ),
     }
     out = {}
-    with tempfile.TemporaryDirectory() as tmp, keep_root_logger_level():
+    with tempfile.TemporaryDirectory() as tmp, quiet_logger():
         optimized = Path(tmp) / "basic.onnx"
         onnx_model_utils.optimize_model(Path(path), optimized, use_external_initializers=True)
         model = usability_checker.ModelProtoWithShapeInfo(optimized).model_with_shape_info

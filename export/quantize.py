@@ -8,16 +8,13 @@ int8/int4 constants and swapping silently stops working.
 
 from __future__ import annotations
 
-import logging
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
 from onnx import helper
 
-from fedadapt.export.graph import overridable, save_model
+from fedadapt.export.graph import overridable, quiet_logger, save_model
 
 PRECISIONS = ("none", "int8", "int4")
 INT4_BLOCK = 32
@@ -75,19 +72,6 @@ def split_adapter_gemms(proto: onnx.ModelProto) -> None:
     proto.graph.node.extend(nodes)
 
 
-@contextmanager
-def keep_root_logger_level() -> Iterator[None]:
-    """Importing `onnxruntime.quantization` (and its tools) sets the root logger to INFO,
-    which floods a user's logs; keep them quiet while they run and put the level back."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_base(src: Path, dst: Path, precision: str) -> list[str]:
     """Write `dst`: `src` with base MatMuls at `precision`; returns the excluded node names."""
     if precision not in PRECISIONS:
@@ -98,7 +82,7 @@ def quantize_base(src: Path, dst: Path, precision: str) -> list[str]:
     if precision == "none":
         save_model(proto, dst)
         return exclude
-    with keep_root_logger_level():
+    with quiet_logger():
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 

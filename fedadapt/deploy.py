@@ -25,8 +25,8 @@ from fedadapt.simulate import (
     OFFLINE_ENV,
     free_port,
     project_dir,
+    sigterm_interrupts,
     stop,
-    stop_on_sigterm,
     wait_healthy,
 )
 
@@ -168,22 +168,18 @@ class Cluster:
 def demo(cfg: SimConfig, folder: Path, nodes: int = 3) -> Path:
     """SuperLink + `nodes` SuperNodes + one run of `cfg`; returns the run folder."""
     cluster = Cluster(Path(folder), nodes=nodes)
-    previous = stop_on_sigterm()
     t0 = time.monotonic()
-    try:
-        cluster.start()
-        for i in range(1, nodes + 1):
-            cluster.start_supernode(i)
-        code = cluster.run(cfg)
-        if code != 0 or not (Path(cfg.out) / "report.json").exists():
-            raise FedAdaptError(
-                f"the deployed run failed (flwr run exited {code}); logs in {cluster.folder}"
-            )
-    finally:
-        cluster.stop()
-        if previous is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, previous)
+    with sigterm_interrupts():
+        try:
+            cluster.start()
+            for i in range(1, nodes + 1):
+                cluster.start_supernode(i)
+            code = cluster.run(cfg)
+            if code != 0 or not (Path(cfg.out) / "report.json").exists():
+                raise FedAdaptError(
+                    f"the deployed run failed (flwr run exited {code}); logs in {cluster.folder}"
+                )
+        finally:
+            cluster.stop()
     print(f"deployed run done in {time.monotonic() - t0:.0f}s", flush=True)
     return Path(cfg.out)

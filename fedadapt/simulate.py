@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import tomli_w
@@ -139,47 +140,51 @@ def run(cfg: SimConfig) -> Path:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    previous = stop_on_sigterm()
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", superlink, log)
-        federation = (
-            f"num-supernodes={cfg.num_clients} "
-            "client-resources-num-cpus=1 init-args-logging-level='ERROR'"
-        )
-        cmd = [
-            str(bin_dir / "flwr"),
-            "run",
-            str(project_dir()),
-            "fedadapt",
-            "--federation-config",
-            federation,
-            "--run-config",
-            str(run_config),
-            "--stream",
-        ]
-        done = subprocess.run(cmd, env=env, check=False)
-        if done.returncode != 0 or not (out / "report.json").exists():
-            raise FedAdaptError(
-                f"the run failed (flwr run exited {done.returncode}); "
-                f"logs above and in {log}. Resume with --resume {out}"
+    with sigterm_interrupts():
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", superlink, log)
+            federation = (
+                f"num-supernodes={cfg.num_clients} "
+                "client-resources-num-cpus=1 init-args-logging-level='ERROR'"
             )
-    finally:
-        stop(superlink)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            cmd = [
+                str(bin_dir / "flwr"),
+                "run",
+                str(project_dir()),
+                "fedadapt",
+                "--federation-config",
+                federation,
+                "--run-config",
+                str(run_config),
+                "--stream",
+            ]
+            done = subprocess.run(cmd, env=env, check=False)
+            if done.returncode != 0 or not (out / "report.json").exists():
+                raise FedAdaptError(
+                    f"the run failed (flwr run exited {done.returncode}); "
+                    f"logs above and in {log}. Resume with --resume {out}"
+                )
+        finally:
+            stop(superlink)
     return out
 
 
-def stop_on_sigterm():
-    """Turn SIGTERM into an exception, so `kill PID` still stops the SuperLink, Ray and the
-    ClientApp workers (they run in their own session and would outlive us otherwise)."""
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into an exception for the block, so `kill PID` still stops the SuperLink,
+    Ray and the ClientApp workers (they run in their own session and would outlive us)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        yield  # signal handlers can only be set from the main thread
+        return
 
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    return signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resume_config(folder: Path, rounds: int | None = None) -> SimConfig:

@@ -35,6 +35,7 @@ def _adapted(cfg, seed: int):
 def run(quick: bool = False) -> dict:
     from fedadapt.adapters import BottleneckConfig, LoraConfig
     from fedadapt.base_model import base_sha256, load_tokenizer, tokenize
+    from fedadapt.clients.runtime import open_session
     from fedadapt.export import measure
     from fedadapt.export.exporter import held_out_sentences
     from fedadapt.export.graph import export_graph
@@ -60,7 +61,7 @@ def run(quick: bool = False) -> dict:
             for graph in ("base", "adapter", "merged"):
                 out = tmp / f"{graph}-{precision}.onnx"
                 quantize_base(tmp / f"{graph}.onnx", out, precision)
-                sessions[graph] = measure.session(out)
+                sessions[graph] = open_session(out)
             key = "fp32" if precision == "none" else precision
             entry = {
                 "size_bytes": (tmp / f"adapter-{precision}.onnx").stat().st_size,
@@ -95,6 +96,7 @@ def _decompositions(tmp: Path, ids: torch.Tensor, mask: torch.Tensor, runs: int)
     """NNAPI coverage at a fixed 1×128 fp32 graph, exact and with each decomposition, with
     what each costs in parity and in CPU latency."""
     from fedadapt.adapters import BottleneckConfig
+    from fedadapt.clients.runtime import open_session
     from fedadapt.export import measure
     from fedadapt.export.decompose import decompose
     from fedadapt.export.graph import export_graph
@@ -112,8 +114,8 @@ def _decompositions(tmp: Path, ids: torch.Tensor, mask: torch.Tensor, runs: int)
         decompose(model, which)  # cumulative: the third adds gelu-tanh to layernorm
         path = tmp / f"dec-{label}.onnx"
         export_graph(model, path)
-        parity = measure.parity(measure.session(path), ids.numpy(), mask.numpy(), reference)
-        sess = measure.session(path)
+        sess = open_session(path)
+        parity = measure.parity(sess, ids.numpy(), mask.numpy(), reference)
         exact_session = exact_session or sess
         base_ms, ms = measure.latency_pair(exact_session, sess, 128, runs)
         make_shape_fixed(path, 1, 128)
