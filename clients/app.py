@@ -17,14 +17,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
 from safetensors.torch import load_file, save
 
 from fedadapt.atomic import atomic_write_bytes
 from fedadapt.clients.attacks import attack, malicious_clients
 from fedadapt.clients.device import Device, client_data
 from fedadapt.codecs import ErrorFeedback
+from fedadapt.deltas import check_delta, clip
 from fedadapt.records import pack_delta, record_to_state, state_to_record
 from fedadapt.simconfig import SimConfig
 
@@ -69,8 +75,29 @@ def query(message: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)
 
 
-@app.train()
+def secagg_when_asked(message: Message, context: Context, call_next) -> Message:
+    """Flower's `secaggplus_mod`, for the train messages of a SecAgg+ round only."""
+    if RECORD_KEY_CONFIGS in message.content:
+        return secaggplus_mod(message, context, call_next)
+    return call_next(message, context)
+
+
+def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context):
+    """Train the global adapter (and the personal part); the delta is all that may leave."""
+    device = Device.create(cfg, pid)
+    delta, stats = device.train_global(arrays, rnd)
+    if pid in malicious_clients(cfg.num_clients, cfg.malicious_fraction, cfg.seed):
+        delta = attack(delta, cfg.attack, seed=rnd * 100_003 + pid)
+    if cfg.personalization == "fedrep":
+        personal = device.train_personal(arrays, _load(context, "personal"), rnd)
+        _keep(context, "personal", personal)
+    return device, delta, stats
+
+
+@app.train(mods=[secagg_when_asked])
 def train(message: Message, context: Context) -> Message:
+    if RECORD_KEY_CONFIGS in message.content:
+        return _train_secagg(message, context)
     cfg, pid, rnd, phase = _setup(message, context)
     arrays = record_to_state(message.content["arrays"])
     if phase == "full":
@@ -80,18 +107,12 @@ def train(message: Message, context: Context) -> Message:
         content = {"arrays": state_to_record(state), "metrics": MetricRecord(metrics)}
         return Message(RecordDict(content), reply_to=message)
 
-    device = Device.create(cfg, pid)
-    delta, stats = device.train_global(arrays, rnd)
-    if pid in malicious_clients(cfg.num_clients, cfg.malicious_fraction, cfg.seed):
-        delta = attack(delta, cfg.attack, seed=rnd * 100_003 + pid)
+    device, delta, stats = _train_adapter(cfg, pid, rnd, arrays, context)
     feedback = ErrorFeedback(cfg.codec)
     feedback.residual = _load(context, "ef-residual") or {}
     blob = feedback.encode(delta)
     if cfg.codec == "int8":
         _keep(context, "ef-residual", feedback.residual)
-    if cfg.personalization == "fedrep":
-        personal = device.train_personal(arrays, _load(context, "personal"), rnd)
-        _keep(context, "personal", personal)
     metrics = MetricRecord(
         {
             "num-examples": stats["examples"],
@@ -103,6 +124,33 @@ def train(message: Message, context: Context) -> Message:
     meta = ConfigRecord({"base-sha256": device.model.base.sha256, "codec": cfg.codec})
     content = RecordDict({"arrays": pack_delta(blob), "metrics": metrics, "delta-meta": meta})
     return Message(content, reply_to=message)
+
+
+def _train_secagg(message: Message, context: Context) -> Message:
+    """A SecAgg+ round's training step, in the legacy FitIns/FitRes shape the mod expects.
+
+    The delta is clipped here, on the device (the server never sees it alone), and checked
+    to be finite: one NaN would poison the masked sum of every client.
+    """
+    cfg = SimConfig.from_run_config(dict(context.run_config))
+    pid = int(context.node_config["partition-id"])
+    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
+    names = str(fitins.config["names"]).split("\n")
+    arrays = {
+        k: torch.from_numpy(a.copy())
+        for k, a in zip(names, parameters_to_ndarrays(fitins.parameters), strict=True)
+    }
+    rnd = int(fitins.config["server-round"])
+    _, delta, stats = _train_adapter(cfg, pid, rnd, arrays, context)
+    delta = clip(delta, cfg.clip_norm) if cfg.clip_norm > 0 else delta
+    check_delta(delta, arrays)
+    fitres = FitRes(
+        status=Status(code=Code.OK, message=""),
+        parameters=ndarrays_to_parameters([delta[k].numpy() for k in sorted(delta)]),
+        num_examples=int(stats["examples"]),
+        metrics={"train_loss": float(stats["train_loss"])},
+    )
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=message)
 
 
 @app.evaluate()

@@ -50,3 +50,11 @@ def apply_delta(global_: State, delta: State) -> State:
         k: (v.float() + delta[k].float()).to(v.dtype) if k in delta else v.clone()
         for k, v in global_.items()
     }
+
+
+def clip(delta: State, max_norm: float) -> State:
+    """Scale `delta` down to L2 norm `max_norm` (unchanged if already within it)."""
+    norm = torch.sqrt(sum((v.double() ** 2).sum() for v in delta.values())).item()
+    if norm <= max_norm or norm == 0:
+        return delta
+    return {k: v * (max_norm / norm) for k, v in delta.items()}

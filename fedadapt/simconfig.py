@@ -62,6 +62,14 @@ class SimConfig:
     dp_delta: float = 1e-5
     codec: str = "fp32"  # fp32 | fp16 | int8 (with client-side error feedback)
     max_reply_bytes: int = 8_000_000
+    # SecAgg+ (Flower's SecAggPlusWorkflow): the server sees only the sum of the deltas.
+    # Its fixed-point range is `clip_norm` when set (each client clips its own delta), else
+    # `secagg_clipping_range` per coordinate; see server/secagg.py.
+    secagg: bool = False
+    secagg_num_shares: float = 1.0  # share keys with this fraction of the sampled clients
+    secagg_reconstruction_threshold: float = 0.67
+    secagg_clipping_range: float = 1.0
+    secagg_max_weight: float = 1000.0  # > any client's num-examples
     # simulated attacks
     malicious_fraction: float = 0.0
     attack: str = "sign-flip"  # sign-flip (x10) or noise (same norm)
@@ -87,6 +95,26 @@ class SimConfig:
             raise ConfigError("clients_per_round cannot exceed num_clients")
         if self.attack not in ("sign-flip", "noise"):
             raise ConfigError("attack must be 'sign-flip' or 'noise'")
+        if self.secagg:
+            self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """What secure aggregation rules out: the server never sees a single delta."""
+        if self.strategy in ("trimmed-mean", "median"):
+            raise ConfigError(
+                f"secagg hides single deltas, so {self.strategy!r} cannot run on them; "
+                "use fedavg, fedprox, fedadam, fedyogi or fedavgm"
+            )
+        if self.dp_noise_multiplier > 0:
+            raise ConfigError(
+                "central DP clips single deltas on the server, which secagg hides; "
+                "run one or the other"
+            )
+        if self.codec != "fp32":
+            raise ConfigError(
+                "secagg uploads Flower's fixed-point encoding of the delta, not a codec's; "
+                "leave codec = 'fp32'"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SimConfig:

@@ -34,7 +34,7 @@ from fedadapt.clients.device import (
 from fedadapt.deltas import State
 from fedadapt.keys import load_private
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
-from fedadapt.server import checkpoint, report
+from fedadapt.server import checkpoint, report, secagg
 from fedadapt.server.publish import publish
 from fedadapt.server.replies import screen
 from fedadapt.server.strategy import build_strategy, dp_epsilon
@@ -112,8 +112,8 @@ def _evaluate_all(
 
 
 class FederatedRun:
-    def __init__(self, cfg: SimConfig, grid: Grid) -> None:
-        self.cfg, self.out = cfg, Path(cfg.out)
+    def __init__(self, cfg: SimConfig, grid: Grid, context: Context) -> None:
+        self.cfg, self.out, self.context = cfg, Path(cfg.out), context
         self.partition_of = _ask_partitions(grid, cfg)
         order = sorted(self.partition_of, key=self.partition_of.get)
         self.grid = PartitionOrderedGrid(grid, order)
@@ -142,6 +142,8 @@ class FederatedRun:
         msgs = list(
             strategy.configure_train(server_round, state_to_record(global_state), conf, self.grid)
         )
+        if phase == "adapter" and cfg.secagg:
+            return self._secagg_round(strategy, server_round, global_state, msgs)
         download = sum(wire_bytes(m.content) for m in msgs)
         replies = list(self.grid.send_and_receive(msgs, timeout=cfg.round_timeout))
         if phase == "adapter":
@@ -191,6 +193,32 @@ class FederatedRun:
         }
         if phase == "adapter" and (eps := dp_epsilon(strategy)) is not None:
             row["dp_epsilon"] = eps
+        return global_state, row
+
+    def _secagg_round(
+        self, strategy, server_round: int, global_state: State, msgs: list[Message]
+    ) -> tuple[State, dict[str, Any]]:
+        """The same sample as a plain round, aggregated under SecAgg+ (see server.secagg)."""
+        nodes = [m.metadata.dst_node_id for m in msgs]
+        trainable = sorted(trainable_global_keys(self.cfg))
+        res = secagg.run_round(
+            self.grid, self.context, nodes, global_state, trainable, server_round, self.cfg
+        )
+        if res.mean_delta is not None:
+            reply = secagg.as_reply(global_state, res.mean_delta, sum(res.num_examples))
+            arrays, _ = strategy.aggregate_train(server_round, [reply])
+            global_state = record_to_state(arrays)
+        rejected = {"dropped": len(nodes) - res.clients} if res.clients < len(nodes) else {}
+        row = {
+            "round": server_round,
+            "clients": res.clients,
+            "upload_bytes": res.upload_bytes,
+            "download_bytes": res.download_bytes,
+            "train_loss": res.train_loss,
+            "global_accuracy": None,
+            "personalized_accuracy": None,
+            "rejected": rejected,
+        }
         return global_state, row
 
     def _run_phase(
@@ -368,4 +396,4 @@ class FederatedRun:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = SimConfig.from_run_config(dict(context.run_config))
-    FederatedRun(cfg, grid).execute()
+    FederatedRun(cfg, grid, context).execute()

@@ -13,10 +13,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-import torch
 from flwr.app import Message
 
-from fedadapt.deltas import State, check_delta
+from fedadapt.deltas import State, check_delta, clip
 from fedadapt.errors import DeltaError
 from fedadapt.records import state_to_record, unpack_delta, wire_bytes
 
@@ -28,14 +27,6 @@ class Screened:
     accepted: list[Message] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     upload_bytes: int = 0
-
-
-def clip(delta: State, max_norm: float) -> State:
-    """Scale `delta` down to L2 norm `max_norm` (unchanged if already within it)."""
-    norm = torch.sqrt(sum((v.double() ** 2).sum() for v in delta.values())).item()
-    if norm <= max_norm or norm == 0:
-        return delta
-    return {k: v * (max_norm / norm) for k, v in delta.items()}
 
 
 def _delta_of(msg: Message, base_sha256: str, max_bytes: int, size: int) -> State:

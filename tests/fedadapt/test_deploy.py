@@ -62,9 +62,19 @@ def test_tls_auth_and_a_deployed_run(tmp_path):
         assert _wait_online(cluster, 3) == 3
         pids = [p.pid for p in (*cluster.supernodes.values(), cluster.link)]
         out = tmp_path / "run"
-        cfg = SimConfig(num_clients=3, clients_per_round=3, rounds=1, baselines=False, out=str(out))
+        # the deployed run aggregates under SecAgg+, with client-side clipping
+        cfg = SimConfig(
+            num_clients=3,
+            clients_per_round=3,
+            rounds=1,
+            baselines=False,
+            secagg=True,
+            clip_norm=0.5,
+            out=str(out),
+        )
         assert cluster.run(cfg) == 0
         report = json.loads((out / "report.json").read_text())
+        assert report["config"]["secagg"] and report["rounds"][0]["clients"] == 3
         assert report["final"]["global_accuracy"] is not None
         assert report["communication"]["upload_bytes_per_client_round"] > 0
         assert (out / "metrics.csv").exists() and (out / "adapter" / "adapter_config.json").exists()

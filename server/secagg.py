@@ -1,0 +1,179 @@
+"""SecAgg+ rounds: the server learns only the weighted mean of the sampled clients' deltas.
+
+Flower 1.42 runs SecAgg+ only through its legacy API: `SecAggPlusWorkflow` over a
+`LegacyContext` and a legacy strategy, whose `aggregate_fit` receives the already unmasked
+average. One workflow runs per round inside the server's own round loop:
+
+- the modern strategy samples the nodes, exactly as in a plain round;
+- a stock legacy `FedAvg` over a client manager holding just those nodes sends them the
+  global adapter (the legacy `Parameters` carry no names, so the names ride in the config);
+- each client trains, clips its own delta and hands it to `secaggplus_mod`, which quantizes,
+  masks and uploads it; Flower's workflow sums, unmasks and dequantizes the weighted mean.
+
+The mean then goes through the modern strategy's own `aggregate_train` as one reply
+`global + mean delta`: FedAvg takes it as it is; FedAdam, FedYogi and FedAvgM apply their
+server optimizer to it, as they would to a plain round's average.
+
+Clipping and the fixed-point range: the server cannot see or clip single deltas, so each
+client clips its delta to L2 norm `clip_norm`. No coordinate of a clipped delta exceeds
+`clip_norm`, so that is SecAgg+'s `clipping_range` and nothing is cut twice. Without
+`clip_norm`, `secagg_clipping_range` cuts each coordinate instead. A client scales its
+delta by `num_examples / secagg_max_weight` before quantizing, so each coordinate's error
+after unmasking is at most `n · 2·range / quantization_range / Σ(num_examples/max_weight)`
+(`quantization_bound`): a range far above the deltas' size, or a max weight far above the
+clients' example counts, costs precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import ServerConfig
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+from fedadapt.deltas import State
+from fedadapt.records import state_to_record, wire_bytes
+from fedadapt.simconfig import SimConfig
+
+log = logging.getLogger("fedadapt.server")
+
+QUANTIZATION_RANGE = 2**22  # Flower's defaults: with a 2**32 modulus, sums of ≤ 1024 clients
+MODULUS_RANGE = 2**32
+
+
+def clipping_range(cfg: SimConfig) -> float:
+    return cfg.clip_norm if cfg.clip_norm > 0 else cfg.secagg_clipping_range
+
+
+def quantization_bound(cfg: SimConfig, num_examples: list[int]) -> float:
+    """Worst-case per-coordinate error of the unmasked mean against the exact one."""
+    step = 2 * clipping_range(cfg) / QUANTIZATION_RANGE
+    ratio_sum = sum(n / cfg.secagg_max_weight for n in num_examples)
+    return len(num_examples) * step / ratio_sum
+
+
+class MeteredGrid:
+    """The grid, counting the serialized bytes of every SecAgg+ message each way."""
+
+    def __init__(self, grid: Any) -> None:
+        self._grid, self.sent, self.received = grid, 0, 0
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        self.sent += sum(wire_bytes(m.content) for m in messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self.received += sum(wire_bytes(m.content) for m in replies if not m.has_error())
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+@dataclass
+class SecAggRound:
+    mean_delta: State | None  # None: the protocol halted (too few clients survived)
+    clients: int
+    num_examples: list[int]
+    train_loss: float
+    upload_bytes: int
+    download_bytes: int
+
+
+def run_round(
+    grid: Any,
+    context: Context,
+    node_ids: list[int],
+    global_state: State,
+    trainable: list[str],
+    server_round: int,
+    cfg: SimConfig,
+) -> SecAggRound:
+    """One SecAgg+ round over `node_ids`: the weighted mean of their deltas of `trainable`."""
+    metered = MeteredGrid(grid)
+    manager = SimpleClientManager()
+    for nid in node_ids:
+        manager.register(GridClientProxy(node_id=nid, grid=metered, run_id=grid.run.run_id))
+    seen: dict[str, Any] = {}
+
+    def fit_metrics(results: list[tuple[int, dict]]) -> dict:
+        seen["num_examples"] = [n for n, _ in results]
+        total = sum(seen["num_examples"])
+        seen["train_loss"] = sum(n * float(m["train_loss"]) for n, m in results) / total
+        return {}
+
+    names = sorted(global_state)
+    legacy = LegacyFedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=len(node_ids),
+        min_available_clients=len(node_ids),
+        on_fit_config_fn=lambda r: {"server-round": r, "names": "\n".join(names)},
+        fit_metrics_aggregation_fn=fit_metrics,
+    )
+    ctx = LegacyContext(
+        Context(
+            run_id=context.run_id,
+            node_id=context.node_id,
+            node_config=context.node_config,
+            state=RecordDict(),
+            run_config=context.run_config,
+        ),
+        config=ServerConfig(num_rounds=cfg.rounds),
+        strategy=legacy,
+        client_manager=manager,
+    )
+    sent = ndarrays_to_parameters([global_state[k].numpy() for k in names])
+    ctx.state[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(sent, keep_input=True)
+    ctx.state[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: server_round})
+    SecAggPlusWorkflow(
+        num_shares=cfg.secagg_num_shares,
+        reconstruction_threshold=cfg.secagg_reconstruction_threshold,
+        max_weight=cfg.secagg_max_weight,
+        clipping_range=clipping_range(cfg),
+        quantization_range=QUANTIZATION_RANGE,
+        modulus_range=MODULUS_RANGE,
+        timeout=cfg.round_timeout,
+    )(metered, ctx)
+    mean = None
+    if "num_examples" in seen:
+        params = compat.arrayrecord_to_parameters(ctx.state[MAIN_PARAMS_RECORD], keep_input=True)
+        arrays = parameters_to_ndarrays(params)
+        mean = {
+            k: torch.from_numpy(np.asarray(a, dtype=np.float32)).reshape(global_state[k].shape)
+            for k, a in zip(trainable, arrays, strict=True)
+        }
+    else:
+        log.warning("round %d: SecAgg+ halted; the global adapter stays as it was", server_round)
+    examples = seen.get("num_examples", [])
+    return SecAggRound(
+        mean_delta=mean,
+        clients=len(examples),
+        num_examples=examples,
+        train_loss=seen.get("train_loss", float("nan")),
+        upload_bytes=metered.received,
+        download_bytes=metered.sent,
+    )
+
+
+def as_reply(global_state: State, mean_delta: State, num_examples: int) -> Message:
+    """The round's mean as the single reply a modern strategy's `aggregate_train` expects."""
+    rebuilt = {k: v + mean_delta[k] if k in mean_delta else v for k, v in global_state.items()}
+    content = RecordDict(
+        {
+            "arrays": state_to_record(rebuilt),
+            "metrics": MetricRecord({"num-examples": num_examples, "dp-weight": 1.0}),
+        }
+    )
+    return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)

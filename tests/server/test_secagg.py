@@ -1,0 +1,77 @@
+"""SecAgg+ on the Simulation Engine: the unmasked mean matches plain FedAvg within the bound."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+from safetensors.torch import load_file
+
+from fedadapt.clients.device import build_fresh_global, client_data
+from fedadapt.errors import ConfigError
+from fedadapt.server.secagg import QUANTIZATION_RANGE, quantization_bound
+from fedadapt.simconfig import SimConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"strategy": "median"}, {"dp_noise_multiplier": 1.0}, {"codec": "int8"}]
+)
+def test_secagg_refuses_what_needs_single_deltas(bad):
+    with pytest.raises(ConfigError, match="secagg"):
+        SimConfig(secagg=True, **bad)
+
+
+def test_quantization_bound_follows_range_weight_and_clients():
+    cfg = SimConfig(secagg=True, clip_norm=0.5, secagg_max_weight=100.0)
+    one = quantization_bound(cfg, [50])
+    assert one == pytest.approx(2 * 0.5 / QUANTIZATION_RANGE / 0.5)
+    assert quantization_bound(cfg, [50, 50]) == pytest.approx(one)  # n steps over n ratios
+    wider = SimConfig(secagg=True, secagg_clipping_range=4.0, secagg_max_weight=100.0)
+    assert quantization_bound(wider, [50]) == pytest.approx(8 * one)
+
+
+def _run(tmp_path: Path, name: str, **overrides) -> tuple[Path, str]:
+    cfg = {
+        "num_clients": 3,
+        "clients_per_round": 3,
+        "rounds": 1,
+        "local_epochs": 1,
+        "personal_epochs": 1,
+        "baselines": False,
+        "clip_norm": 0.05,  # small enough that clipping acts
+        "seed": 0,
+        **overrides,
+    }
+    out, config = tmp_path / name, tmp_path / f"{name}.toml"
+    config.write_text(tomli_w.dumps(cfg))
+    res = subprocess.run(
+        [sys.executable, "-m", "fedadapt", "simulate", "--config", str(config), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, res.stdout + res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_secagg_mean_matches_plain_fedavg_within_quantization_error(tmp_path):
+    plain_out, _ = _run(tmp_path, "plain")
+    secure_out, log = _run(tmp_path, "secagg", secagg=True)
+    assert "Secure aggregation completed" in log
+
+    plain = load_file(plain_out / "checkpoints" / "round-0001.safetensors")
+    secure = load_file(secure_out / "checkpoints" / "round-0001.safetensors")
+    cfg = SimConfig(num_clients=3, clients_per_round=3, clip_norm=0.05, secagg=True)
+    start = build_fresh_global(cfg)
+    bound = quantization_bound(cfg, [len(client_data(cfg, p).train_labels) for p in range(3)])
+    moved = max((plain[f"global/{k}"] - v).abs().max().item() for k, v in start.items())
+    err = max((plain[k] - secure[k]).abs().max().item() for k in plain if k.startswith("global/"))
+    assert moved > 100 * bound  # the round changed the adapter far beyond the quantization
+    assert 0 < err <= bound  # quantized and masked, yet the same mean
