@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -156,6 +157,12 @@ class Cluster:
 
     def kill_supernode(self, i: int) -> None:
         stop(self.supernodes.pop(i))
+
+    def kill_superlink(self) -> None:
+        """`kill -9` the SuperLink and what it started (the ServerApp): a crash, no cleanup."""
+        os.killpg(self.link.pid, signal.SIGKILL)
+        self.link.wait()
+        self.link = None
 
     def stop(self) -> None:
         for proc in [*self.supernodes.values(), self.link]:
