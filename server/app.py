@@ -35,6 +35,7 @@ from fedadapt.deltas import State
 from fedadapt.keys import load_private
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report, secagg
+from fedadapt.server.polling import QuickPollGrid
 from fedadapt.server.publish import publish
 from fedadapt.server.replies import screen
 from fedadapt.server.strategy import build_strategy, dp_epsilon
@@ -114,6 +115,7 @@ def _evaluate_all(
 class FederatedRun:
     def __init__(self, cfg: SimConfig, grid: Grid, context: Context) -> None:
         self.cfg, self.out, self.context = cfg, Path(cfg.out), context
+        grid = QuickPollGrid(grid)
         self.partition_of = _ask_partitions(grid, cfg)
         order = sorted(self.partition_of, key=self.partition_of.get)
         self.grid = PartitionOrderedGrid(grid, order)

@@ -55,13 +55,14 @@ def _dist_version(name: str) -> str:
 
 
 def run(out: Path, quick: bool, sections: list[str]) -> dict:
-    from fedadapt.bench import aggregate, core, export, updates
+    from fedadapt.bench import aggregate, core, export, secagg, updates
 
     runners = {
         "core": core.run,
         "aggregate": aggregate.run,
         "export": export.run,
         "updates": updates.run,
+        "secagg": secagg.run,
     }
     unknown = set(sections) - set(runners)
     if unknown:
