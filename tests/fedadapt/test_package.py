@@ -95,7 +95,14 @@ def test_package_installs_into_a_fresh_venv_and_its_supernode_trains(tmp_path):
             assert time.monotonic() < deadline, "the packaged SuperNode never came online"
             time.sleep(2)
         out = tmp_path / "run"
-        cfg = SimConfig(num_clients=1, clients_per_round=1, rounds=1, baselines=False, out=str(out))
+        cfg = SimConfig(
+            num_clients=1,
+            clients_per_round=1,
+            rounds=1,
+            baselines=False,
+            round_timeout=180,  # an app that fails to import on the node must not hang here
+            out=str(out),
+        )
         assert cluster.run(cfg) == 0
     finally:
         if supernode is not None:
