@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections",
         nargs="+",
         default=["core", "aggregate", "export", "updates", "secagg"],
-        help="sections to run (default: all)",
+        help="sections to run (default: all but deploy, which starts a SuperLink and "
+        "3 SuperNodes and takes minutes)",
     )
     b.set_defaults(func=_bench)
     return parser

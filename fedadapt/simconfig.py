@@ -31,6 +31,7 @@ class SimConfig:
     clients_per_round: int = 10
     evaluate_every: int = 1  # evaluate on every client each N rounds (and after the last)
     round_timeout: float = 900.0
+    grid_poll_s: float = 0.2  # how often the server pulls replies (Flower's deployed grid: 3 s)
     # model and adapters
     quantization: str = "int8"
     method: str = "bottleneck"  # or "lora"

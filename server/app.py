@@ -115,7 +115,7 @@ def _evaluate_all(
 class FederatedRun:
     def __init__(self, cfg: SimConfig, grid: Grid, context: Context) -> None:
         self.cfg, self.out, self.context = cfg, Path(cfg.out), context
-        grid = QuickPollGrid(grid)
+        grid = QuickPollGrid(grid, cfg.grid_poll_s)
         self.partition_of = _ask_partitions(grid, cfg)
         order = sorted(self.partition_of, key=self.partition_of.get)
         self.grid = PartitionOrderedGrid(grid, order)

@@ -3,8 +3,8 @@
 Flower 1.42's gRPC/HTTP grid (Deployment Engine) `send_and_receive` sleeps 3 s between
 pulls, so each message exchange waits up to 3 s after the last reply arrived; a SecAgg+
 round has four exchanges. Through the grid's public `push_messages`/`pull_messages` this
-waits `interval` instead. (The SuperNode's own 3 s sleep while idle is not configurable.)
-The Simulation Engine's in-memory grid already pulls every 0.1 s.
+waits `interval` (config `grid_poll_s`) instead. The SuperNode's own 3 s sleep while idle
+is not configurable. The Simulation Engine's in-memory grid already pulls every 0.1 s.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Any
 
 from flwr.app import Message
 
-INTERVAL_S = 0.2
-
 
 class QuickPollGrid:
-    def __init__(self, grid: Any, interval: float = INTERVAL_S) -> None:
+    def __init__(self, grid: Any, interval: float) -> None:
         self._grid, self.interval = grid, interval
 
     def send_and_receive(

@@ -55,7 +55,7 @@ def _dist_version(name: str) -> str:
 
 
 def run(out: Path, quick: bool, sections: list[str]) -> dict:
-    from fedadapt.bench import aggregate, core, export, secagg, updates
+    from fedadapt.bench import aggregate, core, deploy, export, secagg, updates
 
     runners = {
         "core": core.run,
@@ -63,6 +63,7 @@ def run(out: Path, quick: bool, sections: list[str]) -> dict:
         "export": export.run,
         "updates": updates.run,
         "secagg": secagg.run,
+        "deploy": deploy.run,
     }
     unknown = set(sections) - set(runners)
     if unknown:

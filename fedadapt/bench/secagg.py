@@ -15,11 +15,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 
-def measure(nodes: int, secagg: bool, folder: Path) -> dict:
-    from fedadapt import simulate
+def bench_config(nodes: int, secagg: bool, folder: Path, **extra):
     from fedadapt.simconfig import SimConfig
 
-    cfg = SimConfig(
+    return SimConfig(
         num_clients=nodes,
         clients_per_round=nodes,
         rounds=2,
@@ -30,8 +29,14 @@ def measure(nodes: int, secagg: bool, folder: Path) -> dict:
         clip_norm=0.5,
         secagg=secagg,
         out=str(folder),
+        **extra,
     )
-    simulate.run(cfg)
+
+
+def measure(nodes: int, secagg: bool, folder: Path) -> dict:
+    from fedadapt import simulate
+
+    simulate.run(bench_config(nodes, secagg, folder))
     row = json.loads((folder / "report.json").read_text())["rounds"][0]
     return {
         "round_s": row["seconds"],

@@ -73,3 +73,6 @@ def test_bench_quick_writes_every_section(tmp_path):
             }
     assert export["int8"]["size_bytes"] < export["fp32"]["size_bytes"]
     assert export["nnapi_decompositions"]["layernorm+gelu-tanh"]["blocking_ops"] == []
+    row = result["secagg"]["3"]  # --quick: 3 nodes only
+    assert set(row) == {"plain_round_s", "secagg_round_s", "plain_bytes", "secagg_bytes"}
+    assert row["secagg_bytes"] > row["plain_bytes"] > 0  # masks, keys and shares cost bytes
