@@ -37,7 +37,7 @@ from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report, secagg
 from fedadapt.server.polling import QuickPollGrid
 from fedadapt.server.publish import publish
-from fedadapt.server.replies import screen
+from fedadapt.server.replies import mean_reply, screen
 from fedadapt.server.strategy import build_strategy, dp_epsilon
 from fedadapt.simconfig import SimConfig
 
@@ -112,6 +112,16 @@ def _evaluate_all(
     return out
 
 
+def _linear_weight_key(strategy, cfg: SimConfig) -> str | None:
+    """The weight key, where the strategy's aggregate is a weighted mean of the replies.
+
+    Then replies are folded into their mean as they are screened (`server.replies`). Trimmed
+    mean and median need every reply, and central DP clips and accounts for each one.
+    """
+    linear = cfg.strategy in ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
+    return strategy.weighted_by_key if linear and cfg.dp_noise_multiplier == 0 else None
+
+
 class FederatedRun:
     def __init__(self, cfg: SimConfig, grid: Grid, context: Context) -> None:
         self.cfg, self.out, self.context = cfg, Path(cfg.out), context
@@ -148,6 +158,9 @@ class FederatedRun:
             return self._secagg_round(strategy, server_round, global_state, msgs)
         download = sum(wire_bytes(m.content) for m in msgs)
         replies = list(self.grid.send_and_receive(msgs, timeout=cfg.round_timeout))
+        # Float sums depend on their order, and replies arrive in any order: fold them in
+        # partition order, so that a resumed run repeats an uninterrupted one exactly.
+        replies.sort(key=lambda m: self.partition_of.get(m.metadata.src_node_id, -1))
         if phase == "adapter":
             screened = screen(
                 replies,
@@ -156,12 +169,14 @@ class FederatedRun:
                 self.base_sha,
                 cfg.max_reply_bytes,
                 cfg.clip_norm,
+                fold_by=_linear_weight_key(strategy, cfg),
             )
             accepted, upload, rejected = (
                 screened.accepted,
                 screened.upload_bytes,
                 dict(screened.rejected),
             )
+            clients = screened.clients
         else:
             accepted = [m for m in replies if not m.has_error()]
             upload = sum(wire_bytes(m.content) for m in accepted)
@@ -170,6 +185,7 @@ class FederatedRun:
                 if len(accepted) < len(replies)
                 else {}
             )
+            clients = len(accepted)
         missing = len(msgs) - len(replies)
         if missing:
             rejected["timeout"] = missing
@@ -185,7 +201,7 @@ class FederatedRun:
             )
         row = {
             "round": server_round,
-            "clients": len(accepted),
+            "clients": clients,
             "upload_bytes": upload,
             "download_bytes": download,
             "train_loss": loss if loss is not None else float("nan"),
@@ -207,7 +223,7 @@ class FederatedRun:
             self.grid, self.context, nodes, global_state, trainable, server_round, self.cfg
         )
         if res.mean_delta is not None:
-            reply = secagg.as_reply(global_state, res.mean_delta, sum(res.num_examples))
+            reply = mean_reply(global_state, res.mean_delta, sum(res.num_examples), res.train_loss)
             arrays, _ = strategy.aggregate_train(server_round, [reply])
             global_state = record_to_state(arrays)
         rejected = {"dropped": len(nodes) - res.clients} if res.clients < len(nodes) else {}

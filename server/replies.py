@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from flwr.app import Message
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
 from fedadapt.deltas import State, check_delta, clip
 from fedadapt.errors import DeltaError
@@ -27,6 +27,7 @@ class Screened:
     accepted: list[Message] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     upload_bytes: int = 0
+    clients: int = 0  # accepted deltas (with folding, `accepted` holds their one mean)
 
 
 def _delta_of(msg: Message, base_sha256: str, max_bytes: int, size: int) -> State:
@@ -47,6 +48,35 @@ def _delta_of(msg: Message, base_sha256: str, max_bytes: int, size: int) -> Stat
         raise DeltaError(f"no decodable delta: {e}", reason="malformed") from e
 
 
+class WeightedMean:
+    """The weighted mean of deltas, folded in one at a time: one adapter of working memory."""
+
+    def __init__(self) -> None:
+        self.sum: State = {}
+        self.weight = 0.0
+        self.loss = 0.0
+
+    def add(self, delta: State, weight: float, loss: float) -> None:
+        for k, v in delta.items():
+            if k in self.sum:
+                self.sum[k].add_(v, alpha=weight)
+            else:
+                self.sum[k] = v.float() * weight
+        self.weight += weight
+        self.loss += weight * loss
+
+    def mean(self) -> State:
+        return {k: v / self.weight for k, v in self.sum.items()}
+
+
+def mean_reply(global_state: State, mean_delta: State, weight: float, train_loss: float) -> Message:
+    """A round's mean as the one reply a modern strategy's `aggregate_train` averages."""
+    rebuilt = {k: v + mean_delta[k] if k in mean_delta else v for k, v in global_state.items()}
+    metrics = {"num-examples": weight, "dp-weight": weight, "train_loss": train_loss}
+    content = RecordDict({"arrays": state_to_record(rebuilt), "metrics": MetricRecord(metrics)})
+    return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
+
+
 def screen(
     replies: list[Message],
     global_state: State,
@@ -54,8 +84,16 @@ def screen(
     base_sha256: str,
     max_bytes: int,
     clip_norm: float = 0.0,
+    fold_by: str | None = None,
 ) -> Screened:
-    out = Screened()
+    """Check each reply; accepted ones become `global + delta` replies for the strategy.
+
+    With `fold_by` (the strategy's weight key), accepted deltas are folded into their
+    weighted mean as they are checked, and `accepted` is that one mean reply. For a strategy
+    whose aggregate is linear in the replies (FedAvg, and FedAdam/FedYogi/FedAvgM over it)
+    the result is the same, without rebuilding a model-sized record per reply.
+    """
+    out, fold = Screened(), WeightedMean()
     for msg in replies:
         if msg.has_error():
             out.rejected["client-error"] += 1
@@ -74,8 +112,15 @@ def screen(
             continue
         if clip_norm > 0:
             delta = clip(delta, clip_norm)
+        out.clients += 1
+        if fold_by is not None:
+            metrics = msg.content["metrics"]
+            fold.add(delta, float(metrics[fold_by]), float(metrics.get("train_loss", 0.0)))
+            continue
         rebuilt = {k: v + delta[k] if k in delta else v for k, v in global_state.items()}
         msg.content["arrays"] = state_to_record(rebuilt)
         del msg.content["delta-meta"]
         out.accepted.append(msg)
+    if fold.weight > 0:
+        out.accepted = [mean_reply(global_state, fold.mean(), fold.weight, fold.loss / fold.weight)]
     return out

@@ -11,8 +11,9 @@ average. One workflow runs per round inside the server's own round loop:
   masks and uploads it; Flower's workflow sums, unmasks and dequantizes the weighted mean.
 
 The mean then goes through the modern strategy's own `aggregate_train` as one reply
-`global + mean delta`: FedAvg takes it as it is; FedAdam, FedYogi and FedAvgM apply their
-server optimizer to it, as they would to a plain round's average.
+`global + mean delta` (`server.replies.mean_reply`): FedAvg takes it as it is; FedAdam,
+FedYogi and FedAvgM apply their server optimizer to it, as they would to a plain round's
+average.
 
 Clipping and the fixed-point range: the server cannot see or clip single deltas, so each
 client clips its delta to L2 norm `clip_norm`. No coordinate of a clipped delta exceeds
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import ServerConfig
@@ -44,7 +45,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
 from fedadapt.deltas import State
-from fedadapt.records import state_to_record, wire_bytes
+from fedadapt.records import wire_bytes
 from fedadapt.simconfig import SimConfig
 
 log = logging.getLogger("fedadapt.server")
@@ -165,15 +166,3 @@ def run_round(
         upload_bytes=metered.received,
         download_bytes=metered.sent,
     )
-
-
-def as_reply(global_state: State, mean_delta: State, num_examples: int) -> Message:
-    """The round's mean as the single reply a modern strategy's `aggregate_train` expects."""
-    rebuilt = {k: v + mean_delta[k] if k in mean_delta else v for k, v in global_state.items()}
-    content = RecordDict(
-        {
-            "arrays": state_to_record(rebuilt),
-            "metrics": MetricRecord({"num-examples": num_examples, "dp-weight": 1.0}),
-        }
-    )
-    return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)

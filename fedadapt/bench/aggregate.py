@@ -1,10 +1,11 @@
 """Bench section `aggregate`: one round's aggregation of 10, 100 and 1000 replies.
 
-`fedadapt` = screening delta replies (decode, check, clip-free rebuild of `global + Δ`) plus
-Flower's FedAvg; `flower_fedavg` = Flower's FedAvg alone on replies that already carry full
-adapter weights (what a stock Flower app would send). Both see the same adapter shape and
-values. Peak memory is the rise of the process's peak RSS over the replies already held
-(Linux `clear_refs` resets the high-water mark before each aggregation).
+`fedadapt` = screening delta replies (decode, check, fold into the weighted mean delta as
+they come, as the server does for FedAvg) plus Flower's FedAvg on the one mean reply;
+`flower_fedavg` = Flower's FedAvg alone on replies that already carry full adapter weights
+(what a stock Flower app would send). Both see the same adapter shape and values. Peak
+memory is the rise of the process's peak RSS over the replies already held (Linux
+`clear_refs` resets the high-water mark before each aggregation).
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def measure(n: int, path: str) -> dict[str, float]:
     _reset_peak()
     t = time.perf_counter()
     if path == "fedadapt":
-        accepted = screen(replies, global_state, keys, "x", max_bytes=10**8).accepted
-        assert len(accepted) == n
+        screened = screen(replies, global_state, keys, "x", max_bytes=10**8, fold_by="num-examples")
+        assert screened.clients == n
+        accepted = screened.accepted
     else:
         accepted = replies
     arrays, _ = strategy.aggregate_train(1, accepted)

@@ -108,3 +108,32 @@ def test_array_record_without_delta_is_malformed():
         max_bytes=50_000,
     )
     assert dict(s.rejected) == {"malformed": 1}
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedadam"])
+def test_folded_mean_aggregates_like_every_rebuilt_reply(name):
+    from flwr.serverapp.strategy import FedAdam, FedAvg
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1
+    g = torch.Generator().manual_seed(0)
+    deltas = [{k: torch.randn(v.shape, generator=g) for k, v in GLOBAL.items()} for _ in range(5)]
+
+    def aggregate(fold_by):
+        replies = [_reply(d, n=3 + i) for i, d in enumerate(deltas)]
+        replies.append(_reply({"head.bias": torch.zeros(2)}))  # rejected, never folded
+        s = screen(replies, GLOBAL, TRAINABLE, SHA, max_bytes=50_000, fold_by=fold_by)
+        assert s.clients == 5 and s.rejected == {"missing-names": 1}
+        kw = {"min_train_nodes": 1, "min_available_nodes": 1}
+        strategy = FedAvg(**kw) if name == "fedavg" else FedAdam(**kw, eta=0.1)
+        if name == "fedadam":
+            strategy.current_arrays = {k: v.numpy() for k, v in GLOBAL.items()}
+        arrays, _ = strategy.aggregate_train(1, s.accepted)
+        return record_to_state(arrays), s
+
+    each, plain = aggregate(None)
+    folded, screened = aggregate("num-examples")
+    assert len(plain.accepted) == 5 and len(screened.accepted) == 1
+    for k in GLOBAL:
+        assert torch.allclose(each[k], folded[k], atol=1e-6)
+    assert not torch.equal(folded["head.bias"], GLOBAL["head.bias"])
