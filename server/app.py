@@ -35,6 +35,7 @@ from fedadapt.deltas import State
 from fedadapt.keys import load_private
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report, secagg
+from fedadapt.server.nodes import PartitionOrderedGrid, ask_partitions
 from fedadapt.server.polling import QuickPollGrid
 from fedadapt.server.publish import publish
 from fedadapt.server.replies import mean_reply, screen
@@ -43,45 +44,6 @@ from fedadapt.simconfig import SimConfig
 
 log = logging.getLogger("fedadapt.server")
 app = ServerApp()
-
-
-class PartitionOrderedGrid:
-    """The grid, with live nodes listed in partition order.
-
-    Node ids differ between runs; listing nodes by the partition they hold makes the
-    seeded sampling pick the same clients in a fresh run and in a resumed one.
-    """
-
-    def __init__(self, grid: Grid, order: list[int]) -> None:
-        self._grid, self._order = grid, order
-
-    def get_node_ids(self) -> list[int]:
-        live = set(self._grid.get_node_ids())
-        return [n for n in self._order if n in live]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-
-def _ask_partitions(grid: Grid, cfg: SimConfig) -> dict[int, int]:
-    """node id → partition id, from every node (waits until all have connected)."""
-    while len(nodes := list(grid.get_node_ids())) < cfg.num_clients:
-        log.info("waiting for nodes: %d of %d connected", len(nodes), cfg.num_clients)
-        time.sleep(1)
-    msgs = [
-        Message(
-            RecordDict({"config": ConfigRecord({"server-round": 0})}),
-            dst_node_id=n,
-            message_type=MessageType.QUERY,
-        )
-        for n in nodes
-    ]
-    replies = grid.send_and_receive(msgs, timeout=cfg.round_timeout)
-    return {
-        m.metadata.src_node_id: int(m.content["metrics"]["partition-id"])
-        for m in replies
-        if not m.has_error()
-    }
 
 
 def _evaluate_all(
@@ -126,7 +88,7 @@ class FederatedRun:
     def __init__(self, cfg: SimConfig, grid: Grid, context: Context) -> None:
         self.cfg, self.out, self.context = cfg, Path(cfg.out), context
         grid = QuickPollGrid(grid, cfg.grid_poll_s)
-        self.partition_of = _ask_partitions(grid, cfg)
+        self.partition_of = ask_partitions(grid, cfg)
         order = sorted(self.partition_of, key=self.partition_of.get)
         self.grid = PartitionOrderedGrid(grid, order)
         self.base_sha = base_sha256()
