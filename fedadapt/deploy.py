@@ -133,6 +133,11 @@ class Cluster:
         self.supernodes[i] = proc
         return proc
 
+    def start_supernodes(self) -> None:
+        """SuperNodes 1..N, each with its registered key, partition and device folder."""
+        for i in range(1, self.nodes + 1):
+            self.start_supernode(i)
+
     def online(self) -> int:
         res = self.flwr("supernode", "list", CONNECTION, "--format", "json", timeout=60)
         try:
@@ -179,8 +184,7 @@ def demo(cfg: SimConfig, folder: Path, nodes: int = 3) -> Path:
     with sigterm_interrupts():
         try:
             cluster.start()
-            for i in range(1, nodes + 1):
-                cluster.start_supernode(i)
+            cluster.start_supernodes()
             code = cluster.run(cfg)
             if code != 0 or not (Path(cfg.out) / "report.json").exists():
                 raise FedAdaptError(

@@ -14,7 +14,11 @@ from typing import Any
 
 from fedadapt.errors import ConfigError
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "trimmed-mean", "median")
+# Strategies whose aggregate is a weighted mean of the replies (FedAdam, FedYogi and FedAvgM
+# apply their server optimizer to that mean): the server may fold replies into their mean,
+# and SecAgg+, which yields only the mean, can feed them.
+LINEAR_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
+STRATEGIES = (*LINEAR_STRATEGIES, "trimmed-mean", "median")
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class SimConfig:
 
     def _check_secagg(self) -> None:
         """What secure aggregation rules out: the server never sees a single delta."""
-        if self.strategy in ("trimmed-mean", "median"):
+        if self.strategy not in LINEAR_STRATEGIES:
             raise ConfigError(
                 f"secagg hides single deltas, so {self.strategy!r} cannot run on them; "
                 "use fedavg, fedprox, fedadam, fedyogi or fedavgm"

@@ -40,7 +40,7 @@ from fedadapt.server.polling import QuickPollGrid
 from fedadapt.server.publish import publish
 from fedadapt.server.replies import mean_reply, screen
 from fedadapt.server.strategy import build_strategy, dp_epsilon
-from fedadapt.simconfig import SimConfig
+from fedadapt.simconfig import LINEAR_STRATEGIES, SimConfig
 
 log = logging.getLogger("fedadapt.server")
 app = ServerApp()
@@ -80,8 +80,24 @@ def _linear_weight_key(strategy, cfg: SimConfig) -> str | None:
     Then replies are folded into their mean as they are screened (`server.replies`). Trimmed
     mean and median need every reply, and central DP clips and accounts for each one.
     """
-    linear = cfg.strategy in ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
+    linear = cfg.strategy in LINEAR_STRATEGIES
     return strategy.weighted_by_key if linear and cfg.dp_noise_multiplier == 0 else None
+
+
+def _round_row(
+    server_round: int, clients: int, upload: int, download: int, loss: float, rejected: dict
+) -> dict[str, Any]:
+    """A round's report row; accuracies are filled in when the round is evaluated."""
+    return {
+        "round": server_round,
+        "clients": clients,
+        "upload_bytes": upload,
+        "download_bytes": download,
+        "train_loss": loss,
+        "global_accuracy": None,
+        "personalized_accuracy": None,
+        "rejected": rejected,
+    }
 
 
 class FederatedRun:
@@ -161,16 +177,8 @@ class FederatedRun:
             log.warning(
                 "round %d: no usable reply; the global adapter stays as it was", server_round
             )
-        row = {
-            "round": server_round,
-            "clients": clients,
-            "upload_bytes": upload,
-            "download_bytes": download,
-            "train_loss": loss if loss is not None else float("nan"),
-            "global_accuracy": None,
-            "personalized_accuracy": None,
-            "rejected": rejected,
-        }
+        loss = loss if loss is not None else float("nan")
+        row = _round_row(server_round, clients, upload, download, loss, rejected)
         if phase == "adapter" and (eps := dp_epsilon(strategy)) is not None:
             row["dp_epsilon"] = eps
         return global_state, row
@@ -189,16 +197,14 @@ class FederatedRun:
             arrays, _ = strategy.aggregate_train(server_round, [reply])
             global_state = record_to_state(arrays)
         rejected = {"dropped": len(nodes) - res.clients} if res.clients < len(nodes) else {}
-        row = {
-            "round": server_round,
-            "clients": res.clients,
-            "upload_bytes": res.upload_bytes,
-            "download_bytes": res.download_bytes,
-            "train_loss": res.train_loss,
-            "global_accuracy": None,
-            "personalized_accuracy": None,
-            "rejected": rejected,
-        }
+        row = _round_row(
+            server_round,
+            res.clients,
+            res.upload_bytes,
+            res.download_bytes,
+            res.train_loss,
+            rejected,
+        )
         return global_state, row
 
     def _run_phase(

@@ -85,11 +85,14 @@ class MeteredGrid:
 @dataclass
 class SecAggRound:
     mean_delta: State | None  # None: the protocol halted (too few clients survived)
-    clients: int
-    num_examples: list[int]
+    num_examples: list[int]  # one per client in the mean
     train_loss: float
     upload_bytes: int
     download_bytes: int
+
+    @property
+    def clients(self) -> int:
+        return len(self.num_examples)
 
 
 def run_round(
@@ -160,7 +163,6 @@ def run_round(
     examples = seen.get("num_examples", [])
     return SecAggRound(
         mean_delta=mean,
-        clients=len(examples),
         num_examples=examples,
         train_loss=seen.get("train_loss", float("nan")),
         upload_bytes=metered.received,

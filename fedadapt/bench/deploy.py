@@ -25,8 +25,7 @@ def run(quick: bool = False) -> dict:
         cluster = Cluster(Path(tmp) / "cluster", nodes=3)
         try:
             cluster.start()
-            for i in (1, 2, 3):
-                cluster.start_supernode(i)
+            cluster.start_supernodes()
             cases = [(s, p) for s in (False, True) for p in (3.0, 0.2)]
             for secure, poll in tqdm(cases, desc="bench deploy", unit="run"):
                 folder = Path(tmp) / f"{secure}-{poll}"

@@ -57,8 +57,7 @@ def test_tls_auth_and_a_deployed_run(tmp_path):
         del cluster.supernodes[9]
         assert cluster.online() == 0
 
-        for i in (1, 2, 3):
-            cluster.start_supernode(i)
+        cluster.start_supernodes()
         assert _wait_online(cluster, 3) == 3
         pids = [p.pid for p in (*cluster.supernodes.values(), cluster.link)]
         out = tmp_path / "run"
@@ -98,10 +97,9 @@ def _until(check, timeout: float, what: str) -> None:
         time.sleep(1)
 
 
-def test_a_killed_supernode_leaves_the_round_going_and_rejoins_with_its_state(tmp_path):
-    cluster = Cluster(tmp_path / "cluster", nodes=3)
-    out = tmp_path / "run"
-    cfg = SimConfig(
+def _three_rounds(out: Path) -> SimConfig:
+    """Three rounds on all 3 nodes; a lost node's replies time out in 2 minutes."""
+    return SimConfig(
         num_clients=3,
         clients_per_round=3,
         rounds=3,
@@ -109,11 +107,16 @@ def test_a_killed_supernode_leaves_the_round_going_and_rejoins_with_its_state(tm
         round_timeout=120,
         out=str(out),
     )
+
+
+def test_a_killed_supernode_leaves_the_round_going_and_rejoins_with_its_state(tmp_path):
+    cluster = Cluster(tmp_path / "cluster", nodes=3)
+    out = tmp_path / "run"
+    cfg = _three_rounds(out)
     personal = cluster.device_dir(3) / "personal.safetensors"
     try:
         cluster.start()
-        for i in (1, 2, 3):
-            cluster.start_supernode(i)
+        cluster.start_supernodes()
         run = cluster.submit(cfg)
         log = cluster.folder / "supernode-3.log"
 
@@ -143,18 +146,10 @@ def test_a_killed_superlink_restarts_and_the_run_resumes_from_its_checkpoint(tmp
     """`kill -9` of the SuperLink and its ServerApp mid-run; a restart loses at most a round."""
     cluster = Cluster(tmp_path / "cluster", nodes=3)
     out = tmp_path / "run"
-    cfg = SimConfig(
-        num_clients=3,
-        clients_per_round=3,
-        rounds=3,
-        baselines=False,
-        round_timeout=120,
-        out=str(out),
-    )
+    cfg = _three_rounds(out)
     try:
         cluster.start()
-        for i in (1, 2, 3):
-            cluster.start_supernode(i)
+        cluster.start_supernodes()
         first = cluster.submit(cfg, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _until(lambda: len(_rows(out)) >= 1, 600, "round 1 to be checkpointed")
         done_before = len(_rows(out))
