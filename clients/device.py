@@ -18,8 +18,9 @@ from fedadapt.adapters import AdapterModel, BottleneckConfig, LoraConfig, Stack
 from fedadapt.base_model import load_base, load_tokenizer
 from fedadapt.data import ClientData, bbc, rotten_tomatoes
 from fedadapt.deltas import State, compute_delta
+from fedadapt.head_bias import fit_head_bias
 from fedadapt.simconfig import SimConfig
-from fedadapt.train import TrainConfig, evaluate, train
+from fedadapt.train import TrainConfig, predict, train
 
 GLOBAL, PERSONAL = "global", "personal"
 
@@ -155,12 +156,24 @@ class Device:
             extra_loss=extra,
         )
 
+    def _logits(self, texts: list[str]) -> torch.Tensor:
+        return predict(
+            self.model, _tokenizer(self.cfg.max_length), texts, max_length=self.cfg.max_length
+        )
+
     def _accuracy(self) -> float:
+        return _accuracy(self._logits(self.data.test_texts), self.data.test_labels)
+
+    def _accuracies_with_head_bias(self) -> dict[str, float]:
+        """The active model's test accuracy as it is, and with this device's fitted head bias."""
         d = self.data
-        tok = _tokenizer(self.cfg.max_length)
-        return evaluate(
-            self.model, tok, d.test_texts, d.test_labels, max_length=self.cfg.max_length
-        )["accuracy"]
+        test = self._logits(d.test_texts)
+        labels = torch.tensor(d.train_labels, dtype=torch.long)
+        bias = fit_head_bias(self._logits(d.train_texts), labels, self.cfg.head_bias_l2)
+        return {
+            "global_accuracy": _accuracy(test, d.test_labels),
+            "personalized_accuracy": _accuracy(test + bias, d.test_labels),
+        }
 
     # -- the adapter run ----------------------------------------------------------------
     def train_global(self, global_state: State, server_round: int) -> tuple[State, dict]:
@@ -205,6 +218,8 @@ class Device:
         m = self.model
         m.load_adapter_state(GLOBAL, global_state)
         m.set_active(GLOBAL)
+        if self.cfg.personalization == "head-bias":
+            return self._accuracies_with_head_bias(), None
         out = {"global_accuracy": self._accuracy()}
         if self.cfg.personalization == "fedrep":
             if personal is None:  # never trained here yet: personalize now, on the device
@@ -256,6 +271,8 @@ class Device:
         m = self.model
         load_full_model_state(m, state)
         m.set_active(None, head=GLOBAL)
+        if self.cfg.personalization == "head-bias":  # personalized the same way, to compare
+            return self._accuracies_with_head_bias()
         out = {"global_accuracy": self._accuracy()}
         m.requires_grad_(True)
         self._fit(
@@ -270,6 +287,10 @@ class Device:
         out["personalized_accuracy"] = self._accuracy()
         load_full_model_state(m, state)
         return out
+
+
+def _accuracy(logits: torch.Tensor, labels: list[int]) -> float:
+    return float((logits.argmax(-1) == torch.tensor(labels, dtype=torch.long)).float().mean())
 
 
 @cache

@@ -19,6 +19,7 @@ from fedadapt.errors import ConfigError
 # and SecAgg+, which yields only the mean, can feed them.
 LINEAR_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 STRATEGIES = (*LINEAR_STRATEGIES, "trimmed-mean", "median")
+PERSONALIZATIONS = ("head-bias", "fedrep", "finetune")
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,12 @@ class SimConfig:
     lr: float = 3e-3
     max_length: int = 64
     proximal_mu: float = 0.0  # FedProx term, used by strategy "fedprox"
-    # personalization: "fedrep" (personal adapter + head on top of the global one, kept on
-    # the device) or "finetune" (fine-tune the global adapter k steps before evaluating)
-    personalization: str = "fedrep"
+    # personalization, all of it on the device: "head-bias" (a per-class offset on the
+    # global head fitted to local data, fedadapt/head_bias.py), "fedrep" (a personal adapter
+    # + head stacked on the global one) or "finetune" (the global adapter k steps before
+    # evaluating)
+    personalization: str = "head-bias"
+    head_bias_l2: float = 0.1
     personal_reduction_factor: int = 32
     personal_layers: int = 2  # the personal adapter sits in the top N layers only
     personal_epochs: int = 6
@@ -94,8 +98,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.personalization not in ("fedrep", "finetune"):
-            raise ConfigError("personalization must be 'fedrep' or 'finetune'")
+        if self.personalization not in PERSONALIZATIONS:
+            raise ConfigError(f"personalization must be one of {PERSONALIZATIONS}")
         if self.clients_per_round > self.num_clients:
             raise ConfigError("clients_per_round cannot exceed num_clients")
         if self.attack not in ("sign-flip", "noise"):

@@ -10,7 +10,7 @@ from fedadapt.records import delta_blob, state_to_record
 from fedadapt.simconfig import SimConfig
 from tests.clients import SMALL
 
-CFG = SimConfig(**{**SMALL.to_dict(), "codec": "int8"})
+CFG = SimConfig(**{**SMALL.to_dict(), "codec": "int8", "personalization": "fedrep"})
 
 
 def _context():

@@ -10,10 +10,11 @@ from fedadapt.clients.device import (
     build_fresh_global,
     trainable_global_keys,
 )
+from fedadapt.head_bias import fit_head_bias
 from fedadapt.simconfig import SimConfig
 from tests.clients import SMALL
 
-CFG = SMALL
+CFG = SimConfig(**{**SMALL.to_dict(), "personalization": "fedrep"})
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,24 @@ def test_evaluate_reports_global_and_personalized(device):
     assert set(out) == {"global_accuracy", "personalized_accuracy"}
     assert personal is not None  # personalized on the device when it had no personal part
     assert all(torch.equal(device.model.adapter_state(GLOBAL)[k], g[k]) for k in g)
+
+
+def test_head_bias_personalization_fits_an_offset_on_the_global_logits():
+    cfg = SimConfig(**{**SMALL.to_dict(), "personalization": "head-bias"})
+    dev = Device.create(cfg, partition_id=1)
+    g = build_fresh_global(cfg)
+    out, personal = dev.evaluate(g, None, server_round=1)
+    assert personal is None  # nothing to keep: the offset is refitted to each global adapter
+    dev.model.load_adapter_state(GLOBAL, g)
+    dev.model.set_active(GLOBAL)
+    test, train = dev._logits(dev.data.test_texts), dev._logits(dev.data.train_texts)
+    bias = fit_head_bias(train, torch.tensor(dev.data.train_labels), cfg.head_bias_l2)
+    labels = torch.tensor(dev.data.test_labels)
+    assert out["global_accuracy"] == float((test.argmax(-1) == labels).float().mean())
+    assert out["personalized_accuracy"] == float(
+        ((test + bias).argmax(-1) == labels).float().mean()
+    )
+    assert bias.abs().max() > 0
 
 
 def test_fedprox_term_pulls_towards_the_global():

@@ -104,6 +104,7 @@ def _three_rounds(out: Path) -> SimConfig:
         clients_per_round=3,
         rounds=3,
         baselines=False,
+        personalization="fedrep",  # a personal adapter, to see it survive a restart
         round_timeout=120,
         out=str(out),
     )

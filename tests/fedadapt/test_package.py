@@ -100,6 +100,7 @@ def test_package_installs_into_a_fresh_venv_and_its_supernode_trains(tmp_path):
             clients_per_round=1,
             rounds=1,
             baselines=False,
+            personalization="fedrep",  # a personal adapter, to see it kept on the device
             round_timeout=180,  # an app that fails to import on the node must not hang here
             out=str(out),
         )
