@@ -20,7 +20,7 @@ from fedadapt.data import ClientData, bbc, rotten_tomatoes
 from fedadapt.deltas import State, compute_delta
 from fedadapt.head_bias import fit_head_bias
 from fedadapt.simconfig import SimConfig
-from fedadapt.train import TrainConfig, predict, train
+from fedadapt.train import TrainConfig, embed, predict, train, train_probe
 
 GLOBAL, PERSONAL = "global", "personal"
 
@@ -244,9 +244,7 @@ class Device:
         self._fit(self._train_cfg(0, "local-only", self.cfg.local_only_epochs))
         local_only = self._accuracy()
         m.load_adapter_state(GLOBAL, fresh)
-        m.train_head(GLOBAL)
-        self._fit(self._train_cfg(0, "zero-shot", self.cfg.local_only_epochs))
-        zero_shot = self._accuracy()
+        zero_shot = self._zero_shot_accuracy()
         m.load_adapter_state(GLOBAL, fresh)
         majority = sum(y == d.majority_label() for y in d.test_labels) / len(d.test_labels)
         return {
@@ -254,6 +252,20 @@ class Device:
             "zero_shot_accuracy": zero_shot,
             "local_majority_accuracy": majority,
         }
+
+    def _zero_shot_accuracy(self) -> float:
+        """A head fitted on the frozen base's features, on the local-only budget."""
+        m, d, c = self.model, self.data, self.cfg
+        m.train_head(GLOBAL)
+        tok = _tokenizer(c.max_length)
+        train_feats = embed(m, tok, d.train_texts, max_length=c.max_length)
+        train_probe(
+            m.heads[GLOBAL],
+            train_feats,
+            d.train_labels,
+            self._train_cfg(0, "zero-shot", c.local_only_epochs),
+        )
+        return self._accuracy()
 
     # -- the full-model FedAvg baseline -----------------------------------------------------
     def train_full(self, state: State, server_round: int) -> tuple[State, dict]:

@@ -81,6 +81,49 @@ def train(
     return {"train_loss": total / max(n, 1), "steps": steps, "examples": n}
 
 
+def train_probe(
+    head: torch.nn.Module, features: torch.Tensor, labels: list[int], cfg: TrainConfig
+) -> dict[str, float]:
+    """A head on fixed features, with `train`'s optimizer, batches and epochs.
+
+    Why not `train` with only the head trainable: nothing below the head changes, so running
+    the frozen encoder again for every batch of every epoch only repeats the same features.
+    """
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    y = torch.tensor(labels, dtype=torch.long)
+    total, n = 0.0, 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            loss = F.cross_entropy(head(features[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item() * len(idx), n + len(idx)
+    return {"train_loss": total / max(n, 1), "examples": n}
+
+
+@torch.no_grad()
+def embed(
+    model: AdapterModel,
+    tok: Tokenizer,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int = 64,
+) -> torch.Tensor:
+    """The pooled encoder output under the active adapter setup, without a head."""
+    tok.enable_truncation(max_length=max_length)
+    model.eval()
+    out = [
+        model.embed(*tokenize(tok, texts[i : i + batch_size]))
+        for i in range(0, len(texts), batch_size)
+    ]
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def predict(
     model: AdapterModel,

@@ -108,6 +108,7 @@ class FederatedRun:
         order = sorted(self.partition_of, key=self.partition_of.get)
         self.grid = PartitionOrderedGrid(grid, order)
         self.base_sha = base_sha256()
+        self.final_eval: dict[int, dict[str, float]] | None = None  # the last round's, per client
 
     def _progress(self, label: str, row: dict[str, Any]) -> None:
         acc = ""
@@ -228,6 +229,7 @@ class FederatedRun:
             global_state, row = self._train_round(strategy, r, global_state, phase)
             # the full-model baseline is evaluated once, at the end (it is the costly part)
             if phase == "adapter" and (r % cfg.evaluate_every == 0 or r == cfg.rounds):
+                last = r == cfg.rounds  # the final evaluation, with the baselines in one pass
                 per = _evaluate_all(
                     self.grid,
                     self.grid.get_node_ids(),
@@ -235,7 +237,9 @@ class FederatedRun:
                     cfg,
                     r,
                     phase,
+                    baselines=last and cfg.baselines,
                 )
+                self.final_eval = per if last else None
                 row["global_accuracy"] = report.mean_of(per, "global_accuracy")
                 row["personalized_accuracy"] = report.mean_of(per, "personalized_accuracy")
             row["seconds"] = round(time.time() - t0, 2)
@@ -289,9 +293,14 @@ class FederatedRun:
         global_state = self._run_phase("adapter", global_state, start, rows, checkpoints=True)
 
         nodes = self.grid.get_node_ids()
-        final_arrays = state_to_record(global_state)
-        per_client = _evaluate_all(
-            self.grid, nodes, final_arrays, cfg, cfg.rounds, "adapter", baselines=cfg.baselines
+        per_client = self.final_eval or _evaluate_all(  # None when resumed after the last round
+            self.grid,
+            nodes,
+            state_to_record(global_state),
+            cfg,
+            cfg.rounds,
+            "adapter",
+            baselines=cfg.baselines,
         )
         full_rows: list[dict] = []
         full_model = build_model(cfg, full_model=True)

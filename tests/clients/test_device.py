@@ -74,6 +74,15 @@ def test_head_bias_personalization_fits_an_offset_on_the_global_logits():
     assert bias.abs().max() > 0
 
 
+def test_baselines_leave_the_global_adapter_as_they_found_it(device):
+    g = build_fresh_global(CFG)
+    device.model.load_adapter_state(GLOBAL, g)
+    out = device.baselines()
+    assert set(out) == {"local_only_accuracy", "zero_shot_accuracy", "local_majority_accuracy"}
+    assert all(0.0 <= v <= 1.0 for v in out.values())
+    assert all(torch.equal(device.model.adapter_state(GLOBAL)[k], g[k]) for k in g)
+
+
 def test_fedprox_term_pulls_towards_the_global():
     cfg = SimConfig(**{**CFG.to_dict(), "strategy": "fedprox", "proximal_mu": 50.0})
     g = build_fresh_global(cfg)

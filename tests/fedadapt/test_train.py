@@ -3,7 +3,7 @@ import torch
 from fedadapt.adapters import AdapterModel, LoraConfig
 from fedadapt.base_model import load_base
 from fedadapt.data import rotten_tomatoes
-from fedadapt.train import TrainConfig, evaluate, train
+from fedadapt.train import TrainConfig, embed, evaluate, predict, train, train_probe
 
 
 def _run(seed):
@@ -52,3 +52,31 @@ def test_training_leaves_the_base_untouched():
     }
     assert set(trained) == set(fresh)
     assert all(torch.equal(trained[k], fresh[k]) for k in fresh)
+
+
+def _probe(seed: int) -> tuple[torch.nn.Linear, dict, torch.Tensor, list[int]]:
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 8, generator=g)
+    labels = (feats[:, 0] > 0).long().tolist()
+    head = torch.nn.Linear(8, 2)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    stats = train_probe(head, feats, labels, TrainConfig(lr=0.05, epochs=20, seed=seed))
+    return head, stats, feats, labels
+
+
+def test_a_probe_fits_fixed_features_and_repeats_for_a_seed():
+    head, stats, feats, labels = _probe(0)
+    acc = (head(feats).argmax(-1) == torch.tensor(labels)).float().mean()
+    assert acc > 0.9 and stats["examples"] == 64 * 20
+    again, *_ = _probe(0)
+    other, *_ = _probe(1)
+    assert torch.equal(head.weight, again.weight)
+    assert not torch.equal(head.weight, other.weight)
+
+
+def test_embed_is_what_the_head_sees():
+    *_, model, tok, client = _run(0)
+    texts = client.test_texts[:5]
+    feats = embed(model, tok, texts)
+    assert torch.allclose(model.heads["a"](feats), predict(model, tok, texts), atol=1e-6)
