@@ -17,7 +17,8 @@ def _simulate(args: argparse.Namespace) -> None:
     from fedadapt.simconfig import SimConfig
 
     if args.resume:
-        cfg = simulate.resume_config(Path(args.resume), rounds=args.rounds)
+        baselines = False if args.no_baselines else None
+        cfg = simulate.resume_config(Path(args.resume), rounds=args.rounds, baselines=baselines)
     else:
         keys = (
             "rounds",
@@ -254,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", choices=["bottleneck", "lora"])
     d.add_argument("--quantize", dest="quantization", choices=["none", "int8", "int4"])
     d.add_argument("--seed", type=int)
-    d.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    d.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the baselines (with --resume: finish the run without them)",
+    )
     d.add_argument(
         "--set",
         action="append",

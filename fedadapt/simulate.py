@@ -187,8 +187,11 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def resume_config(folder: Path, rounds: int | None = None) -> SimConfig:
-    """The config of the run in `folder`, set to resume; `rounds` may extend it."""
+def resume_config(
+    folder: Path, rounds: int | None = None, baselines: bool | None = None
+) -> SimConfig:
+    """The config of the run in `folder`, set to resume; `rounds` may extend it, and
+    `baselines=False` finishes it without the (costly) baselines."""
     path = folder / "config.json"
     if not path.exists():
         raise FedAdaptError(f"{folder} holds no run to resume (no config.json)")
@@ -196,4 +199,6 @@ def resume_config(folder: Path, rounds: int | None = None) -> SimConfig:
     raw.update(resume=True, out=str(folder.resolve()))
     if rounds is not None:
         raw["rounds"] = rounds
+    if baselines is not None:
+        raw["baselines"] = baselines
     return SimConfig.from_dict(raw)

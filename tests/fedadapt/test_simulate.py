@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,3 +117,16 @@ def test_shipped_configs_load(name):
 def test_unknown_config_key_is_named():
     with pytest.raises(ValueError, match="rounds_typo"):
         SimConfig.from_dict({"rounds_typo": 3})
+
+
+def test_resume_config_keeps_the_run_and_may_drop_the_baselines(tmp_path):
+    from fedadapt.simulate import resume_config
+
+    cfg = SimConfig(rounds=3, baselines=True, out=str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    kept = resume_config(tmp_path)
+    assert kept.resume and kept.baselines and kept.rounds == 3
+    changed = resume_config(tmp_path, rounds=5, baselines=False)
+    assert changed.rounds == 5 and not changed.baselines
+    with pytest.raises(FedAdaptError, match="no run to resume"):
+        resume_config(tmp_path / "missing")
