@@ -84,6 +84,7 @@ class SimConfig:
     attack: str = "sign-flip"  # sign-flip (x10) or noise (same norm)
     # baselines (same clients, splits, rounds and seed)
     baselines: bool = True
+    full_model_baseline: bool = True  # with `baselines`; the costly one (90 MB per message)
     full_model_lr: float = 1e-4
     full_model_epochs: int = 2
     local_only_epochs: int = 8

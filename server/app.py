@@ -304,7 +304,7 @@ class FederatedRun:
         )
         full_rows: list[dict] = []
         full_model = build_model(cfg, full_model=True)
-        if cfg.baselines:
+        if cfg.baselines and cfg.full_model_baseline:
             full_state = self._run_phase("full", full_model_state(full_model), 1, full_rows, False)
             full = _evaluate_all(
                 self.grid, nodes, state_to_record(full_state), cfg, cfg.rounds, "full"

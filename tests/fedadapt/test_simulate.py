@@ -92,12 +92,19 @@ def test_resumed_run_ends_with_the_same_global_adapter(tmp_path):
     assert _simulate(*common, "--rounds", "3", "--out", str(whole)).returncode == 0
     first = _simulate(*common, "--rounds", "2", "--out", str(part))
     assert first.returncode == 0, first.stderr[-3000:]
+    # finish with the local baselines but not the full-model one (they leave the adapter be)
+    saved = json.loads((part / "config.json").read_text())
+    saved.update(baselines=True, full_model_baseline=False)
+    (part / "config.json").write_text(json.dumps(saved))
     resumed = _simulate("--resume", str(part), "--rounds", "3")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming after round 2" in resumed.stdout
+    assert "full-model FedAvg" not in resumed.stdout
     a = load_file(whole / "adapter" / "adapter_model.safetensors")
     b = load_file(part / "adapter" / "adapter_model.safetensors")
     assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
+    final = json.loads((part / "report.json").read_text())["final"]
+    assert final["local_only_accuracy"] is not None and final["full_model_fedavg_accuracy"] is None
     rounds = json.loads((part / "report.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
 
