@@ -35,7 +35,7 @@ class SimConfig:
     rounds: int = 10
     clients_per_round: int = 10
     evaluate_every: int = 1  # evaluate on every client each N rounds (and after the last)
-    round_timeout: float = 900.0
+    round_timeout: float = 900.0  # give up on pending clients after this long with no reply
     grid_poll_s: float = 0.2  # how often the server pulls replies (Flower's deployed grid: 3 s)
     # model and adapters
     quantization: str = "int8"
