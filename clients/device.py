@@ -20,7 +20,7 @@ from fedadapt.data import ClientData, bbc, rotten_tomatoes
 from fedadapt.deltas import State, compute_delta
 from fedadapt.head_bias import fit_head_bias
 from fedadapt.simconfig import SimConfig
-from fedadapt.train import TrainConfig, embed, predict, train, train_probe
+from fedadapt.train import TrainConfig, accuracy, embed, predict, train, train_probe
 
 GLOBAL, PERSONAL = "global", "personal"
 
@@ -162,7 +162,7 @@ class Device:
         )
 
     def _accuracy(self) -> float:
-        return _accuracy(self._logits(self.data.test_texts), self.data.test_labels)
+        return accuracy(self._logits(self.data.test_texts), self.data.test_labels)
 
     def _accuracies_with_head_bias(self) -> dict[str, float]:
         """The active model's test accuracy as it is, and with this device's fitted head bias."""
@@ -171,8 +171,8 @@ class Device:
         labels = torch.tensor(d.train_labels, dtype=torch.long)
         bias = fit_head_bias(self._logits(d.train_texts), labels, self.cfg.head_bias_l2)
         return {
-            "global_accuracy": _accuracy(test, d.test_labels),
-            "personalized_accuracy": _accuracy(test + bias, d.test_labels),
+            "global_accuracy": accuracy(test, d.test_labels),
+            "personalized_accuracy": accuracy(test + bias, d.test_labels),
         }
 
     # -- the adapter run ----------------------------------------------------------------
@@ -299,10 +299,6 @@ class Device:
         out["personalized_accuracy"] = self._accuracy()
         load_full_model_state(m, state)
         return out
-
-
-def _accuracy(logits: torch.Tensor, labels: list[int]) -> float:
-    return float((logits.argmax(-1) == torch.tensor(labels, dtype=torch.long)).float().mean())
 
 
 @cache

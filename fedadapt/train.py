@@ -115,13 +115,7 @@ def embed(
     max_length: int = 64,
 ) -> torch.Tensor:
     """The pooled encoder output under the active adapter setup, without a head."""
-    tok.enable_truncation(max_length=max_length)
-    model.eval()
-    out = [
-        model.embed(*tokenize(tok, texts[i : i + batch_size]))
-        for i in range(0, len(texts), batch_size)
-    ]
-    return torch.cat(out)
+    return _batched(model, model.embed, tok, texts, batch_size, max_length)
 
 
 @torch.no_grad()
@@ -132,26 +126,23 @@ def predict(
     batch_size: int = 64,
     max_length: int = 64,
 ) -> torch.Tensor:
+    """Logits of the active setup and head."""
+    return _batched(model, model, tok, texts, batch_size, max_length)
+
+
+def _batched(
+    model: AdapterModel,
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tok: Tokenizer,
+    texts: list[str],
+    batch_size: int,
+    max_length: int,
+) -> torch.Tensor:
     tok.enable_truncation(max_length=max_length)
     model.eval()
-    out = [
-        model(*tokenize(tok, texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)
-    ]
+    out = [fn(*tokenize(tok, texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def evaluate(
-    model: AdapterModel,
-    tok: Tokenizer,
-    texts: list[str],
-    labels: list[int],
-    batch_size: int = 64,
-    max_length: int = 64,
-) -> dict[str, float]:
-    logits = predict(model, tok, texts, batch_size, max_length)
-    y = torch.tensor(labels, dtype=torch.long)
-    return {
-        "accuracy": float((logits.argmax(-1) == y).float().mean()),
-        "loss": float(F.cross_entropy(logits, y)),
-        "examples": len(labels),
-    }
+def accuracy(logits: torch.Tensor, labels: list[int]) -> float:
+    return float((logits.argmax(-1) == torch.tensor(labels, dtype=torch.long)).float().mean())
