@@ -107,6 +107,12 @@ def test_resumed_run_ends_with_the_same_global_adapter(tmp_path):
     assert final["local_only_accuracy"] is not None and final["full_model_fedavg_accuracy"] is None
     rounds = json.loads((part / "report.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
+    # resumed after its last round, a run keeps its final evaluation instead of repeating it
+    again = _simulate("--resume", str(part))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "the final evaluation of round 3 is kept from the checkpoint" in again.stdout
+    report = json.loads((part / "report.json").read_text())
+    assert report["final"] == final and [r["round"] for r in report["rounds"]] == [1, 2, 3]
 
 
 def test_config_keys_match_flower_run_config():

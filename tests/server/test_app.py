@@ -1,0 +1,45 @@
+"""The ServerApp's evaluation of every client, asked in batches that bound queued bytes."""
+
+from types import SimpleNamespace
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+from fedadapt.server import app
+from fedadapt.simconfig import SimConfig
+
+
+class RecordingGrid:
+    """Answers each EVALUATE message at once, and records how many were queued together."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def send_and_receive(self, messages, timeout):
+        nodes = [m.metadata.dst_node_id for m in messages]
+        self.batches.append(nodes)
+        return [
+            SimpleNamespace(
+                has_error=lambda: False,
+                content=RecordDict(
+                    {"metrics": MetricRecord({"partition-id": n - 100, "global_accuracy": 0.5})}
+                ),
+            )
+            for n in nodes
+        ]
+
+
+def test_large_evaluation_messages_are_sent_in_batches(monkeypatch):
+    arrays = ArrayRecord([np.zeros(25_000, dtype=np.float32)])  # ~100 kB a message
+    monkeypatch.setattr(app, "EVAL_INFLIGHT_BYTES", 250_000)  # room for two at a time
+    grid = RecordingGrid()
+    out = app._evaluate_all(grid, list(range(100, 105)), arrays, SimConfig(), 1, "full")
+    assert grid.batches == [[100, 101], [102, 103], [104]]
+    assert sorted(out) == [0, 1, 2, 3, 4] and out[3] == {"global_accuracy": 0.5}
+
+
+def test_small_evaluation_messages_go_out_together():
+    arrays = ArrayRecord([np.zeros(60_000, dtype=np.float32)])  # like a 240 kB adapter
+    grid = RecordingGrid()
+    out = app._evaluate_all(grid, list(range(100, 438)), arrays, SimConfig(), 1, "adapter")
+    assert len(grid.batches) == 1 and len(out) == 338
