@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from functools import cached_property
 from pathlib import Path
@@ -216,10 +217,9 @@ class FederatedRun:
         )
         return global_state, row
 
-    def _run_phase(
-        self, phase: str, global_state: State, start: int, rows: list[dict], checkpoints: bool
-    ) -> State:
-        cfg = self.cfg
+    def _run_phase(self, phase: str, global_state: State, start: int, rows: list[dict]) -> State:
+        """Rounds `start`..`rounds` of one phase, checkpointed after each (see `_checkpoints`)."""
+        cfg, folder = self.cfg, self._checkpoints(phase)
         strategy = (
             build_strategy(cfg)
             if phase == "adapter"
@@ -229,9 +229,8 @@ class FederatedRun:
                 )
             )
         )
-        if checkpoints and start > 1:
-            restored = checkpoint.read_latest(self.out / "checkpoints")
-            checkpoint.restore_strategy_state(strategy, restored[2])
+        if start > 1:
+            checkpoint.restore_strategy_state(strategy, checkpoint.read_latest(folder)[2])
         for r in range(start, cfg.rounds + 1):
             t0 = time.time()
             global_state, row = self._train_round(strategy, r, global_state, phase)
@@ -253,11 +252,11 @@ class FederatedRun:
             row["seconds"] = round(time.time() - t0, 2)
             rows.append(row)
             self._progress("adapters" if phase == "adapter" else "full-model FedAvg", row)
-            if checkpoints:
-                progress: dict[str, Any] = {"rows": rows}
-                if r == cfg.rounds and self.final_eval:  # a resume after the last round reuses it
-                    progress.update(final_eval=self.final_eval, final_baselines=cfg.baselines)
-                checkpoint.write(self.out / "checkpoints", r, global_state, strategy, progress)
+            progress: dict[str, Any] = {"rows": rows}
+            if phase == "adapter" and r == cfg.rounds and self.final_eval:  # kept for a resume
+                progress.update(final_eval=self.final_eval, final_baselines=cfg.baselines)
+            checkpoint.write(folder, r, global_state, strategy, progress)
+            if phase == "adapter":
                 report.write_metrics_csv(self.out / "metrics.csv", rows)
             if (
                 phase == "adapter"
@@ -266,6 +265,23 @@ class FederatedRun:
             ):
                 self._publish(global_state, r)
         return global_state
+
+    def _checkpoints(self, phase: str) -> Path:
+        """The full-model baseline is checkpointed too (90 MB a round, 2 kept): on rt-full it
+        is an hour of rounds that a killed run would otherwise repeat."""
+        root = self.out / "checkpoints"
+        return root if phase == "adapter" else root / "full-model"
+
+    def _restore(self, phase: str, state: State) -> tuple[State, int, list[dict], dict]:
+        """`(state, first round to run, rows so far, progress)`, from the phase's checkpoint
+        when resuming."""
+        saved = checkpoint.read_latest(self._checkpoints(phase)) if self.cfg.resume else None
+        if saved is None:
+            return state, 1, [], {}
+        done, state, _, progress = saved
+        which = "" if phase == "adapter" else " the full-model baseline"
+        print(f"resuming{which} after round {done}", flush=True)
+        return state, done + 1, progress["rows"], progress
 
     @cached_property
     def adapter_model(self) -> AdapterModel:
@@ -293,17 +309,14 @@ class FederatedRun:
         cfg, t_start = self.cfg, time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-        global_state, start, rows = build_fresh_global(cfg), 1, []
-        restored = checkpoint.read_latest(self.out / "checkpoints") if cfg.resume else None
-        if restored is not None:
-            done, global_state, _, progress = restored
-            start, rows = done + 1, progress["rows"]
-            print(f"resuming after round {done}", flush=True)
-            final = progress.get("final_eval")
-            if done == cfg.rounds and final and progress["final_baselines"] >= cfg.baselines:
-                self.final_eval = {int(k): v for k, v in final.items()}
-                print(f"the final evaluation of round {done} is kept from the checkpoint")
-        global_state = self._run_phase("adapter", global_state, start, rows, checkpoints=True)
+        if not cfg.resume:  # a later resume must not pick up an older run's checkpoints
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        global_state, start, rows, progress = self._restore("adapter", build_fresh_global(cfg))
+        final = progress.get("final_eval")
+        if start == cfg.rounds + 1 and final and progress["final_baselines"] >= cfg.baselines:
+            self.final_eval = {int(k): v for k, v in final.items()}
+            print(f"the final evaluation of round {cfg.rounds} is kept from the checkpoint")
+        global_state = self._run_phase("adapter", global_state, start, rows)
 
         nodes = self.grid.get_node_ids()
         per_client = self.final_eval or _evaluate_all(  # not kept in an older checkpoint
@@ -318,7 +331,8 @@ class FederatedRun:
         full_rows: list[dict] = []
         full_model = build_model(cfg, full_model=True)
         if cfg.baselines and cfg.full_model_baseline:
-            full_state = self._run_phase("full", full_model_state(full_model), 1, full_rows, False)
+            full_state, start, full_rows, _ = self._restore("full", full_model_state(full_model))
+            full_state = self._run_phase("full", full_state, start, full_rows)
             full = _evaluate_all(
                 self.grid, nodes, state_to_record(full_state), cfg, cfg.rounds, "full"
             )
