@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedadapt.adapter_files import save_adapter
@@ -36,6 +36,7 @@ from fedadapt.deltas import State
 from fedadapt.keys import load_private
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report, secagg
+from fedadapt.server.evaluation import evaluate_all
 from fedadapt.server.nodes import PartitionOrderedGrid, ask_partitions
 from fedadapt.server.polling import QuickPollGrid
 from fedadapt.server.publish import publish
@@ -45,42 +46,6 @@ from fedadapt.simconfig import LINEAR_STRATEGIES, SimConfig
 
 log = logging.getLogger("fedadapt.server")
 app = ServerApp()
-EVAL_INFLIGHT_BYTES = 2 << 30
-
-
-def _evaluate_all(
-    grid: Grid,
-    nodes: list[int],
-    arrays: ArrayRecord,
-    cfg: SimConfig,
-    server_round: int,
-    phase: str,
-    baselines: bool = False,
-) -> dict[int, dict[str, float]]:
-    """Every node's metrics, by partition id.
-
-    The SuperLink holds each queued message in memory, so nodes are asked in batches of at
-    most `EVAL_INFLIGHT_BYTES`: all 338 rt-full clients at once for a 240 kB adapter, ~22 at a
-    time for the 90 MB full model (338 at once would queue 30 GB).
-    """
-    conf = ConfigRecord({"server-round": server_round, "phase": phase, "baselines": baselines})
-    content = RecordDict({"arrays": arrays, "config": conf})
-    batch = max(1, EVAL_INFLIGHT_BYTES // wire_bytes(content))
-    out = {}
-    for i in range(0, len(nodes), batch):
-        msgs = [
-            Message(content, dst_node_id=n, message_type=MessageType.EVALUATE)
-            for n in nodes[i : i + batch]
-        ]
-        for m in grid.send_and_receive(msgs, timeout=cfg.round_timeout):
-            if m.has_error():
-                log.warning(
-                    "evaluation failed on node %s: %s", m.metadata.src_node_id, m.error.reason
-                )
-                continue
-            metrics = dict(m.content["metrics"])
-            out[int(metrics.pop("partition-id"))] = metrics
-    return out
 
 
 def _linear_weight_key(strategy, cfg: SimConfig) -> str | None:
@@ -237,7 +202,7 @@ class FederatedRun:
             # the full-model baseline is evaluated once, at the end (it is the costly part)
             if phase == "adapter" and (r % cfg.evaluate_every == 0 or r == cfg.rounds):
                 last = r == cfg.rounds  # the final evaluation, with the baselines in one pass
-                per = _evaluate_all(
+                per = evaluate_all(
                     self.grid,
                     self.grid.get_node_ids(),
                     state_to_record(global_state),
@@ -319,7 +284,7 @@ class FederatedRun:
         global_state = self._run_phase("adapter", global_state, start, rows)
 
         nodes = self.grid.get_node_ids()
-        per_client = self.final_eval or _evaluate_all(  # not kept in an older checkpoint
+        per_client = self.final_eval or evaluate_all(  # not kept in an older checkpoint
             self.grid,
             nodes,
             state_to_record(global_state),
@@ -333,7 +298,7 @@ class FederatedRun:
         if cfg.baselines and cfg.full_model_baseline:
             full_state, start, full_rows, _ = self._restore("full", full_model_state(full_model))
             full_state = self._run_phase("full", full_state, start, full_rows)
-            full = _evaluate_all(
+            full = evaluate_all(
                 self.grid, nodes, state_to_record(full_state), cfg, cfg.rounds, "full"
             )
             for pid, m in full.items():

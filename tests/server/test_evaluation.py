@@ -1,11 +1,11 @@
-"""The ServerApp's evaluation of every client, asked in batches that bound queued bytes."""
+"""The evaluation of every client, asked in batches that bound the queued bytes."""
 
 from types import SimpleNamespace
 
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from fedadapt.server import app
+from fedadapt.server import evaluation
 from fedadapt.simconfig import SimConfig
 
 
@@ -31,9 +31,9 @@ class RecordingGrid:
 
 def test_large_evaluation_messages_are_sent_in_batches(monkeypatch):
     arrays = ArrayRecord([np.zeros(25_000, dtype=np.float32)])  # ~100 kB a message
-    monkeypatch.setattr(app, "EVAL_INFLIGHT_BYTES", 250_000)  # room for two at a time
+    monkeypatch.setattr(evaluation, "EVAL_INFLIGHT_BYTES", 250_000)  # room for two at a time
     grid = RecordingGrid()
-    out = app._evaluate_all(grid, list(range(100, 105)), arrays, SimConfig(), 1, "full")
+    out = evaluation.evaluate_all(grid, list(range(100, 105)), arrays, SimConfig(), 1, "full")
     assert grid.batches == [[100, 101], [102, 103], [104]]
     assert sorted(out) == [0, 1, 2, 3, 4] and out[3] == {"global_accuracy": 0.5}
 
@@ -41,5 +41,5 @@ def test_large_evaluation_messages_are_sent_in_batches(monkeypatch):
 def test_small_evaluation_messages_go_out_together():
     arrays = ArrayRecord([np.zeros(60_000, dtype=np.float32)])  # like a 240 kB adapter
     grid = RecordingGrid()
-    out = app._evaluate_all(grid, list(range(100, 438)), arrays, SimConfig(), 1, "adapter")
+    out = evaluation.evaluate_all(grid, list(range(100, 438)), arrays, SimConfig(), 1, "adapter")
     assert len(grid.batches) == 1 and len(out) == 338
