@@ -182,8 +182,9 @@ class FederatedRun:
         )
         return global_state, row
 
-    def _run_phase(self, phase: str, global_state: State, start: int, rows: list[dict]) -> State:
-        """Rounds `start`..`rounds` of one phase, checkpointed after each (see `_checkpoints`)."""
+    def _run_phase(self, phase: str, global_state: State) -> tuple[State, list[dict]]:
+        """Every round of one phase from `global_state`, or, when resuming, from its last
+        checkpoint (read once: the full model's is 90 MB); checkpointed after each round."""
         cfg, folder = self.cfg, self._checkpoints(phase)
         strategy = (
             build_strategy(cfg)
@@ -194,8 +195,16 @@ class FederatedRun:
                 )
             )
         )
-        if start > 1:
-            checkpoint.restore_strategy_state(strategy, checkpoint.read_latest(folder)[2])
+        start, rows = 1, []
+        saved = checkpoint.read_latest(folder) if cfg.resume else None
+        if saved is not None:
+            done, global_state, strategy_tensors, progress = saved
+            start, rows = done + 1, progress["rows"]
+            checkpoint.restore_strategy_state(strategy, strategy_tensors)
+            which = "" if phase == "adapter" else " the full-model baseline"
+            print(f"resuming{which} after round {done}", flush=True)
+            if phase == "adapter":
+                self._keep_final_eval(done, progress)
         for r in range(start, cfg.rounds + 1):
             t0 = time.time()
             global_state, row = self._train_round(strategy, r, global_state, phase)
@@ -229,7 +238,7 @@ class FederatedRun:
                 and (r % cfg.publish_every == 0 or r == cfg.rounds)
             ):
                 self._publish(global_state, r)
-        return global_state
+        return global_state, rows
 
     def _checkpoints(self, phase: str) -> Path:
         """The full-model baseline is checkpointed too (90 MB a round, 2 kept): on rt-full it
@@ -237,16 +246,13 @@ class FederatedRun:
         root = self.out / "checkpoints"
         return root if phase == "adapter" else root / "full-model"
 
-    def _restore(self, phase: str, state: State) -> tuple[State, int, list[dict], dict]:
-        """`(state, first round to run, rows so far, progress)`, from the phase's checkpoint
-        when resuming."""
-        saved = checkpoint.read_latest(self._checkpoints(phase)) if self.cfg.resume else None
-        if saved is None:
-            return state, 1, [], {}
-        done, state, _, progress = saved
-        which = "" if phase == "adapter" else " the full-model baseline"
-        print(f"resuming{which} after round {done}", flush=True)
-        return state, done + 1, progress["rows"], progress
+    def _keep_final_eval(self, done: int, progress: dict[str, Any]) -> None:
+        """Resumed after its last round, a run reuses that round's evaluation of every client
+        (39 min on rt-full) unless it now wants baselines that the evaluation lacked."""
+        cfg, final = self.cfg, progress.get("final_eval")
+        if done == cfg.rounds and final and progress["final_baselines"] >= cfg.baselines:
+            self.final_eval = {int(k): v for k, v in final.items()}
+            print(f"the final evaluation of round {done} is kept from the checkpoint")
 
     @cached_property
     def adapter_model(self) -> AdapterModel:
@@ -276,12 +282,7 @@ class FederatedRun:
         atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         if not cfg.resume:  # a later resume must not pick up an older run's checkpoints
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
-        global_state, start, rows, progress = self._restore("adapter", build_fresh_global(cfg))
-        final = progress.get("final_eval")
-        if start == cfg.rounds + 1 and final and progress["final_baselines"] >= cfg.baselines:
-            self.final_eval = {int(k): v for k, v in final.items()}
-            print(f"the final evaluation of round {cfg.rounds} is kept from the checkpoint")
-        global_state = self._run_phase("adapter", global_state, start, rows)
+        global_state, rows = self._run_phase("adapter", build_fresh_global(cfg))
 
         nodes = self.grid.get_node_ids()
         per_client = self.final_eval or evaluate_all(  # not kept in an older checkpoint
@@ -296,8 +297,7 @@ class FederatedRun:
         full_rows: list[dict] = []
         full_model = build_model(cfg, full_model=True)
         if cfg.baselines and cfg.full_model_baseline:
-            full_state, start, full_rows, _ = self._restore("full", full_model_state(full_model))
-            full_state = self._run_phase("full", full_state, start, full_rows)
+            full_state, full_rows = self._run_phase("full", full_model_state(full_model))
             full = evaluate_all(
                 self.grid, nodes, state_to_record(full_state), cfg, cfg.rounds, "full"
             )
