@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import warnings
 from functools import cache
+from pathlib import Path
 
 from fedadapt.base_model import package_dir
 from fedadapt.data import ClientData, split
 
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
+
+
+def _read(path: Path) -> str:
+    """The corpus is UTF-8 (reading it as latin-1 turned `£` into `Â£` in 646 articles),
+    except one file (sports/199.txt) saved as latin-1: that one is decoded as such."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 @cache
@@ -18,7 +29,7 @@ def _documents() -> tuple[tuple[str, ...], tuple[int, ...]]:
     texts, labels = [], []
     for i, topic in enumerate(LABELS):
         for path in sorted((root / topic).glob("*.txt")):
-            texts.append(" ".join(path.read_text(encoding="latin-1").split()))
+            texts.append(" ".join(_read(path).split()))
             labels.append(i)
     return tuple(texts), tuple(labels)
 

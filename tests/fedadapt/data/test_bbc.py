@@ -33,3 +33,13 @@ def test_smaller_alpha_means_more_skew():
         _skew(bbc.load_clients(20, alpha=0.1, seed=0))
         > _skew(bbc.load_clients(20, alpha=100, seed=0)) + 0.2
     )
+
+
+def test_articles_are_read_as_utf8():
+    """Read as latin-1, the UTF-8 `£` became `Â£` in 646 articles."""
+    texts, _ = bbc._documents()
+    assert not [t for t in texts if "Â" in t]
+    business_001 = texts[0]  # "...jumped 76% to $1.13bn (£600m) for the three months..."
+    assert "$1.13bn (£600m)" in business_001
+    # sports/199.txt alone is latin-1: its pound sign survives too
+    assert sum("a £15.8m signing from Parma" in t for t in texts) == 1
