@@ -1,7 +1,13 @@
-"""The whole configuration of a federated run, as one flat dataclass.
+"""The whole configuration of a federated run, as one flat, typed dataclass.
 
 The same keys are Flower's run config (`[tool.flwr.app.config]` in pyproject.toml, so
 `flwr run . --run-config 'rounds=3'` works) and the keys of `simulations/*.toml`.
+
+Every way in (a TOML file, `--set`, a CLI flag, a checkpoint's config.json, Flower's run
+config, or plain construction) goes through `__post_init__`, which checks each field's type
+and allowed values (`RULES`). A bad value is refused with one line naming the key, the value
+and what is allowed, before any process starts: a typo must not become an untrained run
+that exits 0.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedadapt.config_rules import Choice, NonEmpty, Range, check_value, parse_text
 from fedadapt.errors import ConfigError
 
 # Strategies whose aggregate is a weighted mean of the replies (FedAdam, FedYogi and FedAvgM
@@ -20,6 +27,12 @@ from fedadapt.errors import ConfigError
 LINEAR_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 STRATEGIES = (*LINEAR_STRATEGIES, "trimmed-mean", "median")
 PERSONALIZATIONS = ("head-bias", "fedrep", "finetune")
+# Adapter methods a federated run can train (clients/device.py builds these); extend here.
+FEDERATED_METHODS = ("bottleneck", "lora")
+DATASETS = ("rotten_tomatoes", "bbc")
+QUANTIZATIONS = ("none", "int8", "int4")  # fedadapt.quantize.QUANTIZATIONS (that one needs torch)
+CODECS = ("fp32", "fp16", "int8")  # fedadapt.codecs.CODECS (that one needs torch)
+ATTACKS = ("sign-flip", "noise")  # clients/attacks.py; extend here
 
 
 @dataclass(frozen=True)
@@ -97,14 +110,14 @@ class SimConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.personalization not in PERSONALIZATIONS:
-            raise ConfigError(f"personalization must be one of {PERSONALIZATIONS}")
+        for f in dataclasses.fields(self):
+            value = check_value(f.name, _TYPES[f.type], getattr(self, f.name), RULES.get(f.name))
+            object.__setattr__(self, f.name, value)  # an int given for a float becomes a float
         if self.clients_per_round > self.num_clients:
-            raise ConfigError("clients_per_round cannot exceed num_clients")
-        if self.attack not in ("sign-flip", "noise"):
-            raise ConfigError("attack must be 'sign-flip' or 'noise'")
+            raise ConfigError(
+                f"config: clients_per_round = {self.clients_per_round} exceeds "
+                f"num_clients = {self.num_clients}"
+            )
         if self.secagg:
             self._check_secagg()
 
@@ -127,29 +140,154 @@ class SimConfig:
             )
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> SimConfig:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(fields))
+    def field_type(cls, key: str) -> type:
+        """The declared type of `key`; an unknown key is refused, with the nearest known one."""
+        for f in dataclasses.fields(cls):
+            if f.name == key:
+                return _TYPES[f.type]
+        raise ConfigError(_unknown([key]))
+
+    @classmethod
+    def parse_override(cls, key: str, text: str) -> Any:
+        """`--set KEY=TEXT`: TEXT read as KEY's declared type (not guessed from its look)."""
+        return parse_text(key, cls.field_type(key), text)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> SimConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: a table of keys was expected, got {type(raw).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in raw if k not in known)
         if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; known: {sorted(fields)}")
+            raise ConfigError(_unknown(unknown))
         return cls(**raw)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> SimConfig:
-        raw = tomllib.loads(Path(path).read_text()) if path else {}
+        """The TOML file at `path` (if any) with `overrides` (those not None) on top."""
+        raw = read_toml(Path(path)) if path else {}
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(raw)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> SimConfig:
-        """Flower hands TOML ints as ints, floats as floats; coerce to the declared types."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name in run_config:
-                v = run_config[f.name]
-                kind = type(getattr(cls(), f.name))
-                out[f.name] = kind(v) if kind in (int, float) and not isinstance(v, bool) else v
-        return cls(**out)
+        """Flower's run config, checked like any other source (ints become floats where a
+        float is declared; a string where a bool is declared is refused)."""
+        return cls.from_dict(dict(run_config))
+
+    def resumed(self, overrides: dict[str, Any]) -> SimConfig:
+        """This (checkpointed) config set to resume, with `overrides` applied where that is
+        safe. An override that would change what the checkpoint means is refused, never
+        ignored; one equal to the checkpoint's value is no change and passes."""
+        for key, value in overrides.items():
+            kind = self.field_type(key)  # an unknown key is named as such
+            if key in RESUME_SAFE:
+                continue
+            if check_value(key, kind, value, RULES.get(key)) != getattr(self, key):
+                raise ConfigError(
+                    f"config: --resume cannot change {key} (the checkpoint has "
+                    f"{getattr(self, key)!r}, asked {value!r}): it changes what the checkpoint "
+                    f"means; start a new run instead. Safe to change on resume: "
+                    f"{', '.join(sorted(RESUME_SAFE - {'out', 'resume'}))}"
+                )
+        return SimConfig.from_dict({**self.to_dict(), **overrides, "resume": True})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's table; a missing, unreadable or invalid file is one ConfigError."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+
+
+def _unknown(keys: list[str]) -> str:
+    import difflib
+
+    names = [f.name for f in dataclasses.fields(SimConfig)]
+    hints = []
+    for k in keys:
+        near = difflib.get_close_matches(k, names, n=1)
+        hints.append(f"{k!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return f"config: unknown key {', '.join(hints)}; see docs/config.md for the keys"
+
+
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+# Allowed values and ranges, by key; a key without a rule is only type-checked.
+RULES: dict[str, Range | Choice | NonEmpty] = {
+    "dataset": Choice(DATASETS),
+    "num_clients": Range(1),
+    "min_examples": Range(2),  # a client needs a train and a test snippet
+    "test_fraction": Range(0, 1, low_open=True, high_open=True),
+    "dirichlet_alpha": Range(0, low_open=True),
+    "seed": Range(0),
+    "rounds": Range(1),
+    "clients_per_round": Range(1),
+    "evaluate_every": Range(1),
+    "round_timeout": Range(0, low_open=True),
+    "grid_poll_s": Range(0, low_open=True),
+    "quantization": Choice(QUANTIZATIONS),
+    "method": Choice(FEDERATED_METHODS),
+    "reduction_factor": Range(1),
+    "lora_r": Range(1),
+    "local_epochs": Range(1),
+    "batch_size": Range(1),
+    "lr": Range(0, low_open=True),
+    "max_length": Range(2, 512),  # [CLS] + [SEP] .. the base's position embeddings
+    "proximal_mu": Range(0),
+    "personalization": Choice(PERSONALIZATIONS),
+    "head_bias_l2": Range(0),
+    "personal_reduction_factor": Range(1),
+    "personal_layers": Range(1),
+    "personal_epochs": Range(1),
+    "personal_lr": Range(0, low_open=True),
+    "finetune_steps": Range(0),
+    "strategy": Choice(STRATEGIES),
+    "server_lr": Range(0, low_open=True),
+    "server_momentum": Range(0, 1, high_open=True),
+    "trim_fraction": Range(0, 0.5, high_open=True),
+    "clip_norm": Range(0),
+    "dp_noise_multiplier": Range(0),
+    "dp_clipping_norm": Range(0, low_open=True),
+    "dp_delta": Range(0, 1, low_open=True, high_open=True),
+    "codec": Choice(CODECS),
+    "max_reply_bytes": Range(1),
+    "secagg_num_shares": Range(0, low_open=True),
+    "secagg_reconstruction_threshold": Range(0, low_open=True),
+    "secagg_clipping_range": Range(0, low_open=True),
+    "secagg_max_weight": Range(0, low_open=True),
+    "malicious_fraction": Range(0, 1),
+    "attack": Choice(ATTACKS),
+    "full_model_lr": Range(0, low_open=True),
+    "full_model_epochs": Range(1),
+    "local_only_epochs": Range(1),
+    "publish_every": Range(0),
+    "out": NonEmpty(),
+}
+
+# What `--resume` may change: how long and how the run goes on, and what it reports, never
+# what the checkpointed adapter, strategy state or client split mean.
+RESUME_SAFE = frozenset(
+    {
+        "rounds",
+        "baselines",
+        "full_model_baseline",
+        "evaluate_every",
+        "round_timeout",
+        "grid_poll_s",
+        "max_reply_bytes",
+        "publish_every",
+        "publish_registry",
+        "publish_key",
+        "out",
+        "resume",
+    }
+)

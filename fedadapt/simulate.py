@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
@@ -187,18 +188,17 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def resume_config(
-    folder: Path, rounds: int | None = None, baselines: bool | None = None
-) -> SimConfig:
-    """The config of the run in `folder`, set to resume; `rounds` may extend it, and
-    `baselines=False` finishes it without the (costly) baselines."""
+def resume_config(folder: Path, **overrides: Any) -> SimConfig:
+    """The config of the run in `folder`, set to resume, with `overrides` (those not None)
+    applied where that is safe (`rounds` may extend it, `baselines=False` finishes it without
+    the costly baselines) and refused where they would change what the checkpoint means."""
     path = folder / "config.json"
-    if not path.exists():
-        raise FedAdaptError(f"{folder} holds no run to resume (no config.json)")
-    raw = json.loads(path.read_text())
-    raw.update(resume=True, out=str(folder.resolve()))
-    if rounds is not None:
-        raw["rounds"] = rounds
-    if baselines is not None:
-        raw["baselines"] = baselines
-    return SimConfig.from_dict(raw)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FedAdaptError(f"{folder} holds no run to resume (no config.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FedAdaptError(f"cannot read {path}: {e}") from e
+    saved = SimConfig.from_dict(raw)
+    asked = {k: v for k, v in overrides.items() if v is not None}
+    return saved.resumed({**asked, "out": str(folder.resolve())})
