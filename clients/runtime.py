@@ -25,9 +25,16 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from fedadapt.errors import FedAdaptError
-from fedadapt.export.onnx_adapter import SUFFIX, check_fits
+from fedadapt.onnx_adapter import (
+    RUNTIME_FILE,
+    SUFFIX,
+    check_fits,
+    load_adapter_options,
+    open_session,
+)
 
-RUNTIME_FILE = "runtime.json"
+__all__ = ["RUNTIME_FILE", "EdgeRuntime", "Prediction", "adapter_file", "installed_adapter"]
+
 STATE_FILE = "state.json"
 
 
@@ -42,24 +49,6 @@ def installed_adapter(folder: Path) -> Path | None:
         return None
     version = json.loads(state.read_text()).get("version")
     return None if version is None else adapter_file(folder, version)
-
-
-def open_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # overridable initializers warn once per tensor otherwise
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def load_adapter_options(path: str | Path) -> tuple[ort.LoraAdapter, ort.RunOptions]:
-    """Run options that make the `.onnx_adapter` at `path` active. Keep the adapter
-    referenced as long as the options are used: ORT does not, and silently falls back to
-    the graph's defaults once it is collected."""
-    adapter = ort.LoraAdapter()
-    adapter.Load(str(path))
-    options = ort.RunOptions()
-    options.add_active_adapter(adapter)
-    return adapter, options
 
 
 @dataclass

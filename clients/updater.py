@@ -36,7 +36,7 @@ from fedadapt.bundles import (
 )
 from fedadapt.clients.runtime import RUNTIME_FILE, STATE_FILE, adapter_file
 from fedadapt.errors import FedAdaptError
-from fedadapt.export.onnx_adapter import write_onnx_adapter
+from fedadapt.onnx_adapter import write_onnx_adapter
 from fedadapt.keys import key_id
 
 MAX_INDEX_BYTES = 1 << 20

@@ -23,15 +23,14 @@ from fedadapt.adapter_files import load_adapter, read_adapter
 from fedadapt.adapters.model import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base_model import base_sha256, load_base, load_tokenizer, model_dir, tokenize
-from fedadapt.clients.runtime import RUNTIME_FILE, open_session
 from fedadapt.errors import AdapterLoadError
 from fedadapt.export import measure
 from fedadapt.export.decompose import decompose
 from fedadapt.export.graph import TASK_INPUT, export_graph
 from fedadapt.export.merge import merge_lora
 from fedadapt.export.mobile import make_shape_fixed, mobile_summary, to_ort_format
-from fedadapt.export.onnx_adapter import SUFFIX, write_onnx_adapter
 from fedadapt.export.quantize import quantize_base
+from fedadapt.onnx_adapter import RUNTIME_FILE, SUFFIX, open_session, write_onnx_adapter
 
 REPORT_FILE = "export_report.json"
 MODEL_FILE = "model.onnx"

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from fedadapt.clients.runtime import load_adapter_options
-from fedadapt.export.onnx_adapter import write_onnx_adapter
+from fedadapt.onnx_adapter import load_adapter_options, write_onnx_adapter
 
 
 def feed(ids: np.ndarray, mask: np.ndarray, extra: dict | None = None) -> dict[str, np.ndarray]:

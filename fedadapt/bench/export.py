@@ -35,7 +35,7 @@ def _adapted(cfg, seed: int):
 def run(quick: bool = False) -> dict:
     from fedadapt.adapters import BottleneckConfig, LoraConfig
     from fedadapt.base_model import base_sha256, load_tokenizer, tokenize
-    from fedadapt.clients.runtime import open_session
+    from fedadapt.onnx_adapter import open_session
     from fedadapt.export import measure
     from fedadapt.export.exporter import held_out_sentences
     from fedadapt.export.graph import export_graph
@@ -96,7 +96,7 @@ def _decompositions(tmp: Path, ids: torch.Tensor, mask: torch.Tensor, runs: int)
     """NNAPI coverage at a fixed 1×128 fp32 graph, exact and with each decomposition, with
     what each costs in parity and in CPU latency."""
     from fedadapt.adapters import BottleneckConfig
-    from fedadapt.clients.runtime import open_session
+    from fedadapt.onnx_adapter import open_session
     from fedadapt.export import measure
     from fedadapt.export.decompose import decompose
     from fedadapt.export.graph import export_graph

@@ -18,7 +18,7 @@ from fedadapt.cli import main
 from fedadapt.clients.runtime import EdgeRuntime
 from fedadapt.errors import AdapterLoadError
 from fedadapt.export.exporter import ExportOptions, export
-from fedadapt.export.onnx_adapter import write_onnx_adapter
+from fedadapt.onnx_adapter import write_onnx_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TEXTS = ["a wonderful, moving film", "a dull, lifeless mess", "it was fine"]

@@ -20,8 +20,8 @@ from fedadapt.base_model import load_base, tokenize
 from fedadapt.export.graph import export_graph, overridable
 from fedadapt.export.merge import merge_lora
 from fedadapt.export.mobile import make_shape_fixed, mobile_summary, to_ort_format
-from fedadapt.export.onnx_adapter import write_onnx_adapter
 from fedadapt.export.quantize import adapter_nodes, quantize_base
+from fedadapt.onnx_adapter import write_onnx_adapter
 
 pytestmark = pytest.mark.slow
 

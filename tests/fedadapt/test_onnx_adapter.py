@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedadapt.errors import AdapterLoadError
-from fedadapt.export.onnx_adapter import check_fits, read_onnx_adapter, write_onnx_adapter
+from fedadapt.onnx_adapter import check_fits, read_onnx_adapter, write_onnx_adapter
 
 SHA = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 SLOTS = {"a.weight": (4, 3), "head.bias": (2,)}

@@ -1,4 +1,8 @@
-"""`.onnx_adapter` files: ONNX Runtime's own adapter format, plus the checks ORT leaves out.
+"""`.onnx_adapter` files and ORT sessions: ONNX Runtime's adapter format, plus the checks ORT
+leaves out.
+
+It lives in the core because both sides need it: the exporter writes and measures adapter
+files, and the device runtime reads and activates them; neither imports the other.
 
 ORT stores an adapter version and a model version but never compares them with anything.
 Here the model version is the first 28 bits of the base model's SHA-256 (the format holds a
@@ -19,6 +23,7 @@ import onnxruntime as ort
 from fedadapt.errors import AdapterLoadError
 
 SUFFIX = ".onnx_adapter"
+RUNTIME_FILE = "runtime.json"  # an exported graph's sidecar: base, labels, token limit, layout
 
 
 def model_version(base_sha256: str) -> int:
@@ -89,3 +94,22 @@ def check_fits(
     if bad:
         raise AdapterLoadError(f"{path} has mis-shaped tensors: {bad[:5]}")
     return version, tensors
+
+
+def open_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session that stays quiet about overridable initializers (one warning per tensor)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def load_adapter_options(path: str | Path) -> tuple[ort.LoraAdapter, ort.RunOptions]:
+    """Run options that make the `.onnx_adapter` at `path` active. Keep the adapter
+    referenced as long as the options are used: ORT does not, and silently falls back to
+    the graph's defaults once it is collected."""
+    adapter = ort.LoraAdapter()
+    adapter.Load(str(path))
+    options = ort.RunOptions()
+    options.add_active_adapter(adapter)
+    return adapter, options
