@@ -1,4 +1,9 @@
-"""The `fedadapt` command line. Each subcommand is a thin shell over a library function."""
+"""The `fedadapt` command line. Each subcommand is a thin shell over a library function.
+
+Every failure a user can cause (a bad argument, a missing or corrupt file, a refused
+connection) ends as one line, `fedadapt: error: ...`, and exit code 2; `--debug` adds the
+traceback. The update-channel commands live in `fedadapt.cli_updates`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,32 @@ import json
 import sys
 from pathlib import Path
 
+from fedadapt.cli_args import (
+    OneLineParser,
+    describe,
+    existing_folder,
+    folder,
+    library_errors,
+    non_negative_int,
+    port,
+    positive_int,
+)
+from fedadapt.cli_updates import SHAPE_ERRORS, add_update_commands, read_json
 from fedadapt.errors import FedAdaptError
-from fedadapt.simconfig import STRATEGIES
+from fedadapt.simconfig import CODECS, FEDERATED_METHODS, QUANTIZATIONS, STRATEGIES
+
+# The flags of `simulate` that are config keys (the rest come by --set KEY=VALUE).
+SIMULATE_KEYS = (
+    "rounds",
+    "num_clients",
+    "clients_per_round",
+    "strategy",
+    "codec",
+    "method",
+    "quantization",
+    "seed",
+)
+DEFAULT_CONFIG, DEFAULT_OUT = "simulations/quick.toml", "out/quick"
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -16,24 +45,20 @@ def _simulate(args: argparse.Namespace) -> None:
     from fedadapt import simulate
     from fedadapt.simconfig import SimConfig
 
+    overrides = {k: getattr(args, k) for k in SIMULATE_KEYS}
+    overrides["baselines"] = False if args.no_baselines else None
+    overrides.update(_parse_sets(args.set))
     if args.resume:
-        baselines = False if args.no_baselines else None
-        cfg = simulate.resume_config(Path(args.resume), rounds=args.rounds, baselines=baselines)
+        for flag, value in (("--config", args.config), ("--out", args.out)):
+            if value is not None:
+                raise FedAdaptError(
+                    f"--resume continues the run in {args.resume} with its own config and "
+                    f"folder; drop {flag} (change keys with --set where that is safe)"
+                )
+        cfg = simulate.resume_config(Path(args.resume), **overrides)
     else:
-        keys = (
-            "rounds",
-            "num_clients",
-            "clients_per_round",
-            "strategy",
-            "codec",
-            "method",
-            "quantization",
-            "seed",
-        )
-        overrides = {k: getattr(args, k) for k in keys}
-        overrides["baselines"] = False if args.no_baselines else None
-        overrides.update(_parse_sets(args.set))
-        cfg = SimConfig.load(args.config, **overrides, out=str(Path(args.out).resolve()))
+        out = str(Path(args.out or DEFAULT_OUT).resolve())
+        cfg = SimConfig.load(args.config or DEFAULT_CONFIG, **overrides, out=out)
     out = simulate.run(cfg)
     print(f"report: {out / 'report.json'}  plots: {out / 'plots'}  adapter: {out / 'adapter'}")
 
@@ -55,7 +80,8 @@ def _certs(args: argparse.Namespace) -> None:
     from fedadapt.certs import make_certs
 
     hosts = args.host or ["127.0.0.1", "localhost"]
-    paths = make_certs(args.out, hosts, args.supernodes)
+    with library_errors(f"cannot write certificates into {args.out}"):
+        paths = make_certs(args.out, hosts, args.supernodes)
     print(f"CA: {paths['ca']}  SuperLink: {paths['cert']} ({', '.join(hosts)})")
     print(f"SuperNode keys: {Path(args.out) / 'supernodes'} (register each *.pub)")
 
@@ -67,117 +93,44 @@ def _package_client(args: argparse.Namespace) -> None:
     install.sh once, then start.sh."""
     from fedadapt.package import package_client
 
-    out = package_client(
-        Path(args.out),
-        Path(args.certs),
-        args.node,
-        args.superlink,
-        partition_id=args.partition_id,
-        num_partitions=args.num_partitions,
-        port=args.port,
-        update_key=Path(args.update_key) if args.update_key else None,
-    )
+    with library_errors(f"cannot write the client package {args.out}"):
+        out = package_client(
+            Path(args.out),
+            Path(args.certs),
+            args.node,
+            args.superlink,
+            partition_id=args.partition_id,
+            num_partitions=args.num_partitions,
+            port=args.port,
+            update_key=Path(args.update_key) if args.update_key else None,
+        )
     print(f"client package: {out} (on the device: {out}/install.sh, then {out}/start.sh)")
 
 
 def _parse_sets(pairs: list[str]) -> dict:
-    """`KEY=VALUE` pairs, VALUE read as TOML (numbers, booleans, quoted strings) or text."""
-    import tomllib
+    """`KEY=VALUE` pairs, VALUE read as KEY's declared type (`SimConfig.parse_override`)."""
+    from fedadapt.simconfig import SimConfig
 
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise FedAdaptError(f"--set wants KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
+        out[key.strip()] = SimConfig.parse_override(key.strip(), value)
     return out
 
 
-def _passphrase(env: str | None) -> bytes | None:
-    import os
+def _check_mergeable(adapters: list[str]) -> None:
+    """`--merge-lora` folds one LoRA into the base: refuse anything else before the (slow)
+    export starts."""
+    from fedadapt.adapter_files import CONFIG_FILE
 
-    if env is None:
-        return None
-    if env not in os.environ:
-        raise FedAdaptError(f"the passphrase variable {env} is not set")
-    return os.environ[env].encode()
-
-
-def _keygen(args: argparse.Namespace) -> None:
-    """Make an Ed25519 key pair for signing adapter updates (private key mode 0600)."""
-    from fedadapt.keys import key_id, keygen, load_public
-
-    priv, pub = keygen(args.out, _passphrase(args.passphrase_env))
-    print(f"private key: {priv}\npublic key:  {pub}\nkey id:      {key_id(load_public(pub))}")
-
-
-def _publish(args: argparse.Namespace) -> None:
-    """Publish an adapter folder as the next signed version in a static-file registry."""
-    import datetime as dt
-
-    from fedadapt.keys import load_private
-    from fedadapt.server.publish import publish
-
-    key = load_private(args.key, _passphrase(args.passphrase_env))
-    entry = publish(
-        args.adapter,
-        args.registry,
-        key,
-        name=args.name,
-        expires_in=dt.timedelta(days=args.expires_days),
-    )
-    deltas = ", ".join(
-        f"from v{d['from_version']}: {d['payload_bytes']} B" for d in entry["deltas"]
-    )
-    print(
-        f"published version {entry['version']}: full {entry['full']['payload_bytes']} B"
-        + (f"; deltas {deltas}" if deltas else "")
-    )
-
-
-def _serve_updates(args: argparse.Namespace) -> None:
-    """Serve a registry over HTTP (Range requests, bounded connections, no path escapes)."""
-    from fedadapt.server.update_service import UpdateServer
-
-    server = UpdateServer(Path(args.registry), args.host, args.port, args.max_connections)
-    print(f"serving {server.root} at {server.url} (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
-def _fetch(args: argparse.Namespace) -> None:
-    """Fetch the newest adapter update, verify it and apply it atomically."""
-    from fedadapt.clients.runtime import RUNTIME_FILE
-    from fedadapt.clients.updater import fetch
-    from fedadapt.keys import load_public
-
-    runtime = Path(args.device_dir) / RUNTIME_FILE
-    if runtime.exists():  # an edge device: its installed graph names its base (no torch here)
-        base = json.loads(runtime.read_text())["base_sha256"]
-    else:
-        from fedadapt.base_model import base_sha256
-
-        base = base_sha256()
-    trusted = [load_public(p) for p in args.trust]
-    m = fetch(args.url, args.device_dir, trusted, base, timeout=args.timeout)
-    if m is None:
-        print("already up to date")
-    else:
-        print(f"installed {m.adapter_name} version {m.version} ({m.kind}, {m.payload_bytes} B)")
-
-
-def _rollback(args: argparse.Namespace) -> None:
-    """Go back to the previously installed adapter version."""
-    from fedadapt.clients.updater import DeviceStore
-
-    print(f"rolled back to version {DeviceStore(args.device_dir).rollback()}")
+    if len(adapters) != 1:
+        raise FedAdaptError("--merge-lora folds one global LoRA; it cannot serve several tasks")
+    config = read_json(Path(adapters[0]) / CONFIG_FILE, "the adapter config")
+    method = config.get("method") if isinstance(config, dict) else None
+    if method != "lora":
+        raise FedAdaptError(f"--merge-lora needs a LoRA adapter; {adapters[0]} is {method!r}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -194,6 +147,8 @@ def _export(args: argparse.Namespace) -> None:
                 f"--fixed-shape wants B,S (e.g. 1,128), got {args.fixed_shape!r}"
             ) from e
         fixed = (b, s)
+    if args.merge_lora:
+        _check_mergeable(args.adapter)
     opts = ExportOptions(
         quantize=args.quantize,
         merge_lora=args.merge_lora,
@@ -203,7 +158,8 @@ def _export(args: argparse.Namespace) -> None:
         measure=not args.no_measure,
         decompose=tuple(args.decompose),
     )
-    report = export(args.adapter, args.out, opts)
+    with library_errors(f"cannot export {', '.join(args.adapter)} to {args.out}"):
+        report = export(args.adapter, args.out, opts)
     brief = {k: report[k] for k in ("sizes", "parity_max_abs", "latency", "swap_ms") if k in report}
     print(json.dumps(brief, indent=1))
     print(f"report: {Path(args.out) / 'export_report.json'}")
@@ -213,9 +169,11 @@ def _infer(args: argparse.Namespace) -> None:
     """Classify texts with ONNX Runtime and the device's installed adapter (no torch needed)."""
     from fedadapt.clients.runtime import EdgeRuntime
 
-    rt = EdgeRuntime(args.device_dir, threads=args.threads)
+    with library_errors(f"cannot load the device folder {args.device_dir}", SHAPE_ERRORS):
+        rt = EdgeRuntime(args.device_dir, threads=args.threads)
     if args.adapter:
-        rt.activate(args.adapter)
+        with library_errors(f"cannot activate {args.adapter}", SHAPE_ERRORS):
+            rt.activate(args.adapter)
     for p in rt.predict(args.texts, task=args.task):
         scores = " ".join(f"{k}={v:.3f}" for k, v in p.scores.items())
         print(f"{p.label}\t{scores}\t{p.text}")
@@ -225,16 +183,25 @@ def _infer(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from fedadapt.bench import run
 
-    result = run(Path(args.out), quick=args.quick, sections=args.sections)
+    merged_into = Path(args.out)  # sections are merged into it: it must be a JSON object
+    if merged_into.exists() and not isinstance(read_json(merged_into, "the bench file"), dict):
+        raise FedAdaptError(f"the bench file {args.out} is not a JSON object")
+    with library_errors(f"cannot write {args.out}"):
+        result = run(Path(args.out), quick=args.quick, sections=args.sections)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)[:4000])
     print(f"written to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from fedadapt.bench import SECTIONS
+
+    parser = OneLineParser(
         prog="fedadapt",
         description="Federated on-device personalization with adapters over a frozen, "
         "quantized MiniLM.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not one line"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -244,16 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"{_simulate.__doc__} Writes DIR/report.json, metrics.csv, plots/, "
         "adapter/ and checkpoints/.",
     )
-    d.add_argument("--config", default="simulations/quick.toml", help="run config (TOML)")
-    d.add_argument("--out", default="out/quick", help="run folder")
-    d.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
-    d.add_argument("--rounds", type=int)
+    d.add_argument("--config", help=f"run config (TOML; default {DEFAULT_CONFIG})")
+    d.add_argument("--out", type=folder, help=f"run folder (default {DEFAULT_OUT})")
+    d.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoint (with its config; flags and --set "
+        "may change only what is safe, such as rounds or baselines)",
+    )
+    d.add_argument("--rounds", type=int)  # ranges: SimConfig names the key when it refuses
     d.add_argument("--clients", dest="num_clients", type=int, help="number of clients")
     d.add_argument("--clients-per-round", type=int)
     d.add_argument("--strategy", choices=STRATEGIES)
-    d.add_argument("--codec", choices=["fp32", "fp16", "int8"])
-    d.add_argument("--method", choices=["bottleneck", "lora"])
-    d.add_argument("--quantize", dest="quantization", choices=["none", "int8", "int4"])
+    d.add_argument("--codec", choices=CODECS)
+    d.add_argument("--method", choices=FEDERATED_METHODS)
+    d.add_argument("--quantize", dest="quantization", choices=QUANTIZATIONS)
     d.add_argument("--seed", type=int)
     d.add_argument(
         "--no-baselines",
@@ -275,18 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
         description=_deploy_demo.__doc__,
     )
     dd.add_argument("--config", default="simulations/deploy.toml")
-    dd.add_argument("--out", default="out/deploy", help="certificates, logs and the run folder")
-    dd.add_argument("--nodes", type=int, default=3, help="SuperNodes to start")
+    dd.add_argument(
+        "--out", type=folder, default="out/deploy", help="certificates, logs and the run folder"
+    )
+    dd.add_argument("--nodes", type=positive_int, default=3, help="SuperNodes to start")
     dd.set_defaults(func=_deploy_demo)
 
     c = sub.add_parser(
         "certs", help="TLS certificates and SuperNode keys", description=_certs.__doc__
     )
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, type=folder)
     c.add_argument(
         "--host", action="append", help="SuperLink host name or IP (repeat; default loopback)"
     )
-    c.add_argument("--supernodes", type=int, default=3, help="SuperNode key pairs to make")
+    c.add_argument(
+        "--supernodes", type=non_negative_int, default=3, help="SuperNode key pairs to make"
+    )
     c.set_defaults(func=_certs)
 
     pc = sub.add_parser(
@@ -294,57 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="everything an edge device needs to run a SuperNode",
         description=_package_client.__doc__,
     )
-    pc.add_argument("--out", required=True, help="a new folder for the package")
-    pc.add_argument("--certs", required=True, help="the folder `fedadapt certs` wrote")
-    pc.add_argument("--node", type=int, default=1, help="which SuperNode key (node-N) to ship")
+    pc.add_argument("--out", required=True, type=folder, help="a new folder for the package")
+    pc.add_argument(
+        "--certs", required=True, type=existing_folder, help="the folder `fedadapt certs` wrote"
+    )
+    pc.add_argument(
+        "--node", type=positive_int, default=1, help="which SuperNode key (node-N) to ship"
+    )
     pc.add_argument("--superlink", required=True, help="the SuperLink's HOST:PORT")
-    pc.add_argument("--partition-id", type=int, help="data partition (default: node - 1)")
-    pc.add_argument("--num-partitions", type=int, help="default: the number of node keys")
-    pc.add_argument("--port", type=int, default=9094, help="the SuperNode's own port")
+    pc.add_argument(
+        "--partition-id", type=non_negative_int, help="data partition (default: node - 1)"
+    )
+    pc.add_argument("--num-partitions", type=positive_int, help="default: the number of node keys")
+    pc.add_argument("--port", type=port, default=9094, help="the SuperNode's own port")
     pc.add_argument("--update-key", help="update-signing public key to trust (fetch)")
     pc.set_defaults(func=_package_client)
 
-    k = sub.add_parser(
-        "keygen", help="make an Ed25519 signing key pair", description=_keygen.__doc__
-    )
-    k.add_argument("--out", required=True, help="folder for the key files")
-    k.add_argument("--passphrase-env", metavar="VAR", help="encrypt with the passphrase in $VAR")
-    k.set_defaults(func=_keygen)
-
-    p = sub.add_parser(
-        "publish", help="publish a signed adapter update", description=_publish.__doc__
-    )
-    p.add_argument("--adapter", required=True, help="adapter folder")
-    p.add_argument("--registry", required=True, help="registry folder (static files)")
-    p.add_argument("--key", required=True, help="private key file")
-    p.add_argument("--passphrase-env", metavar="VAR")
-    p.add_argument("--name", help="adapter name (default: the registry's, or the folder's)")
-    p.add_argument("--expires-days", type=float, default=30.0)
-    p.set_defaults(func=_publish)
-
-    s = sub.add_parser(
-        "serve-updates", help="serve a registry over HTTP", description=_serve_updates.__doc__
-    )
-    s.add_argument("--registry", required=True)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8787)
-    s.add_argument("--max-connections", type=int, default=64)
-    s.set_defaults(func=_serve_updates)
-
-    f = sub.add_parser(
-        "fetch", help="fetch, verify and apply the newest update", description=_fetch.__doc__
-    )
-    f.add_argument("--url", required=True, help="registry URL")
-    f.add_argument("--device-dir", required=True)
-    f.add_argument("--trust", required=True, action="append", help="trusted public key (repeat)")
-    f.add_argument("--timeout", type=float, default=30.0)
-    f.set_defaults(func=_fetch)
-
-    r = sub.add_parser(
-        "rollback", help="go back one adapter version", description=_rollback.__doc__
-    )
-    r.add_argument("--device-dir", required=True)
-    r.set_defaults(func=_rollback)
+    add_update_commands(sub)
 
     e = sub.add_parser("export", help="export an adapter to ONNX", description=_export.__doc__)
     e.add_argument(
@@ -354,14 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapter folder (e.g. out/quick/adapter); repeat for a task-indexed graph of "
         "several same-shaped adapters (`infer --task N` picks one)",
     )
-    e.add_argument("--out", required=True, help="device folder to write")
-    e.add_argument("--quantize", choices=["none", "int8", "int4"], default="int8")
+    e.add_argument("--out", required=True, type=folder, help="device folder to write")
+    e.add_argument("--quantize", choices=QUANTIZATIONS, default="int8")
     e.add_argument(
         "--merge-lora", action="store_true", help="fold a fixed, global LoRA into the base"
     )
     e.add_argument("--fixed-shape", metavar="B,S", help="fix batch and sequence (mobile EPs)")
     e.add_argument("--ort", action="store_true", help="also write model.ort for ORT Mobile")
-    e.add_argument("--max-length", type=int, default=128, help="token limit at inference")
+    e.add_argument("--max-length", type=positive_int, default=128, help="token limit at inference")
     e.add_argument(
         "--decompose",
         nargs="+",
@@ -375,11 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser(
         "infer", help="classify texts on a device folder", description=_infer.__doc__
     )
-    i.add_argument("--device-dir", required=True)
+    i.add_argument("--device-dir", required=True, type=existing_folder)
     i.add_argument("texts", nargs="+", metavar="TEXT")
     i.add_argument("--adapter", help="use this .onnx_adapter instead of the installed one")
-    i.add_argument("--task", type=int, help="task index, for a stacked multi-adapter graph")
-    i.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    i.add_argument(
+        "--task", type=non_negative_int, help="task index, for a stacked multi-adapter graph"
+    )
+    i.add_argument(
+        "--threads", type=non_negative_int, default=0, help="ORT intra-op threads (0: all)"
+    )
     i.set_defaults(func=_infer)
 
     b = sub.add_parser(
@@ -392,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--sections",
         nargs="+",
+        choices=SECTIONS,
         default=["core", "aggregate", "export", "updates", "secagg"],
         help="sections to run (default: all but deploy, which starts a SuperLink and "
         "3 SuperNodes and takes minutes)",
@@ -401,16 +348,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every error is one line on stderr and exit code 2 (130 on Ctrl-C)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except FedAdaptError as e:
-        print(f"fedadapt: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(" ".join(str(e).split()), debug)
     except KeyboardInterrupt:
         print("fedadapt: interrupted (a simulation resumes with --resume OUT)", file=sys.stderr)
         return 130
+    except Exception as e:  # the last resort: a bug, or an error no call site names yet
+        return _fail(
+            f"{type(e).__name__}: {describe(e)} (rerun with --debug for the traceback)", debug
+        )
     return 0
+
+
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"fedadapt: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

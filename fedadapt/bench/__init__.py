@@ -13,6 +13,9 @@ from pathlib import Path
 
 from fedadapt.atomic import atomic_write_text
 
+# The sections `run` knows (the CLI offers these; deploy is left out of its default).
+SECTIONS = ("core", "aggregate", "export", "updates", "secagg", "deploy")
+
 
 def machine() -> dict:
     import flwr

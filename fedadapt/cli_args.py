@@ -1,0 +1,110 @@
+"""What the command line checks before any work starts, and how a library's error becomes
+one line: argument types with their allowed range, a parser whose errors are one line, and
+`library_errors`, which names the action a library call failed in.
+
+A user sees `fedadapt: error: ...` and an exit code of 2, never a traceback or a usage block:
+the line names what is wrong (the argument, the file, the URL) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+from fedadapt.errors import FedAdaptError
+
+
+class ArgumentError(FedAdaptError):
+    """A command-line argument is malformed or out of range."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with errors raised as one-line `ArgumentError`s instead of a usage block
+    and `sys.exit`, so `main` prints every failure the same way."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentError(f"{message} (see `{self.prog} --help`)")
+
+
+def _typed(name: str, parse: Callable[[str], float], ok: Callable[[float], bool]):
+    """An argparse type: `parse` the text, then refuse it unless `ok`, naming `name`."""
+
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {name}")
+        return value
+
+    convert.__name__ = name  # argparse names the type in its messages
+    return convert
+
+
+port = _typed("a port (1..65535)", int, lambda v: 1 <= v <= 65535)
+positive_int = _typed("an integer >= 1", int, lambda v: v >= 1)
+non_negative_int = _typed("an integer >= 0", int, lambda v: v >= 0)
+positive_float = _typed("a number > 0", float, lambda v: 0 < v < float("inf"))
+
+
+def folder(text: str) -> str:
+    """A folder to write into: it may not exist yet, but it may not be a file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return text
+
+
+def existing_folder(text: str) -> str:
+    """A folder that must already exist (a registry to serve, a device folder to read)."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return text
+
+
+def _library_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions libraries raise on bad input (files, JSON, TOML, HTTP, safetensors).
+    httpx and safetensors are imported only when an error is being classified."""
+    types: list[type[BaseException]] = [
+        OSError,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        tomllib.TOMLDecodeError,
+    ]
+    with contextlib.suppress(ImportError):
+        import httpx
+
+        types += [httpx.HTTPError, httpx.InvalidURL]
+    with contextlib.suppress(ImportError):
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    return tuple(types)
+
+
+def describe(e: BaseException) -> str:
+    """One line for a library's error: an OSError as `strerror: filename`, others as text."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror}{where}"
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text
+
+
+@contextlib.contextmanager
+def library_errors(what: str, also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Inside the block, a library's error on bad input (and any of `also`, for call sites
+    that read a file whose shape is the problem) becomes a FedAdaptError `what: reason`."""
+    try:
+        yield
+    except FedAdaptError:
+        raise
+    except Exception as e:
+        if not isinstance(e, _library_error_types() + also):
+            raise
+        raise FedAdaptError(f"{what}: {describe(e)}") from e
