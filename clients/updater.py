@@ -5,12 +5,17 @@ Device folder:
     state.json                   installed adapter name, version and the previous version
     versions/v0003.safetensors   full adapter files (the current one and the previous one)
     versions/v0003.onnx_adapter  the same, for the edge runtime (where a graph is installed)
-    downloads/                   partial downloads, resumed with HTTP Range
+    seen.json                    the newest signed timestamp version seen (replay guard)
+    downloads/                   partial downloads: a killed fetch resumes with HTTP Range,
+                                 a refused one is deleted
 
 `state.json` is the commit point: a new version file is written (temp file, fsync, rename)
 before `state.json` names it, so a crash at any moment leaves the old version installed.
-Verification order: signature and key, expiry, base model, version, delta start, payload
-size and hash, then the rebuilt adapter's hash.
+Verification order: the signed timestamp (signature and key, not older than seen, expiry),
+the index against the timestamp's hash, the manifest against the index's hash; then the
+manifest's signature and key, expiry, adapter name, base model, version, delta start,
+payload size and hash, and the rebuilt adapter's hash. The whole fetch runs under one
+deadline (`clients/downloads.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import safetensors.numpy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -34,12 +38,21 @@ from fedadapt.bundles import (
     sha256,
     verify_manifest,
 )
+from fedadapt.clients.downloads import Deadline, Downloader, check_url
 from fedadapt.clients.runtime import RUNTIME_FILE, STATE_FILE, adapter_file
 from fedadapt.errors import FedAdaptError
-from fedadapt.onnx_adapter import write_onnx_adapter
 from fedadapt.keys import key_id
+from fedadapt.onnx_adapter import write_onnx_adapter
+from fedadapt.registry_index import (
+    INDEX_FILE,
+    MAX_INDEX_BYTES,
+    TIMESTAMP_FILE,
+    TIMESTAMP_SIG,
+    check_index_matches,
+    parse_index,
+)
+from fedadapt.signed_meta import MAX_META_BYTES, TIMESTAMP, SeenVersions, verify_meta
 
-MAX_INDEX_BYTES = 1 << 20
 KEEP_VERSIONS = 2
 
 
@@ -58,7 +71,12 @@ class DeviceStore:
 
     def state(self) -> Installed:
         path = self.folder / STATE_FILE
-        return Installed(**json.loads(path.read_text())) if path.exists() else Installed()
+        if not path.exists():
+            return Installed()
+        try:
+            return Installed(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as e:  # ValueError: bad JSON or UTF-8
+            raise FedAdaptError(f"{path} is corrupt ({e}); restore it or reinstall") from e
 
     def version_file(self, version: int) -> Path:
         return self.versions / f"v{version:04d}.safetensors"
@@ -91,43 +109,6 @@ class DeviceStore:
         return s.previous
 
 
-def _get(client: httpx.Client, url: str, cap: int) -> bytes:
-    with client.stream("GET", url) as r:
-        if r.status_code != 200:
-            raise FedAdaptError(f"GET {url}: HTTP {r.status_code}")
-        data = bytearray()
-        for chunk in r.iter_bytes():
-            data += chunk
-            if len(data) > cap:
-                raise BundleError(f"{url} is larger than {cap} bytes", "oversize")
-    return bytes(data)
-
-
-def download(client: httpx.Client, url: str, part: Path, size: int) -> bytes:
-    """Download into `part`, resuming what is there; never read past `size` (the signed cap)."""
-    part.parent.mkdir(parents=True, exist_ok=True)
-    have = part.stat().st_size if part.exists() else 0
-    if have > size:
-        part.unlink()
-        have = 0
-    if have < size:
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        with client.stream("GET", url, headers=headers) as r:
-            if r.status_code not in (200, 206):
-                raise FedAdaptError(f"GET {url}: HTTP {r.status_code}")
-            mode = "ab" if r.status_code == 206 else "wb"
-            written = have if mode == "ab" else 0
-            with open(part, mode) as f:
-                for chunk in r.iter_bytes():
-                    written += len(chunk)
-                    if written > size:
-                        raise BundleError(
-                            f"{url} sends more than the {size} signed bytes", "oversize"
-                        )
-                    f.write(chunk)
-    return part.read_bytes()
-
-
 def pick(index: dict, installed: int | None) -> dict | None:
     """The smallest bundle that reaches the newest version from what is installed."""
     latest = max(index.get("versions", []), key=lambda v: v["version"], default=None)
@@ -144,28 +125,30 @@ def fetch(
     base_sha256: str,
     timeout: float = 30.0,
 ) -> Manifest | None:
-    """Bring the device to the newest version; None when it is already there."""
+    """Bring the device to the newest version; None when it is already there. `timeout`
+    bounds the whole fetch, not each read."""
+    base = check_url(url)
     device = DeviceStore(device_dir)
     installed = device.state()
     keys = {key_id(k): k for k in trusted}
-    base = url.rstrip("/")
-    with httpx.Client(timeout=timeout) as client:
-        try:
-            index = json.loads(_get(client, f"{base}/index.json", MAX_INDEX_BYTES))
-        except json.JSONDecodeError as e:
-            raise FedAdaptError(f"{base}/index.json is not JSON: {e}") from e
+    with Downloader(Deadline(timeout)) as net:
+        index = trusted_index(net, base, keys, device.folder)
         bundle = pick(index, installed.version)
         if bundle is None:
             return None
         stem = f"{base}/{bundle['path']}"
-        manifest_bytes = _get(client, f"{stem}.manifest.json", MAX_MANIFEST_BYTES)
-        signature = _get(client, f"{stem}.sig", 1024)
+        manifest_bytes = net.get(f"{stem}.manifest.json", MAX_MANIFEST_BYTES)
+        if "manifest_sha256" in bundle and sha256(manifest_bytes) != bundle["manifest_sha256"]:
+            raise BundleError(
+                f"{stem}.manifest.json is not the one the index pins", "hash-mismatch"
+            )
+        signature = net.get(f"{stem}.sig", 1024)
         m = verify_manifest(manifest_bytes, signature, keys)
-        check_against_installed(m, base_sha256, installed.version)
+        check_against_installed(m, base_sha256, installed.version, installed.adapter_name)
         part = (
             device.downloads / f"{m.adapter_name}-v{m.version:04d}-{m.kind}-{m.payload_sha256[:12]}"
         )
-        payload = download(client, f"{stem}.payload", part, m.payload_bytes)
+        payload = net.download(f"{stem}.payload", part, m.payload_bytes)
     try:
         check_payload(m, payload)
     except BundleError:
@@ -177,3 +160,19 @@ def fetch(
     device.install(m.adapter_name, m.version, adapter, base_sha256)
     part.unlink(missing_ok=True)
     return m
+
+
+def trusted_index(
+    net: Downloader, base: str, keys: dict[str, Ed25519PublicKey], device_dir: Path
+) -> dict:
+    """The registry's index, once its signed timestamp is trusted, not older than the newest
+    seen, and not expired, and the index is the one it pins. The timestamp's version is
+    recorded at once, so a replay of an older one is refused from now on."""
+    seen = SeenVersions(device_dir)
+    data = net.get(f"{base}/{TIMESTAMP_FILE}", MAX_META_BYTES)
+    sig = net.get(f"{base}/{TIMESTAMP_SIG}", 1024)
+    ts = verify_meta(data, sig, TIMESTAMP, keys, seen.get(TIMESTAMP))
+    seen.record(TIMESTAMP, ts.version)
+    index_bytes = net.get(f"{base}/{INDEX_FILE}", MAX_INDEX_BYTES)
+    check_index_matches(index_bytes, ts)
+    return parse_index(index_bytes)

@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import lzma
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -58,8 +59,7 @@ class Manifest:
         return "full" if self.from_version is None else "delta"
 
     def canonical(self) -> bytes:
-        """Sorted keys, no whitespace, UTF-8: the exact bytes that are signed."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        return canonical_json(asdict(self))
 
 
 def sha256(data: bytes) -> str:
@@ -72,23 +72,102 @@ def sign(manifest: Manifest, key: Ed25519PrivateKey) -> bytes:
     return key.sign(manifest.canonical())
 
 
-def parse_manifest(data: bytes) -> Manifest:
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise BundleError(f"manifest of {len(data)} bytes is over the limit", "malformed")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def check_int(value: object, what: str, minimum: int) -> int:
+    """`value` as an int of at least `minimum`; bools and numeric strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BundleError(f"{what} must be an integer >= {minimum}, got {value!r}", "malformed")
+    return value
+
+
+def parse_time(value: object, what: str) -> dt.datetime:
+    """An ISO 8601 time with a UTC offset (a naive time cannot be compared with now)."""
+    try:
+        t = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        t = None
+    if t is None or t.tzinfo is None:
+        raise BundleError(
+            f"{what} must be an ISO 8601 time with an offset, got {value!r}", "malformed"
+        )
+    return t
+
+
+def check_hex(value: object, what: str, pattern: re.Pattern[str] = _HEX64) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise BundleError(
+            f"{what} must be lowercase hex ({pattern.pattern}), got {value!r}", "malformed"
+        )
+    return value
+
+
+def parse_canonical(data: bytes, cap: int, what: str) -> dict:
+    """A JSON object that is byte-for-byte in canonical form (what was signed is what is read)."""
+    if len(data) > cap:
+        raise BundleError(f"{what} of {len(data)} bytes is over the {cap}-byte limit", "malformed")
     try:
         raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{what} is not valid JSON: {e}", "malformed") from e
+    if not isinstance(raw, dict):
+        raise BundleError(f"{what} must be a JSON object", "malformed")
+    if canonical_json(raw) != data:
+        raise BundleError(f"{what} is not in canonical form", "malformed")
+    return raw
+
+
+def canonical_json(value: object) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: the exact bytes that are signed."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    raw = parse_canonical(data, MAX_MANIFEST_BYTES, "manifest")
+    try:
         m = Manifest(**raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-        raise BundleError(f"manifest is not valid: {e}", "malformed") from e
-    if m.canonical() != data:
-        raise BundleError("manifest is not in canonical form", "malformed")
-    if (
-        not isinstance(m.version, int)
-        or not isinstance(m.payload_bytes, int)
-        or m.payload_bytes < 0
-    ):
-        raise BundleError("manifest fields have wrong types", "malformed")
+    except TypeError as e:
+        raise BundleError(f"manifest fields are not the expected ones: {e}", "malformed") from e
+    if not isinstance(m.adapter_name, str) or not m.adapter_name:
+        raise BundleError(
+            f"adapter_name must be a non-empty string, got {m.adapter_name!r}", "malformed"
+        )
+    check_int(m.version, "version", 1)
+    check_int(m.payload_bytes, "payload_bytes", 0)
+    if m.from_version is not None:
+        check_int(m.from_version, "from_version", 1)
+    for field in ("base_model_sha256", "payload_sha256", "result_sha256"):
+        check_hex(getattr(m, field), field)
+    check_hex(m.key_id, "key_id", KEY_ID_RE)
+    parse_time(m.expires_at, "expires_at")
     return m
+
+
+def check_signature(
+    data: bytes, signature: bytes, signer: str, trusted: dict[str, Ed25519PublicKey], what: str
+) -> None:
+    """The key named in signed data is trusted, and its signature covers exactly `data`."""
+    key = trusted.get(signer)
+    if key is None:
+        raise BundleError(
+            f"{what} is signed by key {signer}, which this device does not trust", "unknown-key"
+        )
+    try:
+        key.verify(signature, data)
+    except InvalidSignature as e:
+        raise BundleError(f"the signature does not match the {what}", "bad-signature") from e
+
+
+def check_fresh(expires_at: str, now: dt.datetime | None, what: str, reason: str) -> None:
+    """Expired signed data names the moment it expired, so an operator sees how stale it is."""
+    now = now or dt.datetime.now(dt.UTC)
+    if parse_time(expires_at, "expires_at") <= now:
+        raise BundleError(
+            f"the {what} expired at {expires_at} (now {now.isoformat(timespec='seconds')})",
+            reason,
+        )
 
 
 def verify_manifest(
@@ -99,26 +178,20 @@ def verify_manifest(
 ) -> Manifest:
     """Signature, key and expiry; the caller then checks what is installed."""
     m = parse_manifest(data)
-    key = trusted.get(m.key_id)
-    if key is None:
-        raise BundleError(
-            f"signed by key {m.key_id}, which this device does not trust", "unknown-key"
-        )
-    try:
-        key.verify(signature, data)
-    except InvalidSignature as e:
-        raise BundleError("the signature does not match the manifest", "bad-signature") from e
-    now = now or dt.datetime.now(dt.UTC)
-    try:
-        expires = dt.datetime.fromisoformat(m.expires_at)
-    except ValueError as e:
-        raise BundleError(f"bad expiry {m.expires_at!r}", "malformed") from e
-    if expires <= now:
-        raise BundleError(f"the manifest expired at {m.expires_at}", "expired")
+    check_signature(data, signature, m.key_id, trusted, "manifest")
+    check_fresh(m.expires_at, now, "manifest", "expired")
     return m
 
 
-def check_against_installed(m: Manifest, base_sha256: str, installed: int | None) -> None:
+def check_against_installed(
+    m: Manifest, base_sha256: str, installed: int | None, name: str | None = None
+) -> None:
+    """Mix-and-match: the bundle is for this device's base, adapter and installed version."""
+    if name is not None and m.adapter_name != name:
+        raise BundleError(
+            f"the bundle is for adapter {m.adapter_name!r}, this device runs {name!r}",
+            "adapter-name-mismatch",
+        )
     if m.base_model_sha256 != base_sha256:
         raise BundleError(
             f"built for base {m.base_model_sha256[:12]}…, this device has {base_sha256[:12]}…",
@@ -163,7 +236,7 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
         for k, v in base.items():
             bits = np.bitwise_xor(v.view(np.uint8).ravel(), xor[k])
             out[k] = bits.view(v.dtype).reshape(v.shape)
-    except (lzma.LZMAError, SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
+    except (lzma.LZMAError, SafetensorError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise BundleError(f"delta payload does not apply: {e}", "malformed") from e
     return np_save(out, metadata=meta or None)
 

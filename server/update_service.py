@@ -1,20 +1,30 @@
 """`fedadapt serve-updates`: an HTTP server for a registry of signed update bundles.
 
 The registry is plain static files, so this only has to serve files well: exact
-`Content-Length`, single `Range` requests (for resumed downloads), a cap on concurrent
-connections, and never a byte from outside the registry. Python's `http.server` does the
-HTTP; a heavier framework would add nothing a CDN in front would not.
+`Content-Length`, single `Range` requests (for resumed downloads), and never a byte from
+outside the registry. Python's `http.server` does the HTTP; a heavier framework would add
+nothing a CDN in front would not.
+
+Under hostile clients: the cap counts connections, not requests (an idle keep-alive
+connection holds its slot; connection N+1 gets an explicit 503 and is closed), and every
+socket operation has a timeout, so an idle or stalled connection is closed and frees its
+slot. It refuses to start on a folder that is not a registry, a cap below 1, or a port it
+cannot bind, with one line saying which.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from fedadapt.errors import FedAdaptError
+from fedadapt.registry_index import INDEX_FILE
 
 log = logging.getLogger("fedadapt.updates")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -24,6 +34,10 @@ CHUNK = 64 * 1024
 class RegistryHandler(BaseHTTPRequestHandler):
     server: UpdateServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        self.timeout = self.server.timeout_s  # StreamRequestHandler sets it on the socket
+        super().setup()
 
     def log_message(self, fmt: str, *args) -> None:  # route to logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -48,9 +62,6 @@ class RegistryHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _serve(self) -> None:
-        if not self.server.slots.acquire(blocking=False):
-            self._send_error(HTTPStatus.SERVICE_UNAVAILABLE, {"Retry-After": "1"})
-            return
         try:
             path = self._resolve()
             if path is None:
@@ -98,23 +109,90 @@ class RegistryHandler(BaseHTTPRequestHandler):
                         break
                     self.wfile.write(chunk)
                     left -= len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away; nothing to clean up
-        finally:
-            self.server.slots.release()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # gone or stalled: drop it, free its slot
 
     do_GET = do_HEAD = _serve
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 24\r\n\r\n503 Service Unavailable\n"
+)
 
 
 class UpdateServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, root: Path, host: str = "127.0.0.1", port: int = 0, max_connections: int = 64
+        self,
+        root: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_connections: int = 64,
+        timeout: float = 30.0,
     ) -> None:
         self.root = Path(root).resolve()
+        if not (self.root / INDEX_FILE).is_file():
+            raise FedAdaptError(
+                f"{root} is not a registry (no {INDEX_FILE}); `fedadapt publish` creates one"
+            )
+        if (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise FedAdaptError(f"max_connections must be at least 1, got {max_connections!r}")
+        if not timeout > 0:
+            raise FedAdaptError(f"the connection timeout must be positive, got {timeout!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise FedAdaptError(f"port must be 0..65535, got {port!r}")
+        self.timeout_s = timeout
         self.slots = threading.BoundedSemaphore(max_connections)
-        super().__init__((host, port), RegistryHandler)
+        self.refusals = threading.BoundedSemaphore(max_connections)
+        try:
+            super().__init__((host, port), RegistryHandler)
+        except OSError as e:  # in use, no such address, not permitted
+            raise FedAdaptError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+        """A slot per connection, held until it closes; past the cap, an explicit 503."""
+        if self.slots.acquire(blocking=False):
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+        elif self.refusals.acquire(blocking=False):
+            threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
+        else:  # a flood: not even a 503 for it
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Read the request head (so closing does not reset the reply away), answer 503."""
+        try:
+            request.settimeout(min(self.timeout_s, 2.0))
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = request.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            request.sendall(_BUSY)
+        except OSError:
+            pass  # the client went away or stalled; it gets nothing
+        finally:
+            self.shutdown_request(request)
+            self.refusals.release()
+
+    def handle_error(self, request: socket.socket, client_address: tuple) -> None:
+        log.debug("connection from %s failed", client_address, exc_info=True)
 
     @property
     def url(self) -> str:

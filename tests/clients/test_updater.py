@@ -16,10 +16,10 @@ import torch
 from fedadapt.adapter_files import load_adapter, save_adapter
 from fedadapt.adapters import AdapterModel, LoraConfig
 from fedadapt.base_model import load_base
-from fedadapt.bundles import BundleError, Manifest, sign
+from fedadapt.bundles import BundleError, Manifest, sha256, sign
 from fedadapt.clients.updater import DeviceStore, fetch
 from fedadapt.keys import keygen, load_private, load_public
-from fedadapt.server.publish import publish, read_index
+from fedadapt.server.publish import publish, read_index, refresh_timestamp
 from fedadapt.server.update_service import UpdateServer
 
 
@@ -50,8 +50,9 @@ def world(tmp_path, base):
     keys = tmp_path / "keys"
     keygen(keys)
     reg = tmp_path / "registry"
-    server = UpdateServer(reg, port=0)
     reg.mkdir()
+    (reg / "index.json").write_text('{"versions": []}')  # an empty registry, served as one
+    server = UpdateServer(reg, port=0)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield {
@@ -72,10 +73,12 @@ def _fetch(w, **kw):
 
 
 def _snapshot(device: Path) -> dict[str, bytes]:
+    """The installed adapter: every file but partial downloads and `seen.json` (which
+    rightly advances when a valid, newer timestamp is read before a bundle is refused)."""
     return {
         str(p.relative_to(device)): p.read_bytes()
         for p in sorted(device.rglob("*"))
-        if p.is_file() and "downloads" not in p.parts
+        if p.is_file() and "downloads" not in p.parts and p.name != "seen.json"
     }
 
 
@@ -113,12 +116,29 @@ def _tamper(w, stem: str, what: str, value=None):
         path.write_bytes(bytes(data))
 
 
+def _drop_deltas(w) -> None:
+    """Make the device take the full bundle: the publisher edits and re-signs the index."""
+    idx = read_index(w["reg"])
+    idx["versions"][-1]["deltas"] = []
+    (w["reg"] / "index.json").write_text(json.dumps(idx))
+    refresh_timestamp(w["reg"], w["key"])
+
+
 def _resign(w, stem: str, **changes):
+    """A manifest the publisher's own key signs, pinned by a re-signed index: only the
+    device's checks of the manifest itself stand between it and the device."""
     m = json.loads((w["reg"] / f"{stem}.manifest.json").read_bytes())
     m.update(changes)
     man = Manifest(**m)
     (w["reg"] / f"{stem}.manifest.json").write_bytes(man.canonical())
     (w["reg"] / f"{stem}.sig").write_bytes(sign(man, w["key"]))
+    idx = read_index(w["reg"])
+    for entry in idx["versions"]:
+        for b in [entry["full"], *entry["deltas"]]:
+            if b["path"] == stem:
+                b["manifest_sha256"] = sha256(man.canonical())
+    (w["reg"] / "index.json").write_text(json.dumps(idx))
+    refresh_timestamp(w["reg"], w["key"])
 
 
 @pytest.fixture
@@ -149,9 +169,7 @@ def test_rejections_name_the_reason_and_keep_the_adapter(installed_v1, case):
     entry = read_index(w["reg"])["versions"][-1]
     stem = entry["full"]["path"]
     if entry["deltas"]:  # make the device take the full bundle, which we tamper with
-        idx = json.loads((w["reg"] / "index.json").read_text())
-        idx["versions"][-1]["deltas"] = []
-        (w["reg"] / "index.json").write_text(json.dumps(idx))
+        _drop_deltas(w)
     trust = [w["pub"]]
     payload = (w["reg"] / f"{stem}.payload").read_bytes()
     if case == "bad-signature":
@@ -188,9 +206,7 @@ def test_interrupted_download_resumes_and_never_touches_the_adapter(installed_v1
     store = DeviceStore(w["device"])
     # a download killed half way leaves a partial file and the old adapter in place
     manifest = json.loads((w["reg"] / f"{entry['full']['path']}.manifest.json").read_bytes())
-    idx = read_index(w["reg"])
-    idx["versions"][-1]["deltas"] = []  # take the full bundle, whose partial file we plant
-    (w["reg"] / "index.json").write_text(json.dumps(idx))
+    _drop_deltas(w)  # take the full bundle, whose partial file we plant
     name, sha = manifest["adapter_name"], manifest["payload_sha256"][:12]
     part = store.downloads / f"{name}-v0002-full-{sha}"
     part.parent.mkdir(parents=True, exist_ok=True)
