@@ -74,8 +74,16 @@ class SelfAttention(nn.Module):
         b, s, h = x.shape
         return x.view(b, s, self.num_heads, h // self.num_heads).transpose(1, 2)
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values as `[B, heads, S, head_dim]` (prefix tuning extends k, v)."""
+        return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        return self.attend(*self.project(x), mask_bias)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor
+    ) -> torch.Tensor:
         p = self.dropout_p if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=p)
         b, _, s, _ = ctx.shape
@@ -148,10 +156,21 @@ class Bert(nn.Module):
         self.encoder = Encoder(cfg)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states of the real tokens only.
+
+        Prompt tuning prepends virtual tokens to the embeddings' output: they are always
+        attended (the mask grows by ones in front) and are cut from the result, so pooling and
+        heads see the same `[B, S, d]` with or without them.
+        """
         x = self.embeddings(input_ids)
+        virtual = x.shape[1] - input_ids.shape[1]
+        if virtual:
+            ones = attention_mask.new_ones(attention_mask.shape[0], virtual)
+            attention_mask = torch.cat([ones, attention_mask], dim=1)
         # Additive mask: 0 where attended, a large negative where padded.
         mask_bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
-        return self.encoder(x, mask_bias)
+        hidden = self.encoder(x, mask_bias)
+        return hidden[:, virtual:] if virtual else hidden
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

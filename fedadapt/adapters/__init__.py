@@ -6,8 +6,13 @@ from fedadapt.adapters.composition import Fuse, Parallel, Stack
 from fedadapt.adapters.ia3 import IA3Config
 from fedadapt.adapters.lora import LoraConfig
 from fedadapt.adapters.model import AdapterModel
+from fedadapt.adapters.prefix import PrefixConfig
+from fedadapt.adapters.prompt import PromptConfig
 
-METHODS = {cfg.method: cfg for cfg in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig)}
+METHODS = {
+    cfg.method: cfg
+    for cfg in (BottleneckConfig, LoraConfig, IA3Config, BitFitConfig, PrefixConfig, PromptConfig)
+}
 
 __all__ = [
     "METHODS",
@@ -18,5 +23,7 @@ __all__ = [
     "IA3Config",
     "LoraConfig",
     "Parallel",
+    "PrefixConfig",
+    "PromptConfig",
     "Stack",
 ]

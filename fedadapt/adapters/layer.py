@@ -6,8 +6,10 @@ assignment instead of a walk over the module tree.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from fedadapt.adapters.composition import Block, Fuse
@@ -53,3 +55,11 @@ def linear_dims(module: nn.Module) -> tuple[int, int]:
     if not hasattr(module, "in_features") or not hasattr(module, "out_features"):
         raise TypeError(f"expected a Linear layer, got {type(module).__name__}")
     return module.in_features, module.out_features
+
+
+def layer_generator(seed: int, name: str) -> torch.Generator:
+    """A generator seeded by `(seed, module name)`: every layer draws its own initial values,
+    yet every client that builds the same adapter from the same seed draws the same ones
+    (FFA-LoRA's shared, frozen A relies on that)."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)

@@ -14,16 +14,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedadapt.adapters.layer import AdapterLayer, linear_dims
+from fedadapt.adapters.layer import AdapterLayer, layer_generator, linear_dims
 
 
 class LoraBranch(nn.Module):
-    def __init__(self, d_in: int, d_out: int, cfg: LoraConfig) -> None:
+    def __init__(self, d_in: int, d_out: int, cfg: LoraConfig, name: str) -> None:
         super().__init__()
         self.lora_A = nn.Linear(d_in, cfg.r, bias=False)
         self.lora_B = nn.Linear(cfg.r, d_out, bias=False)
-        # A from a fixed seed: with FFA-LoRA every client must hold the same A.
-        g = torch.Generator().manual_seed(cfg.init_seed)
+        # A from (seed, layer name): layers differ, and with FFA-LoRA every client holds the
+        # same A in each layer.
+        g = layer_generator(cfg.init_seed, name)
         bound = 1.0 / math.sqrt(d_in)  # kaiming-uniform(a=sqrt(5)), as nn.Linear and PEFT
         with torch.no_grad():
             self.lora_A.weight.uniform_(-bound, bound, generator=g)
@@ -71,4 +72,4 @@ class LoraConfig:
         return self.target_modules
 
     def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module:
-        return LoraBranch(*linear_dims(base_layer), self)
+        return LoraBranch(*linear_dims(base_layer), self, name)

@@ -162,14 +162,20 @@ class AdapterModel(nn.Module):
             raise KeyError(f"no adapter named {name!r}; have {sorted(self.configs)}")
 
     # -- state ------------------------------------------------------------------------------
-    def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
+    def _adapter_modules(self, name: str) -> list[tuple[str, nn.Module]]:
+        """`(logical module name, adapter module)` for every layer that holds adapter `name`."""
         self._check(name)
+        return [
+            (logical_name(path), module.adapters[name])
+            for path, module in self.encoder.named_modules()
+            if isinstance(module, AdapterLayer) and name in module.adapters
+        ]
+
+    def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         out: dict[str, nn.Parameter] = {}
-        for path, module in self.encoder.named_modules():
-            if isinstance(module, AdapterLayer) and name in module.adapters:
-                prefix = logical_name(path)
-                for k, p in module.adapters[name].named_parameters():
-                    out[f"{prefix}.{k}"] = p
+        for prefix, adapter in self._adapter_modules(name):
+            for k, p in adapter.named_parameters():
+                out[f"{prefix}.{k}"] = p
         if name in self.heads:
             for k, p in self.heads[name].named_parameters():
                 out[HEAD_PREFIX + k] = p
@@ -182,6 +188,30 @@ class AdapterModel(nn.Module):
             for k, p in self.adapter_parameters(name).items()
             if p.requires_grad or not trainable_only
         }
+
+    def inference_state(self, name: str) -> tuple[Any, dict[str, torch.Tensor]]:
+        """The config and tensors that serve adapter `name`, with training-only parts (prefix
+        tuning's MLP) folded, without touching the live model: what adapter files hold."""
+        cfg = self.configs[name]
+        folded = getattr(cfg, "folded", None)
+        if folded is None:
+            return cfg, self.adapter_state(name)
+        out: dict[str, torch.Tensor] = {}
+        for prefix, adapter in self._adapter_modules(name):
+            for k, t in adapter.folded_tensors().items():
+                out[f"{prefix}.{k}"] = t
+        heads = self.adapter_state(name)
+        out.update({k: v for k, v in heads.items() if k.startswith(HEAD_PREFIX)})
+        return folded(), out
+
+    def fold(self, name: str) -> None:
+        """Fold adapter `name`'s training-only parts in place (see `inference_state`)."""
+        folded = getattr(self.configs[name], "folded", None)
+        if folded is None:
+            return
+        for _, adapter in self._adapter_modules(name):
+            adapter.fold()
+        self.configs[name] = folded()
 
     def load_adapter_state(
         self, name: str, state: dict[str, torch.Tensor], strict: bool = True

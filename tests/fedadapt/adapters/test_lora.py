@@ -50,3 +50,23 @@ def test_averaging_ffa_lora_is_exact_and_plain_lora_is_not():
     a_own = [torch.randn(4, 16) for _ in range(3)]
     mean_of_products = sum(b @ a for b, a in zip(bs, a_own, strict=True)) / 3
     assert not torch.allclose((sum(bs) / 3) @ (sum(a_own) / 3), mean_of_products, atol=1e-2)
+
+
+def test_each_lora_layer_draws_its_own_a(fresh_model):
+    model = fresh_model()
+    model.add_adapter("l", LoraConfig(r=4))
+    a = [v for k, v in model.adapter_state("l").items() if k.endswith("lora_A.weight")]
+    assert len(a) == 12
+    assert len({tuple(t.flatten()[:8].tolist()) for t in a}) == 12
+
+
+def test_ffa_lora_a_is_shared_across_clients_per_layer_and_changes_with_the_seed(fresh_model):
+    m1, m2, m3 = fresh_model(), fresh_model(), fresh_model()
+    torch.manual_seed(123)  # the global RNG must not matter: A comes from (seed, layer name)
+    m1.add_adapter("l", LoraConfig(freeze_a=True, init_seed=7))
+    m2.add_adapter("l", LoraConfig(freeze_a=True, init_seed=7))
+    m3.add_adapter("l", LoraConfig(freeze_a=True, init_seed=8))
+    s1, s2, s3 = (m.adapter_state("l") for m in (m1, m2, m3))
+    keys = [k for k in s1 if k.endswith("lora_A.weight")]
+    assert all(torch.equal(s1[k], s2[k]) for k in keys)
+    assert not any(torch.equal(s1[k], s3[k]) for k in keys)
