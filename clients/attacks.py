@@ -1,4 +1,4 @@
-"""Simulated malicious clients, to measure what robust aggregation buys.
+"""Simulated malicious clients, to measure what robust aggregation and reply screening buy.
 
 Which clients are malicious is fixed by the run seed, so every round and every strategy
 faces the same attackers.
@@ -11,6 +11,11 @@ import torch
 
 from fedadapt.deltas import State
 
+ATTACKS = ("sign-flip", "noise", "inflate-examples")
+# What an `inflate-examples` attacker claims: under FedAvg its weight is then ~1 against the
+# honest clients' few hundred examples, unless the server caps num-examples.
+INFLATED_EXAMPLES = 1_000_000_000
+
 
 def malicious_clients(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
     n = round(num_clients * fraction)
@@ -18,13 +23,22 @@ def malicious_clients(num_clients: int, fraction: float, seed: int) -> frozenset
 
 
 def attack(delta: State, kind: str, seed: int) -> State:
-    """`sign-flip`: the delta negated and scaled x10; `noise`: Gaussian noise of the same norm."""
+    """`sign-flip`: the delta negated and scaled x10; `noise`: Gaussian noise of the same
+    norm; `inflate-examples`: the delta negated (its harm comes from the weight it claims,
+    see `claimed_examples`, so it has an honest norm and clipping does not catch it)."""
     if kind == "sign-flip":
         return {k: -10.0 * v for k, v in delta.items()}
+    if kind == "inflate-examples":
+        return {k: -v for k, v in delta.items()}
     if kind == "noise":
         g = torch.Generator().manual_seed(seed)
         noise = {k: torch.randn(v.shape, generator=g) for k, v in delta.items()}
         norm = torch.sqrt(sum((v**2).sum() for v in delta.values()))
         nnorm = torch.sqrt(sum((v**2).sum() for v in noise.values()))
         return {k: v * (norm / nnorm) for k, v in noise.items()}
-    raise ValueError(f"unknown attack {kind!r}")
+    raise ValueError(f"unknown attack {kind!r}; choose from {ATTACKS}")
+
+
+def claimed_examples(kind: str, examples: int) -> int:
+    """The num-examples a malicious client reports: a billion for `inflate-examples`."""
+    return INFLATED_EXAMPLES if kind == "inflate-examples" else examples

@@ -32,7 +32,7 @@ FEDERATED_METHODS = ("bottleneck", "lora")
 DATASETS = ("rotten_tomatoes", "bbc")
 QUANTIZATIONS = ("none", "int8", "int4")  # fedadapt.quantize.QUANTIZATIONS (that one needs torch)
 CODECS = ("fp32", "fp16", "int8")  # fedadapt.codecs.CODECS (that one needs torch)
-ATTACKS = ("sign-flip", "noise")  # clients/attacks.py; extend here
+ATTACKS = ("sign-flip", "noise", "inflate-examples")  # clients/attacks.py; extend here
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class SimConfig:
     dp_delta: float = 1e-5
     codec: str = "fp32"  # fp32 | fp16 | int8 (with client-side error feedback)
     max_reply_bytes: int = 8_000_000
+    max_num_examples: int = 1000  # a reply claiming more examples is rejected; 0: no cap
     # SecAgg+ (Flower's SecAggPlusWorkflow): the server sees only the sum of the deltas.
     # Its fixed-point range is `clip_norm` when set (each client clips its own delta), else
     # `secagg_clipping_range` per coordinate; see server/secagg.py.
@@ -94,7 +95,7 @@ class SimConfig:
     secagg_max_weight: float = 1000.0  # > any client's num-examples
     # simulated attacks
     malicious_fraction: float = 0.0
-    attack: str = "sign-flip"  # sign-flip (x10) or noise (same norm)
+    attack: str = "sign-flip"  # sign-flip (x10), noise (same norm) or inflate-examples
     # baselines (same clients, splits, rounds and seed)
     baselines: bool = True
     full_model_baseline: bool = True  # with `baselines`; the costly one (90 MB per message)
@@ -260,6 +261,7 @@ RULES: dict[str, Range | Choice | NonEmpty] = {
     "dp_delta": Range(0, 1, low_open=True, high_open=True),
     "codec": Choice(CODECS),
     "max_reply_bytes": Range(1),
+    "max_num_examples": Range(0),
     "secagg_num_shares": Range(0, low_open=True),
     "secagg_reconstruction_threshold": Range(0, low_open=True),
     "secagg_clipping_range": Range(0, low_open=True),

@@ -4,9 +4,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save
 
-from fedadapt.codecs import ErrorFeedback, decode, encode
-from fedadapt.errors import DeltaError
+from fedadapt.codecs import CODECS, ErrorFeedback, decode, encode
+from fedadapt.errors import ConfigError, DeltaError
 
 
 @pytest.fixture
@@ -69,8 +70,70 @@ def test_malformed_payload_is_a_delta_error(data):
 
 
 def test_unknown_codec_is_refused(delta):
-    with pytest.raises(ValueError, match="unknown codec"):
+    with pytest.raises(ConfigError, match="unknown codec 'int3'"):
         encode(delta, "int3")
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_delta_is_refused_not_zeroed(codec, bad):
+    """int8 used to scale a NaN delta to zeros, so the server's NaN check never fired."""
+    d = {"w": torch.tensor([0.5, bad, -0.25])}
+    with pytest.raises(DeltaError, match="w: holds NaN or Inf") as e:
+        encode(d, codec)
+    assert e.value.reason == "non-finite"
+
+
+def test_a_failed_encode_leaves_the_residual_as_it_was():
+    ef = ErrorFeedback("int8")
+    ef.encode({"w": torch.tensor([0.1, 0.0013, -0.0021])})
+    before = {k: v.clone() for k, v in ef.residual.items()}
+    assert before["w"].abs().max() > 0
+    with pytest.raises(DeltaError, match="holds NaN or Inf"):
+        ef.encode({"w": torch.tensor([float("nan"), 0.0, 0.0])})
+    assert torch.equal(ef.residual["w"], before["w"])
+    out = decode(ef.encode({"w": torch.zeros(3)}))  # the next round sends what was owed
+    torch.testing.assert_close(out["w"], before["w"], atol=0.1 / 127, rtol=0)
+    assert torch.isfinite(ef.residual["w"]).all()
+
+
+def test_a_non_finite_residual_is_dropped_not_carried():
+    """A residual loaded from a broken device file must not poison every later round."""
+    ef = ErrorFeedback("int8")
+    ef.residual = {"w": torch.tensor([float("nan"), 1.0])}
+    out = decode(ef.encode({"w": torch.tensor([0.5, -0.5])}))
+    torch.testing.assert_close(out["w"], torch.tensor([0.5, -0.5]))
+    assert torch.isfinite(ef.residual["w"]).all()
+
+
+def test_an_fp16_overflow_leaves_no_infinite_residual():
+    ef = ErrorFeedback("fp16")
+    data = ef.encode({"w": torch.tensor([1e6, 1.0])})  # 1e6 is inf in fp16
+    assert torch.isinf(decode(data)["w"][0])  # the server's check sees it
+    assert ef.residual == {}
+
+
+@pytest.mark.parametrize(
+    ("codec", "dtype"),
+    [
+        ("fp32", torch.int32),
+        ("fp32", torch.float16),
+        ("fp16", torch.float32),
+        ("int8", torch.uint8),
+    ],
+)
+def test_a_tensor_of_another_dtype_than_its_codec_is_refused(codec, dtype):
+    blob = save({"w": torch.zeros(2, dtype=dtype)}, metadata={"codec": codec, "scales": '{"w": 1}'})
+    with pytest.raises(DeltaError, match=f"w: {dtype} in a {codec} payload") as e:
+        decode(blob)
+    assert e.value.reason == "dtype"
+
+
+@pytest.mark.parametrize("header", [b"[]", b'{"__metadata__": [1]}', b'{"__metadata__": "x"}'])
+def test_a_header_that_is_not_an_object_is_malformed(header):
+    data = len(header).to_bytes(8, "little") + header
+    with pytest.raises(DeltaError, match="not a JSON object"):
+        decode(data)
 
 
 @settings(max_examples=300, deadline=None)

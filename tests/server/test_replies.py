@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from safetensors.torch import save
 
 from fedadapt.codecs import encode
 from fedadapt.records import pack_delta, record_to_state
@@ -14,12 +15,17 @@ GLOBAL = {"x.adapter_up.weight": torch.zeros(4, 2), "head.bias": torch.ones(2)}
 TRAINABLE = set(GLOBAL)
 
 
+def _raw(delta, codec="fp32"):
+    """Codec bytes written directly: `encode` refuses NaN/Inf, a hostile client need not."""
+    return save({k: v.float().contiguous() for k, v in delta.items()}, metadata={"codec": codec})
+
+
 def _reply(delta=None, blob=None, sha=SHA, n=10):
     blob = blob if blob is not None else encode(delta)
     content = RecordDict(
         {
             "arrays": pack_delta(blob),
-            "metrics": MetricRecord({"num-examples": n}),
+            "metrics": MetricRecord({"num-examples": n, "train_loss": 0.5}),
             "delta-meta": ConfigRecord({"base-sha256": sha, "codec": "fp32"}),
         }
     )
@@ -42,8 +48,14 @@ def test_good_reply_becomes_global_plus_delta():
 @pytest.mark.parametrize(
     ("reply", "reason"),
     [
-        (lambda: _reply({**_good(), "head.bias": torch.tensor([float("nan"), 0.0])}), "non-finite"),
-        (lambda: _reply({**_good(), "head.bias": torch.tensor([float("inf"), 0.0])}), "non-finite"),
+        (
+            lambda: _reply(blob=_raw({**_good(), "head.bias": torch.tensor([float("nan"), 0.0])})),
+            "non-finite",
+        ),
+        (
+            lambda: _reply(blob=_raw({**_good(), "head.bias": torch.tensor([float("inf"), 0.0])})),
+            "non-finite",
+        ),
         (lambda: _reply({**_good(), "head.bias": torch.zeros(3)}), "shape"),
         (
             lambda: _reply(
@@ -65,8 +77,6 @@ def test_bad_replies_are_dropped_with_reason(reply, reason):
 
 
 def test_int_dtype_delta_is_rejected():
-    from safetensors.torch import save
-
     blob = save(
         {
             "head.bias": torch.zeros(2, dtype=torch.int32),
@@ -74,9 +84,9 @@ def test_int_dtype_delta_is_rejected():
         },
         metadata={"codec": "fp32"},
     )
-    # the fp32 codec decodes to float: a wrong dtype on the wire is caught by the decoder
-    s = screen([_reply(blob=blob)], GLOBAL, TRAINABLE, SHA, max_bytes=50_000)
-    assert len(s.accepted) == 1 or s.rejected
+    # an "fp32" payload must hold float32 tensors: the decoder used to cast ints to float
+    s = screen([_reply(blob=blob), _reply(_good())], GLOBAL, TRAINABLE, SHA, max_bytes=50_000)
+    assert dict(s.rejected) == {"dtype": 1} and s.clients == 1
 
 
 def test_client_error_is_counted():
@@ -96,7 +106,7 @@ def test_array_record_without_delta_is_malformed():
     content = RecordDict(
         {
             "arrays": ArrayRecord({"other": Array(np.zeros(2, dtype=np.float32))}),
-            "metrics": MetricRecord({"num-examples": 1}),
+            "metrics": MetricRecord({"num-examples": 1, "train_loss": 0.1}),
             "delta-meta": ConfigRecord({"base-sha256": SHA}),
         }
     )

@@ -1,0 +1,84 @@
+"""What a reply's metrics claim, believed only once checked.
+
+A client's `num-examples` is its weight in FedAvg and in the server optimizers over it: one
+client claiming a billion examples would own the global adapter. So every metric the server
+uses is checked as strictly as the delta: present, of the right type, finite and in bounds.
+`num-examples` counts the examples a client trained on (not examples x epochs), so it can be
+capped by `max_num_examples`. Under accounted central DP every weight must be exactly 1,
+or Flower's DP wrapper refuses the whole round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from flwr.app import MetricRecord, RecordDict
+
+from fedadapt.errors import DeltaError
+
+
+@dataclass(frozen=True)
+class Claims:
+    num_examples: int
+    train_loss: float
+
+    def weight(self, key: str) -> float:
+        """The reply's weight under the strategy's `weighted_by_key`."""
+        return float(self.num_examples) if key == "num-examples" else 1.0
+
+    def metrics(self, dp: bool) -> dict[str, int | float]:
+        """Only the checked metrics, for the strategy to aggregate."""
+        out: dict[str, int | float] = {
+            "num-examples": self.num_examples,
+            "train_loss": self.train_loss,
+        }
+        return out | ({"dp-weight": 1.0} if dp else {})
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _num_examples(metrics: MetricRecord, cap: int) -> int:
+    n = metrics.get("num-examples")
+    if n is None:
+        raise DeltaError("no num-examples in the metrics", reason="num-examples")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise DeltaError(
+            f"num-examples must be an integer, got {type(n).__name__} {str(n)[:32]}",
+            reason="num-examples",
+        )
+    if n <= 0:
+        raise DeltaError(f"num-examples must be positive, got {n}", reason="num-examples")
+    if cap and n > cap:
+        raise DeltaError(
+            f"num-examples {n} exceeds the cap of {cap} (max_num_examples)",
+            reason="num-examples-cap",
+        )
+    return n
+
+
+def _train_loss(metrics: MetricRecord) -> float:
+    loss = metrics.get("train_loss")
+    if not _number(loss) or not math.isfinite(loss) or loss < 0:
+        raise DeltaError(
+            f"train_loss must be a finite number >= 0, got {str(loss)[:32]}",
+            reason="train-loss",
+        )
+    return float(loss)
+
+
+def read_claims(content: RecordDict, cap: int, dp: bool) -> Claims:
+    """The reply's checked metrics, or `DeltaError` naming the first one that is wrong."""
+    metrics = content.get("metrics")
+    if not isinstance(metrics, MetricRecord):
+        got = "none" if metrics is None else type(metrics).__name__
+        raise DeltaError(f"'metrics' must be a MetricRecord, got {got}", reason="metrics")
+    claims = Claims(_num_examples(metrics, cap), _train_loss(metrics))
+    w = metrics.get("dp-weight")
+    if dp and (not _number(w) or w != 1):
+        raise DeltaError(
+            f"dp-weight must be 1 under central DP, got {str(w)[:32]}", reason="dp-weight"
+        )
+    return claims
