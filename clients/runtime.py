@@ -11,7 +11,12 @@ Device folder (written by `fedadapt export`, updated by `fedadapt fetch`):
     model.onnx                   the graph with overridable adapter inputs
     tokenizer.json
     state.json                   the installed version (the updater's commit point)
-    versions/v0003.onnx_adapter  the installed adapter; none installed: the export's own
+    versions/v0003.onnx_adapter  the installed global adapter; none installed: the export's own
+    personalized.onnx_adapter    the global in use plus this device's personal part
+
+By default the runtime serves the personalized file when it belongs to the global in use
+(its version is the installed one), else the global adapter; `personalized=False` always
+serves the global one (`fedadapt infer --global`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from fedadapt.clients.personalized import (
+    GLOBAL_ONNX,
+    PERSONALIZED_ONNX,
+    STATE_FILE,
+    installed_version,
+)
 from fedadapt.errors import FedAdaptError
 from fedadapt.onnx_adapter import (
     RUNTIME_FILE,
@@ -33,9 +44,14 @@ from fedadapt.onnx_adapter import (
     open_session,
 )
 
-__all__ = ["RUNTIME_FILE", "EdgeRuntime", "Prediction", "adapter_file", "installed_adapter"]
-
-STATE_FILE = "state.json"
+__all__ = [
+    "RUNTIME_FILE",
+    "STATE_FILE",
+    "EdgeRuntime",
+    "Prediction",
+    "adapter_file",
+    "installed_adapter",
+]
 
 
 def adapter_file(folder: Path, version: int) -> Path:
@@ -44,10 +60,7 @@ def adapter_file(folder: Path, version: int) -> Path:
 
 def installed_adapter(folder: Path) -> Path | None:
     """The adapter file that `state.json` names, if an update has been installed."""
-    state = Path(folder) / STATE_FILE
-    if not state.exists():
-        return None
-    version = json.loads(state.read_text()).get("version")
+    version = installed_version(Path(folder))
     return None if version is None else adapter_file(folder, version)
 
 
@@ -59,7 +72,7 @@ class Prediction:
 
 
 class EdgeRuntime:
-    def __init__(self, folder: str | Path, threads: int = 0) -> None:
+    def __init__(self, folder: str | Path, threads: int = 0, personalized: bool = True) -> None:
         self.folder = Path(folder)
         try:
             self.meta = json.loads((self.folder / RUNTIME_FILE).read_text())
@@ -78,9 +91,17 @@ class EdgeRuntime:
         self._adapter: ort.LoraAdapter | None = None
         self.run_options = ort.RunOptions()
         self.adapter_version: int | None = self.meta.get("adapter_version")
-        installed = installed_adapter(self.folder)
-        if installed is not None:
-            self.activate(installed)
+        self.personalized = False
+        if personalized and (self.folder / PERSONALIZED_ONNX).exists():
+            expected = installed_version(self.folder) or 0
+            self.personalized = self.activate(self.folder / PERSONALIZED_ONNX) == expected
+        if not self.personalized:
+            shared = installed_adapter(self.folder) or self.folder / GLOBAL_ONNX
+            if shared.exists():
+                self.activate(shared)
+            else:  # nothing installed: the graph's own defaults
+                self._adapter, self.run_options = None, ort.RunOptions()
+                self.adapter_version = self.meta.get("adapter_version")
 
     @property
     def labels(self) -> list[str]:

@@ -39,6 +39,7 @@ from fedadapt.bundles import (
     verify_manifest,
 )
 from fedadapt.clients.downloads import Deadline, Downloader, check_url
+from fedadapt.clients.personalized import graph_tensors, refresh
 from fedadapt.clients.runtime import RUNTIME_FILE, STATE_FILE, adapter_file
 from fedadapt.errors import FedAdaptError
 from fedadapt.keys import key_id
@@ -90,8 +91,10 @@ class DeviceStore:
         device with an exported graph the runtime's `.onnx_adapter` is written here too."""
         s = self.state()
         atomic_write_bytes(self.version_file(version), adapter)
-        if (self.folder / RUNTIME_FILE).exists():
-            tensors = safetensors.numpy.load(adapter)
+        runtime = self.folder / RUNTIME_FILE
+        if runtime.exists():  # in the graph's layout (a device graph stacks a personal branch)
+            stack = json.loads(runtime.read_text()).get("stack")
+            tensors = graph_tensors(safetensors.numpy.load(adapter), None, stack)
             write_onnx_adapter(adapter_file(self.folder, version), tensors, version, base_sha256)
         new = Installed(name, version, s.version)
         atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
@@ -99,6 +102,7 @@ class DeviceStore:
         for f in self.versions.glob("v*.*"):
             if f.name.startswith("v") and int(f.name[1:5]) not in keep:
                 f.unlink(missing_ok=True)
+        refresh(self.folder)  # the personalized file follows the installed version
 
     def rollback(self) -> int:
         s = self.state()
@@ -106,6 +110,7 @@ class DeviceStore:
             raise FedAdaptError("no previous version to roll back to")
         new = Installed(s.adapter_name, s.previous, None)
         atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
+        refresh(self.folder)
         return s.previous
 
 

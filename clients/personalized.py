@@ -1,0 +1,141 @@
+"""The device's personalized adapter file: the global adapter plus this device's personal part.
+
+Needs only numpy, safetensors and onnxruntime, so `fetch` and `rollback` keep it in step on
+an inference-only device without torch. The personal part is what the ClientApp keeps in the
+device folder (`personal.safetensors`):
+- `head_bias`: a per-class offset fitted on the device; it folds into the head's bias
+  tensor (global head bias + offset), so the graph needs no extra input for it;
+- adapter tensors and a head (FedRep): a personal branch stacked on the global one. A device
+  graph is exported with `Stack(global, personal)` (`runtime.json` names the stack), its
+  tensors as `global:<name>` and `personal:<name>`; the personal defaults baked into the
+  graph are a fresh personal adapter, which is the identity, so the global file leaves them
+  out.
+
+Device folder, beside what the updater and the exporter write:
+
+    personal.safetensors         the personal state (ClientApp, after each round)
+    global.safetensors           the newest global adapter a round brought (ClientApp)
+    global.onnx_adapter          that global, for the graph (no signed version installed)
+    personalized.onnx_adapter    the personalized file of the global in use
+
+The global in use is the signed version `state.json` names, else the newest round's
+(version 0). The personalized file carries that version, so the runtime can tell a stale one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+from fedadapt.atomic import atomic_write_bytes
+from fedadapt.errors import AdapterLoadError
+from fedadapt.onnx_adapter import RUNTIME_FILE, write_onnx_adapter
+
+PERSONAL_FILE = "personal.safetensors"
+ROUND_GLOBAL_FILE = "global.safetensors"
+GLOBAL_ONNX = "global.onnx_adapter"
+PERSONALIZED_ONNX = "personalized.onnx_adapter"
+HEAD_BIAS = "head_bias"
+HEAD = "head."
+STATE_FILE = "state.json"
+
+Tensors = dict[str, np.ndarray]
+
+
+def graph_tensors(
+    global_: Tensors, personal: Tensors | None = None, stack: list[str] | None = None
+) -> Tensors:
+    """The tensors a device graph takes for `global_` plus an optional personal part.
+
+    `stack` is the graph's `Stack` (from `runtime.json`), None for a single-adapter graph.
+    """
+    personal = dict(personal or {})
+    bias = personal.pop(HEAD_BIAS, None)
+    heads = {k: v for k, v in global_.items() if k.startswith(HEAD)}
+    body = {k: v for k, v in global_.items() if not k.startswith(HEAD)}
+    branch = {k: v for k, v in personal.items() if not k.startswith(HEAD)}
+    if stack:
+        first, second = stack
+        out = {f"{first}:{k}": v for k, v in body.items()}
+        out.update({f"{second}:{k}": v for k, v in branch.items()})
+        if branch:  # a personal branch brings its own head (FedRep)
+            heads = {k: v for k, v in personal.items() if k.startswith(HEAD)} or heads
+    else:
+        if branch:
+            raise AdapterLoadError(
+                "this device's graph has no personal branch; export it with "
+                "`Stack(global, personal)` to serve a personal adapter"
+            )
+        out = dict(body)
+    out.update(heads)
+    if bias is not None:
+        key = HEAD + "bias"
+        if key not in out or out[key].shape != bias.shape:
+            raise AdapterLoadError(
+                f"head bias of shape {tuple(bias.shape)} does not fit the head "
+                f"{tuple(out[key].shape) if key in out else '(none)'}"
+            )
+        out[key] = (out[key].astype(np.float32) + bias.astype(np.float32)).astype(np.float32)
+    return out
+
+
+def _load(path: Path) -> Tensors | None:
+    if not path.exists():
+        return None
+    try:
+        return safetensors.numpy.load_file(str(path))
+    except Exception as e:  # safetensors raises its own errors for torn or foreign files
+        raise AdapterLoadError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def installed_version(folder: Path) -> int | None:
+    """The signed version `state.json` names (the updater's commit point), if any."""
+    state = folder / STATE_FILE
+    return json.loads(state.read_text()).get("version") if state.exists() else None
+
+
+def global_in_use(folder: Path) -> tuple[int, Tensors] | None:
+    """(version, tensors) of the global adapter the device serves: the installed signed
+    version, else the newest round's (version 0), else None."""
+    version = installed_version(folder)
+    if version is not None:
+        tensors = _load(folder / "versions" / f"v{version:04d}.safetensors")
+        if tensors is None:
+            raise AdapterLoadError(f"{folder}: installed version {version} has no adapter file")
+        return version, tensors
+    tensors = _load(folder / ROUND_GLOBAL_FILE)
+    return None if tensors is None else (0, tensors)
+
+
+def keep_round_global(folder: str | Path, tensors: Tensors) -> None:
+    """Keep the global adapter a round brought, then refresh the files the runtime reads."""
+    folder = Path(folder)
+    contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    atomic_write_bytes(folder / ROUND_GLOBAL_FILE, safetensors.numpy.save(contiguous))
+    refresh(folder)
+
+
+def refresh(folder: str | Path) -> Path | None:
+    """Rewrite the personalized file (and a round global's file) for the global in use.
+
+    Returns the personalized file, or None where the folder has no exported graph or no
+    global yet. Called after each round, each fetch and each rollback.
+    """
+    folder = Path(folder)
+    runtime = folder / RUNTIME_FILE
+    if not runtime.exists():
+        return None
+    meta = json.loads(runtime.read_text())
+    found = global_in_use(folder)
+    if found is None:
+        return None
+    version, global_ = found
+    stack, sha = meta.get("stack"), meta["base_sha256"]
+    if version == 0:
+        write_onnx_adapter(folder / GLOBAL_ONNX, graph_tensors(global_, None, stack), 0, sha)
+    personal = _load(folder / PERSONAL_FILE)
+    tensors = graph_tensors(global_, personal, stack)
+    return write_onnx_adapter(folder / PERSONALIZED_ONNX, tensors, version, sha)

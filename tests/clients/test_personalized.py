@@ -1,0 +1,131 @@
+"""The personalized adapter file: global tensors plus the device's personal part, in numpy.
+
+These run without a graph (only `runtime.json`), so they are fast; the ORT-versus-torch
+parity of what they write is in `test_runtime.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from fedadapt.clients.personalized import (
+    GLOBAL_ONNX,
+    PERSONAL_FILE,
+    PERSONALIZED_ONNX,
+    graph_tensors,
+    keep_round_global,
+    refresh,
+)
+from fedadapt.errors import AdapterLoadError
+from fedadapt.onnx_adapter import RUNTIME_FILE, read_onnx_adapter
+
+SHA = "ab" * 32
+STACK = ["shared", "personal"]
+
+
+def _global() -> dict[str, np.ndarray]:
+    return {
+        "encoder.layer.0.output.adapter_down.weight": np.full((4, 8), 0.5, np.float32),
+        "head.weight": np.ones((2, 8), np.float32),
+        "head.bias": np.array([0.25, -0.25], np.float32),
+    }
+
+
+def _personal() -> dict[str, np.ndarray]:
+    return {
+        "encoder.layer.5.output.adapter_down.weight": np.full((2, 8), 2.0, np.float32),
+        "head.weight": np.full((2, 8), 3.0, np.float32),
+        "head.bias": np.array([1.0, 2.0], np.float32),
+    }
+
+
+def test_head_bias_folds_into_the_global_head_bias() -> None:
+    out = graph_tensors(_global(), {"head_bias": np.array([0.5, 1.0], np.float32)})
+    np.testing.assert_array_equal(out["head.bias"], [0.75, 0.75])
+    np.testing.assert_array_equal(out["head.weight"], _global()["head.weight"])
+    assert "head_bias" not in out
+
+
+def test_a_personal_adapter_is_a_branch_stacked_on_the_global_one_with_its_own_head() -> None:
+    out = graph_tensors(_global(), _personal(), STACK)
+    assert set(out) == {
+        "shared:encoder.layer.0.output.adapter_down.weight",
+        "personal:encoder.layer.5.output.adapter_down.weight",
+        "head.weight",
+        "head.bias",
+    }
+    np.testing.assert_array_equal(out["head.weight"], _personal()["head.weight"])
+
+
+def test_personal_adapter_and_head_bias_combine() -> None:
+    both = {**_personal(), "head_bias": np.array([-1.0, 1.0], np.float32)}
+    out = graph_tensors(_global(), both, STACK)
+    np.testing.assert_array_equal(out["head.bias"], [0.0, 3.0])
+
+
+def test_the_global_file_of_a_stacked_graph_leaves_the_personal_defaults_in_place() -> None:
+    out = graph_tensors(_global(), None, STACK)
+    assert not any(k.startswith("personal:") for k in out)
+    np.testing.assert_array_equal(out["head.bias"], _global()["head.bias"])
+
+
+def test_a_personal_adapter_on_a_graph_without_its_branch_is_refused() -> None:
+    with pytest.raises(AdapterLoadError, match="no personal branch"):
+        graph_tensors(_global(), _personal(), None)
+
+
+def test_a_head_bias_of_the_wrong_size_is_refused() -> None:
+    with pytest.raises(AdapterLoadError, match=r"head bias of shape \(3,\)"):
+        graph_tensors(_global(), {"head_bias": np.zeros(3, np.float32)})
+
+
+def _device(tmp_path: Path) -> Path:
+    (tmp_path / RUNTIME_FILE).write_text(json.dumps({"base_sha256": SHA, "stack": STACK}))
+    return tmp_path
+
+
+def test_each_round_rewrites_the_personalized_file_from_the_personal_state(tmp_path) -> None:
+    device = _device(tmp_path)
+    (device / PERSONAL_FILE).write_bytes(
+        safetensors.numpy.save({**_personal(), "head_bias": np.array([1.0, 0.0], np.float32)})
+    )
+    keep_round_global(device, _global())
+    version, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
+    assert version == 0  # a round's global, not a signed version
+    np.testing.assert_array_equal(tensors["head.bias"], [2.0, 2.0])
+    _, _, shared = read_onnx_adapter(device / GLOBAL_ONNX)
+    np.testing.assert_array_equal(shared["head.bias"], _global()["head.bias"])
+
+
+def test_an_installed_signed_version_is_the_global_in_use(tmp_path) -> None:
+    device = _device(tmp_path)
+    keep_round_global(device, _global())
+    signed = {**_global(), "head.bias": np.array([5.0, 6.0], np.float32)}
+    (device / "versions").mkdir()
+    (device / "versions" / "v0007.safetensors").write_bytes(safetensors.numpy.save(signed))
+    (device / "state.json").write_text(json.dumps({"version": 7}))
+    (device / PERSONAL_FILE).write_bytes(
+        safetensors.numpy.save({"head_bias": np.array([1.0, 1.0], np.float32)})
+    )
+    refresh(device)
+    version, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
+    assert version == 7
+    np.testing.assert_array_equal(tensors["head.bias"], [6.0, 7.0])
+
+
+def test_no_graph_means_nothing_to_write(tmp_path) -> None:
+    assert refresh(tmp_path) is None
+    keep_round_global(tmp_path, _global())
+    assert not (tmp_path / PERSONALIZED_ONNX).exists()
+
+
+def test_a_torn_personal_file_is_named(tmp_path) -> None:
+    device = _device(tmp_path)
+    (device / PERSONAL_FILE).write_bytes(b"\x00garbage")
+    with pytest.raises(AdapterLoadError, match=r"personal\.safetensors is not a readable"):
+        keep_round_global(device, _global())
