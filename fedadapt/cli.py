@@ -166,18 +166,20 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _infer(args: argparse.Namespace) -> None:
-    """Classify texts with ONNX Runtime and the device's installed adapter (no torch needed)."""
+    """Classify texts with ONNX Runtime and the device's personalized adapter: the installed
+    global adapter plus the device's personal part (`--global`: the shared one). No torch."""
     from fedadapt.clients.runtime import EdgeRuntime
 
     with library_errors(f"cannot load the device folder {args.device_dir}", SHAPE_ERRORS):
-        rt = EdgeRuntime(args.device_dir, threads=args.threads)
+        rt = EdgeRuntime(args.device_dir, args.threads, personalized=not args.use_global)
     if args.adapter:
         with library_errors(f"cannot activate {args.adapter}", SHAPE_ERRORS):
             rt.activate(args.adapter)
     for p in rt.predict(args.texts, task=args.task):
         scores = " ".join(f"{k}={v:.3f}" for k, v in p.scores.items())
         print(f"{p.label}\t{scores}\t{p.text}")
-    print(f"(adapter version {rt.adapter_version})", file=sys.stderr)
+    kind = "personalized" if rt.personalized and not args.adapter else "global"
+    print(f"(adapter version {rt.adapter_version}, {kind})", file=sys.stderr)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -320,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device-dir", required=True, type=existing_folder)
     i.add_argument("texts", nargs="+", metavar="TEXT")
     i.add_argument("--adapter", help="use this .onnx_adapter instead of the installed one")
+    i.add_argument(
+        "--global",
+        dest="use_global",
+        action="store_true",
+        help="the shared global adapter, not this device's personalized one (the default)",
+    )
     i.add_argument(
         "--task", type=non_negative_int, help="task index, for a stacked multi-adapter graph"
     )
