@@ -58,7 +58,8 @@ def _simulate(args: argparse.Namespace) -> None:
         cfg = simulate.resume_config(Path(args.resume), **overrides)
     else:
         out = str(Path(args.out or DEFAULT_OUT).resolve())
-        cfg = SimConfig.load(args.config or DEFAULT_CONFIG, **overrides, out=out)
+        config = args.config or Path(__file__).resolve().parents[1] / DEFAULT_CONFIG
+        cfg = SimConfig.load(config, **overrides, out=out)
     out = simulate.run(cfg)
     print(f"report: {out / 'report.json'}  plots: {out / 'plots'}  adapter: {out / 'adapter'}")
 
@@ -122,12 +123,10 @@ def _parse_sets(pairs: list[str]) -> dict:
 
 def _check_mergeable(adapters: list[str]) -> None:
     """`--merge-lora` folds one LoRA into the base: refuse anything else before the (slow)
-    export starts."""
-    from fedadapt.adapter_files import CONFIG_FILE
-
+    export starts (its config file is read as JSON, without importing torch)."""
     if len(adapters) != 1:
         raise FedAdaptError("--merge-lora folds one global LoRA; it cannot serve several tasks")
-    config = read_json(Path(adapters[0]) / CONFIG_FILE, "the adapter config")
+    config = read_json(Path(adapters[0]) / "adapter_config.json", "the adapter config")
     method = config.get("method") if isinstance(config, dict) else None
     if method != "lora":
         raise FedAdaptError(f"--merge-lora needs a LoRA adapter; {adapters[0]} is {method!r}")
@@ -136,6 +135,8 @@ def _check_mergeable(adapters: list[str]) -> None:
 def _export(args: argparse.Namespace) -> None:
     """Export an adapter over the base to ONNX: adapter tensors stay swappable graph inputs,
     the base MatMuls are quantized by ONNX Runtime, and a device folder is written."""
+    if args.merge_lora:  # before the (slow) imports: refused in a second, not a minute
+        _check_mergeable(args.adapter)
     from fedadapt.export.exporter import ExportOptions, export
 
     fixed = None
@@ -147,8 +148,6 @@ def _export(args: argparse.Namespace) -> None:
                 f"--fixed-shape wants B,S (e.g. 1,128), got {args.fixed_shape!r}"
             ) from e
         fixed = (b, s)
-    if args.merge_lora:
-        _check_mergeable(args.adapter)
     opts = ExportOptions(
         quantize=args.quantize,
         merge_lora=args.merge_lora,
@@ -165,11 +164,32 @@ def _export(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.out) / 'export_report.json'}")
 
 
+def _check_device_model(device_dir: Path) -> None:
+    """A device folder names its graph in runtime.json: both must be there to infer."""
+    from fedadapt.onnx_adapter import RUNTIME_FILE
+
+    runtime = device_dir / RUNTIME_FILE
+    if not runtime.exists():
+        raise FedAdaptError(
+            f"{device_dir} has no {RUNTIME_FILE}: install an exported model first "
+            "(`fedadapt export --adapter DIR --out DEVICE_DIR`)"
+        )
+    meta = read_json(runtime, "the device's runtime file")
+    model = meta.get("model_file") if isinstance(meta, dict) else None
+    if not isinstance(model, str):
+        raise FedAdaptError(f"the device's runtime file {runtime} names no model_file")
+    if not (device_dir / model).is_file():
+        raise FedAdaptError(
+            f"{device_dir} has no {model} (named by {RUNTIME_FILE}); export the model again"
+        )
+
+
 def _infer(args: argparse.Namespace) -> None:
     """Classify texts with ONNX Runtime and the device's personalized adapter: the installed
     global adapter plus the device's personal part (`--global`: the shared one). No torch."""
     from fedadapt.clients.runtime import EdgeRuntime
 
+    _check_device_model(Path(args.device_dir))
     with library_errors(f"cannot load the device folder {args.device_dir}", SHAPE_ERRORS):
         rt = EdgeRuntime(args.device_dir, args.threads, personalized=not args.use_global)
     if args.adapter:

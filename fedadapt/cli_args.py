@@ -68,7 +68,8 @@ def existing_folder(text: str) -> str:
 
 
 def _library_error_types() -> tuple[type[BaseException], ...]:
-    """The exceptions libraries raise on bad input (files, JSON, TOML, HTTP, safetensors).
+    """The exceptions libraries raise on bad input (files, JSON, TOML, HTTP, safetensors;
+    ONNX Runtime's are told by their module).
     httpx and safetensors are imported only when an error is being classified."""
     types: list[type[BaseException]] = [
         OSError,
@@ -92,6 +93,8 @@ def describe(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         where = f": {e.filename}" if e.filename else ""
         return f"{e.strerror}{where}"
+    if isinstance(e, KeyError) and e.args:
+        return f"missing key {e.args[0]!r}"
     text = " ".join(str(e).split()) or type(e).__name__
     return text
 
@@ -105,6 +108,7 @@ def library_errors(what: str, also: tuple[type[BaseException], ...] = ()) -> Ite
     except FedAdaptError:
         raise
     except Exception as e:
-        if not isinstance(e, _library_error_types() + also):
+        from_ort = type(e).__module__.startswith("onnxruntime")  # a model it cannot load
+        if not (from_ort or isinstance(e, _library_error_types() + also)):
             raise
         raise FedAdaptError(f"{what}: {describe(e)}") from e

@@ -94,7 +94,8 @@ def _serve_updates(args: argparse.Namespace) -> None:
 def _device_base(device_dir: Path) -> str:
     """The base model's SHA-256 the device runs: an edge device's installed graph names it
     in runtime.json (no torch there); elsewhere it is this machine's base model."""
-    from fedadapt.clients.runtime import RUNTIME_FILE, STATE_FILE
+    from fedadapt.clients.runtime import STATE_FILE
+    from fedadapt.onnx_adapter import RUNTIME_FILE
 
     state = device_dir / STATE_FILE
     if state.exists() and not isinstance(read_json(state, "the device state"), dict):
