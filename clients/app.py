@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save
 
 from fedadapt.atomic import atomic_write_bytes
 from fedadapt.clients.attacks import attack, malicious_clients
-from fedadapt.clients.device import Device, client_data
+from fedadapt.clients.device import Device
 from fedadapt.codecs import ErrorFeedback
+from fedadapt.data.partitions import client_data
 from fedadapt.deltas import check_delta, clip
 from fedadapt.records import pack_delta, record_to_state, state_to_record
 from fedadapt.simconfig import SimConfig

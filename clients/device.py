@@ -8,106 +8,28 @@ caller keeps `personal` state on the device (Flower's node state) between rounds
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 
-from fedadapt.adapters import AdapterModel, BottleneckConfig, LoraConfig, Stack
-from fedadapt.base_model import load_base, load_tokenizer
-from fedadapt.data import ClientData, bbc, rotten_tomatoes
+from fedadapt.adapters import AdapterModel, Stack
+from fedadapt.base_model import load_tokenizer
+from fedadapt.data import ClientData
+from fedadapt.data.partitions import client_data
 from fedadapt.deltas import State, compute_delta
 from fedadapt.head_bias import fit_head_bias
+from fedadapt.model_setup import (
+    GLOBAL,
+    PERSONAL,
+    build_fresh_global,
+    cached_model,
+    full_model_state,
+    load_full_model_state,
+    mix_seed,
+)
 from fedadapt.simconfig import SimConfig
 from fedadapt.train import TrainConfig, accuracy, embed, predict, train, train_probe
-
-GLOBAL, PERSONAL = "global", "personal"
-
-
-@cache
-def client_datasets(
-    dataset: str, num_clients: int, min_examples: int, test_fraction: float, alpha: float, seed: int
-) -> tuple[ClientData, ...]:
-    if dataset == "rotten_tomatoes":
-        return tuple(rotten_tomatoes.load_clients(num_clients, min_examples, test_fraction, seed))
-    if dataset == "bbc":
-        return tuple(bbc.load_clients(num_clients, alpha, test_fraction, seed))
-    raise ValueError(f"unknown dataset {dataset!r}")
-
-
-def label_names(dataset: str) -> list[str]:
-    """The class names a head's outputs stand for; saved with the adapter for the runtime."""
-    return {"rotten_tomatoes": rotten_tomatoes.LABELS, "bbc": bbc.LABELS}[dataset]
-
-
-def client_data(cfg: SimConfig, partition_id: int) -> ClientData:
-    return client_datasets(
-        cfg.dataset,
-        cfg.num_clients,
-        cfg.min_examples,
-        cfg.test_fraction,
-        cfg.dirichlet_alpha,
-        cfg.seed,
-    )[partition_id]
-
-
-def num_labels(cfg: SimConfig) -> int:
-    return client_data(cfg, 0).num_labels
-
-
-def global_adapter_config(cfg: SimConfig) -> BottleneckConfig | LoraConfig:
-    if cfg.method == "bottleneck":
-        return BottleneckConfig(reduction_factor=cfg.reduction_factor)
-    if cfg.method == "lora":
-        return LoraConfig(r=cfg.lora_r, freeze_a=cfg.freeze_a, init_seed=cfg.seed)
-    raise ValueError(f"federated runs support method 'bottleneck' or 'lora', not {cfg.method!r}")
-
-
-def personal_adapter_config(cfg: SimConfig) -> BottleneckConfig:
-    """A small bottleneck in the top layers only: backward stops there, so it is cheap."""
-    n = cfg.personal_layers
-    top = "|".join(str(i) for i in range(6 - n, 6))
-    return BottleneckConfig(
-        reduction_factor=cfg.personal_reduction_factor,
-        target_modules=[rf"encoder\.layer\.({top})\.output"],
-    )
-
-
-def build_model(cfg: SimConfig, full_model: bool = False) -> AdapterModel:
-    """The model every party builds identically from the config and the seed."""
-    torch.manual_seed(cfg.seed)
-    if full_model:  # baseline: the whole fp32 base plus a head, all trainable
-        model = AdapterModel(load_base("none"))
-        model.add_head(GLOBAL, num_labels(cfg), seed=cfg.seed)
-        return model
-    model = AdapterModel(load_base(cfg.quantization))
-    model.add_adapter(GLOBAL, global_adapter_config(cfg), num_labels=num_labels(cfg))
-    model.add_adapter(
-        PERSONAL,
-        BottleneckConfig(reduction_factor=cfg.personal_reduction_factor),
-        num_labels=num_labels(cfg),
-    )
-    return model
-
-
-def full_model_state(model: AdapterModel) -> State:
-    """Every tensor of the full-model baseline: encoder weights plus head."""
-    state = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-    state.update({f"head.{k}": v for k, v in model.heads[GLOBAL].state_dict().items()})
-    return state
-
-
-def load_full_model_state(model: AdapterModel, state: State) -> None:
-    model.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
-    model.heads[GLOBAL].load_state_dict(
-        {k[5:]: v for k, v in state.items() if k.startswith("head.")}
-    )
-
-
-def mix_seed(*parts: int | str) -> int:
-    """A seed for (run seed, round, client, purpose) that does not depend on call order."""
-    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 @dataclass
@@ -119,7 +41,7 @@ class Device:
 
     @classmethod
     def create(cls, cfg: SimConfig, partition_id: int, full_model: bool = False) -> Device:
-        model = _cached_model(cfg, full_model)
+        model = cached_model(cfg, full_model)
         fresh = {} if full_model else model.adapter_state(PERSONAL)
         return cls(cfg, partition_id, model, fresh)
 
@@ -302,24 +224,5 @@ class Device:
 
 
 @cache
-def build_fresh_global(cfg: SimConfig) -> State:
-    """The round-0 global adapter and head: identical on the server and every device."""
-    return build_model(cfg).adapter_state(GLOBAL)
-
-
-@cache
-def _cached_model(cfg: SimConfig, full_model: bool) -> AdapterModel:
-    return build_model(cfg, full_model)
-
-
-@cache
 def _tokenizer(max_length: int):
     return load_tokenizer(max_length)
-
-
-@cache
-def trainable_global_keys(cfg: SimConfig) -> frozenset[str]:
-    """The global tensors a reply must carry a delta for (FFA-LoRA's frozen A is not one)."""
-    model = _cached_model(cfg, False)
-    model.train_adapter(GLOBAL)
-    return frozenset(model.adapter_state(GLOBAL, trainable_only=True))

@@ -23,7 +23,9 @@ from fedadapt.adapter_files import save_adapter
 from fedadapt.adapters import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base_model import base_sha256
-from fedadapt.clients.device import (
+from fedadapt.deltas import State
+from fedadapt.keys import load_private
+from fedadapt.model_setup import (
     GLOBAL,
     build_fresh_global,
     build_model,
@@ -32,8 +34,6 @@ from fedadapt.clients.device import (
     mix_seed,
     trainable_global_keys,
 )
-from fedadapt.deltas import State
-from fedadapt.keys import load_private
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report, secagg
 from fedadapt.server.evaluation import evaluate_all

@@ -39,8 +39,8 @@ def measure(n: int, path: str) -> dict[str, float]:
     from flwr.serverapp.strategy import FedAvg
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedadapt.clients.device import build_fresh_global, trainable_global_keys
     from fedadapt.codecs import encode
+    from fedadapt.model_setup import build_fresh_global, trainable_global_keys
     from fedadapt.records import pack_delta, state_to_record
     from fedadapt.server.replies import screen
     from fedadapt.simconfig import SimConfig

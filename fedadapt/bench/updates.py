@@ -20,9 +20,9 @@ def run(quick: bool = False) -> dict:
     from fedadapt.adapter_files import save_adapter
     from fedadapt.base_model import model_dir
     from fedadapt.bundles import sha256, verify_manifest
-    from fedadapt.clients.device import GLOBAL, build_model
     from fedadapt.clients.updater import fetch
     from fedadapt.keys import key_id, keygen, load_private, load_public
+    from fedadapt.model_setup import GLOBAL, build_model
     from fedadapt.server.publish import publish, read_index
     from fedadapt.server.update_service import UpdateServer
     from fedadapt.simconfig import SimConfig

@@ -4,8 +4,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedadapt.base_model import model_dir
 from fedadapt.clients.app import app
-from fedadapt.clients.device import build_fresh_global, trainable_global_keys
 from fedadapt.codecs import decode
+from fedadapt.model_setup import build_fresh_global, trainable_global_keys
 from fedadapt.records import delta_blob, state_to_record
 from fedadapt.simconfig import SimConfig
 from tests.clients import SMALL

@@ -3,14 +3,9 @@
 import pytest
 import torch
 
-from fedadapt.clients.device import (
-    GLOBAL,
-    PERSONAL,
-    Device,
-    build_fresh_global,
-    trainable_global_keys,
-)
+from fedadapt.clients.device import Device
 from fedadapt.head_bias import fit_head_bias
+from fedadapt.model_setup import GLOBAL, PERSONAL, build_fresh_global, trainable_global_keys
 from fedadapt.simconfig import SimConfig
 from tests.clients import SMALL
 

@@ -8,8 +8,9 @@ import pytest
 import tomli_w
 from safetensors.torch import load_file
 
-from fedadapt.clients.device import build_fresh_global, client_data
+from fedadapt.data.partitions import client_data
 from fedadapt.errors import ConfigError
+from fedadapt.model_setup import build_fresh_global
 from fedadapt.server.secagg import QUANTIZATION_RANGE, quantization_bound
 from fedadapt.simconfig import SimConfig
 
