@@ -22,6 +22,7 @@ from fedadapt.cli_args import (
     port,
     positive_int,
 )
+from fedadapt.cli_device import add_device_commands
 from fedadapt.cli_updates import SHAPE_ERRORS, add_update_commands, read_json
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import CODECS, FEDERATED_METHODS, QUANTIZATIONS, STRATEGIES
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.set_defaults(func=_package_client)
 
     add_update_commands(sub)
+    add_device_commands(sub)
 
     e = sub.add_parser("export", help="export an adapter to ONNX", description=_export.__doc__)
     e.add_argument(

@@ -1,0 +1,261 @@
+"""`fedadapt device run`: the one long-running command on a device.
+
+It runs three things and owns their lifetime:
+- the SuperNode (`flower-supernode`, TLS to the SuperLink with the CA certificate, authenticated
+  by the node key), whose node config names the device folder and its data folder, so each
+  round trains on the device's own data and keeps the personal state in the device folder;
+- the signed-update loop (`clients/updater.fetch`) every `update_interval` seconds, when an
+  update URL and a trusted key are given: each install rewrites the personalized file;
+- the personalized ORT model: the ClientApp rewrites it after each round, each fetch and
+  rollback rewrites it, and the service rewrites it at start, so a restarted device serves its
+  personal state at once.
+
+SIGTERM or SIGINT stops all of it: the SuperNode's process group gets SIGTERM, then SIGKILL
+after a grace period, and the command exits 0. A device command killed outright (SIGKILL, the
+OOM killer) takes its SuperNode down too: the SuperNode is started with
+`PR_SET_PDEATHSIG`. A SuperNode that dies on its own is restarted with a growing delay.
+A restart resumes: the node key keeps the node id, and the personal state is in the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedadapt.errors import FedAdaptError
+
+PR_SET_PDEATHSIG = 1
+GRACE_S = 10.0
+MAX_RESTART_DELAY_S = 60.0
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+PID_FILE = "supernode.pid"
+LOG_FILE = "supernode.log"
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    device_dir: Path
+    superlink: str
+    root_cert: Path
+    node_key: Path
+    port: int = 9094
+    partition_id: int = 0
+    num_partitions: int = 1
+    data_dir: Path | None = None
+    update_url: str | None = None
+    trust: tuple[Path, ...] = ()
+    update_interval: float = 3600.0
+    fetch_timeout: float = 60.0
+    supernode_exe: str = field(
+        default_factory=lambda: str(Path(sys.executable).parent / "flower-supernode")
+    )
+
+    def check(self) -> None:
+        """Refuse, with one line, what would only fail later inside the SuperNode."""
+        for what, path in (("CA certificate", self.root_cert), ("node key", self.node_key)):
+            if not Path(path).is_file():
+                raise FedAdaptError(f"the {what} {path} does not exist")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise FedAdaptError(f"the data folder {self.data_dir} does not exist")
+        if bool(self.update_url) != bool(self.trust):
+            raise FedAdaptError("updates need both --update-url and --trust (or neither)")
+        if self.update_interval <= 0:
+            raise FedAdaptError(f"--update-interval must be > 0 s, got {self.update_interval}")
+
+
+def node_config(opts: ServiceOptions) -> str:
+    """Flower's `--node-config`: space-separated `key=value`, strings quoted (TOML values)."""
+    items = {
+        "partition-id": str(opts.partition_id),
+        "num-partitions": str(opts.num_partitions),
+        "device-dir": _quote(Path(opts.device_dir).resolve()),
+    }
+    if opts.data_dir is not None:
+        items["data-dir"] = _quote(Path(opts.data_dir).resolve())
+    return " ".join(f"{k}={v}" for k, v in items.items())
+
+
+def _quote(path: Path) -> str:
+    text = str(path)
+    if '"' in text or "\\" in text:
+        raise FedAdaptError(f"{text}: a folder for the node config may not hold quotes")
+    return f'"{text}"'
+
+
+def supernode_command(opts: ServiceOptions) -> list[str]:
+    return [
+        opts.supernode_exe,
+        "--root-certificates",
+        str(opts.root_cert),
+        "--superlink",
+        opts.superlink,
+        "--auth-supernode-private-key",
+        str(opts.node_key),
+        "--node-config",
+        node_config(opts),
+        "--port",
+        str(opts.port),
+    ]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the device command dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _log(msg: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"[device {stamp}] {msg}", file=sys.stderr, flush=True)
+
+
+class DeviceService:
+    """The SuperNode, the update loop and the personalized model of one device folder."""
+
+    def __init__(self, opts: ServiceOptions) -> None:
+        opts.check()
+        self.opts = opts
+        self.folder = Path(opts.device_dir)
+        self.stopping = threading.Event()
+        self.supernode: subprocess.Popen | None = None
+        self.next_update = 0.0
+        self.restarts = 0
+
+    # -- the SuperNode ----------------------------------------------------------------------
+    def start_supernode(self) -> subprocess.Popen:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **OFFLINE_ENV}
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        with open(self.folder / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(
+                supernode_command(self.opts),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its ClientApp processes share its group: killpg
+                preexec_fn=_die_with_parent,
+            )
+        (self.folder / PID_FILE).write_text(f"{proc.pid}\n")
+        _log(f"SuperNode started (pid {proc.pid}), log {self.folder / LOG_FILE}")
+        self.supernode = proc
+        return proc
+
+    def stop_supernode(self) -> None:
+        proc, self.supernode = self.supernode, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # its ClientApps, if they outlived it
+            os.killpg(proc.pid, signal.SIGKILL)
+        (self.folder / PID_FILE).unlink(missing_ok=True)
+        _log(f"SuperNode stopped (pid {proc.pid})")
+
+    # -- updates and the personalized file --------------------------------------------------
+    def refresh_model(self) -> None:
+        from fedadapt.clients.personalized import refresh
+
+        try:
+            path = refresh(self.folder)
+        except (FedAdaptError, OSError) as e:
+            _log(f"personalized model not refreshed: {e}")
+            return
+        if path is not None:
+            _log(f"personalized model: {path}")
+
+    def update_once(self) -> None:
+        """One fetch; a failure is logged and retried at the next interval, never fatal."""
+        from fedadapt.clients.updater import fetch
+        from fedadapt.keys import load_public
+
+        try:
+            trusted = [load_public(p) for p in self.opts.trust]
+            m = fetch(
+                self.opts.update_url, self.folder, trusted, self.base_sha256(),
+                timeout=self.opts.fetch_timeout,
+            )  # fmt: skip
+        except (FedAdaptError, OSError) as e:
+            _log(f"update check failed: {e}")
+            return
+        if m is None:
+            _log("update check: already up to date")
+        else:
+            _log(f"installed {m.adapter_name} version {m.version} ({m.kind})")
+
+    def base_sha256(self) -> str:
+        """The installed graph names its base (no torch needed); else this machine's base."""
+        import json
+
+        from fedadapt.onnx_adapter import RUNTIME_FILE
+
+        runtime = self.folder / RUNTIME_FILE
+        if runtime.exists():
+            return str(json.loads(runtime.read_text())["base_sha256"])
+        from fedadapt.base_model import base_sha256
+
+        return base_sha256()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def step(self, now: float) -> None:
+        """One turn of the loop: keep the SuperNode up, fetch when due."""
+        proc = self.supernode
+        if proc is not None and proc.poll() is not None:
+            self.restarts += 1
+            delay = min(MAX_RESTART_DELAY_S, 2.0**self.restarts)
+            _log(f"SuperNode exited with code {proc.returncode}; restarting in {delay:.0f} s")
+            self.supernode = None
+            if self.stopping.wait(delay):
+                return
+            self.start_supernode()
+        if self.opts.update_url and now >= self.next_update:
+            self.update_once()
+            self.next_update = now + self.opts.update_interval
+
+    def run(self, tick: float = 1.0) -> int:
+        """Until SIGTERM/SIGINT; returns the exit code (0 on a clean stop)."""
+        restore = _stop_on_signals(self.stopping.set)
+        try:
+            self.refresh_model()
+            self.start_supernode()
+            while not self.stopping.is_set():
+                self.step(time.monotonic())
+                self.stopping.wait(tick)
+            _log("stopping")
+        finally:
+            self.stop_supernode()
+            restore()
+        return 0
+
+
+def _stop_on_signals(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` on SIGTERM/SIGINT (main thread only); returns what restores them."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: callback())
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    return restore

@@ -1,0 +1,163 @@
+"""`fedadapt device run`: the SuperNode's command line, the update loop, and, against a real
+SuperLink with TLS on loopback, start, SIGTERM, restart and a killed device command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fedadapt.clients.service import (
+    PID_FILE,
+    DeviceService,
+    ServiceOptions,
+    node_config,
+    supernode_command,
+)
+from fedadapt.errors import FedAdaptError
+from fedadapt.simulate import free_port
+
+
+def _opts(tmp_path: Path, **kw) -> ServiceOptions:
+    for name in ("ca.crt", "node.key"):
+        (tmp_path / name).write_text("x")
+    base = {
+        "device_dir": tmp_path / "device",
+        "superlink": "127.0.0.1:9",
+        "root_cert": tmp_path / "ca.crt",
+        "node_key": tmp_path / "node.key",
+    }
+    return ServiceOptions(**{**base, **kw})
+
+
+def test_the_supernode_gets_tls_its_key_and_the_device_and_data_folders(tmp_path):
+    (tmp_path / "data").mkdir()
+    opts = _opts(tmp_path, data_dir=tmp_path / "data", partition_id=2, num_partitions=3)
+    cmd = supernode_command(opts)
+    assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.crt")
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "node.key")
+    assert "--insecure" not in cmd
+    assert node_config(opts) == (
+        f'partition-id=2 num-partitions=3 device-dir="{(tmp_path / "device").resolve()}" '
+        f'data-dir="{(tmp_path / "data").resolve()}"'
+    )
+
+
+def test_no_data_folder_keeps_the_demo_partition(tmp_path):
+    assert "data-dir" not in node_config(_opts(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"root_cert": Path("/nonexistent/ca.crt")}, "the CA certificate /nonexistent/ca.crt"),
+        ({"update_url": "http://127.0.0.1:9"}, "updates need both --update-url and --trust"),
+        ({"data_dir": Path("/nonexistent/data")}, "the data folder /nonexistent/data"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(tmp_path, change, message):
+    with pytest.raises(FedAdaptError, match=message):
+        DeviceService(_opts(tmp_path, **change))
+
+
+def test_a_failed_update_check_is_logged_and_retried_at_the_next_interval(tmp_path, capsys):
+    """An unreachable registry must not stop the device: it logs and tries again later."""
+    from fedadapt.keys import keygen
+
+    _, pub = keygen(tmp_path / "keys")
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    service = DeviceService(_opts(tmp_path, update_url=url, trust=(pub,), update_interval=50))
+    (tmp_path / "device").mkdir()
+    service.step(now=100.0)
+    assert service.next_update == 150.0
+    assert "update check failed" in capsys.readouterr().err
+    service.step(now=120.0)  # not due yet: no second attempt
+    assert "update check" not in capsys.readouterr().err
+
+
+# -- against a real SuperLink --------------------------------------------------------------------
+
+
+def _device_cmd(cluster, device: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "fedadapt", "device", "run",
+        "--device-dir", str(device),
+        "--superlink", cluster.address,
+        "--root-cert", str(cluster.certs / "ca.crt"),
+        "--node-key", str(cluster.node_key(1)),
+        "--port", str(free_port()),
+    ]  # fmt: skip
+
+
+def _start(cluster, device: Path) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        _device_cmd(cluster, device), env=cluster.env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not (device / PID_FILE).exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the device command started no SuperNode"
+        time.sleep(0.2)
+    return proc, int((device / PID_FILE).read_text())
+
+
+def _gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _wait_online(cluster, n: int, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    while (seen := cluster.online()) < n and time.monotonic() < deadline:
+        time.sleep(1)
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_start_sigterm_restart_and_a_killed_device_command(tmp_path):
+    from fedadapt.deploy import Cluster
+
+    cluster = Cluster(tmp_path / "cluster", nodes=1)
+    device = tmp_path / "device"
+    procs: list[subprocess.Popen] = []
+    try:
+        cluster.start()
+        proc, supernode = _start(cluster, device)
+        procs.append(proc)
+        assert _wait_online(cluster, 1) == 1  # TLS and the registered key: it joined
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "SuperNode stopped" in proc.stderr.read()
+        assert _gone(supernode)
+        assert not (device / PID_FILE).exists()
+
+        proc, again = _start(cluster, device)  # a restart: same key, same folder
+        procs.append(proc)
+        assert again != supernode
+        time.sleep(3)
+        assert psutil.pid_exists(again) and proc.poll() is None
+
+        os.kill(proc.pid, signal.SIGKILL)  # no cleanup runs: the death signal must do it
+        proc.wait(timeout=30)
+        assert _gone(again)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        cluster.stop()
