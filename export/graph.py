@@ -95,6 +95,8 @@ def export_graph(
     a `task_index` input and runs the adapter at that index: K tasks, one graph.
     """
     model.eval()
+    for n in model.control.active.names if model.control.active else ():
+        model.fold(n)  # prefix tuning's MLP is training-only: the graph takes its keys/values
     params = active_parameters(model)
     where = {id(p): name for name, p in model.named_parameters()}
     paths = {k: where[id(p)] for k, p in params.items()}

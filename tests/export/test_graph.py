@@ -15,7 +15,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fedadapt.adapters import AdapterModel, BottleneckConfig, Fuse, IA3Config, LoraConfig
+from fedadapt.adapters import (
+    AdapterModel,
+    BottleneckConfig,
+    Fuse,
+    IA3Config,
+    LoraConfig,
+    PrefixConfig,
+    PromptConfig,
+    Stack,
+)
 from fedadapt.base_model import load_base, tokenize
 from fedadapt.export.graph import export_graph, overridable
 from fedadapt.export.merge import merge_lora
@@ -254,3 +263,33 @@ def test_fusion_graph_matches_torch_and_its_tensors_are_inputs(batch, tmp_path):
     with torch.no_grad():
         want = m(*batch).numpy()
     assert np.abs(_run(_sess(tmp_path / "f.onnx"), batch) - want).max() < 1e-4
+
+
+def test_prefix_and_prompt_tensors_are_inputs_swappable_on_a_live_session(batch, tmp_path):
+    torch.manual_seed(0)
+    m = AdapterModel(load_base("none"))
+    m.add_adapter("pre", PrefixConfig(num_virtual_tokens=3, reparam_hidden=8))
+    m.add_adapter("pro", PromptConfig(num_virtual_tokens=4), num_labels=3)
+    m.set_active(Stack("pre", "pro"))
+    m.eval()
+    export_graph(m, tmp_path / "m.onnx")  # folds the prefix MLP: the graph takes keys/values
+    slots = overridable(onnx.load(str(tmp_path / "m.onnx")))
+    assert slots["pre:encoder.layer.0.attention.self.prefix_keys"] == (3, 384)
+    assert slots["pro:embeddings.prompt_embeddings"] == (4, 384)
+    assert not any("reparam" in k for k in slots)
+    sess = _sess(tmp_path / "m.onnx")
+    with torch.no_grad():
+        want = m(*batch).numpy()
+    assert np.abs(_run(sess, batch) - want).max() < 1e-4
+    g = torch.Generator().manual_seed(1)
+    feed = {}
+    for n in ("pre", "pro"):
+        state = m.adapter_state(n)
+        new = {k: v + torch.randn(v.shape, generator=g) * 0.2 for k, v in state.items()}
+        new.update({k: v for k, v in state.items() if k.startswith("head.")})  # head stays
+        m.load_adapter_state(n, new)
+        feed.update({f"{n}:{k}": v.numpy() for k, v in new.items() if not k.startswith("head.")})
+    with torch.no_grad():
+        swapped = m(*batch).numpy()
+    assert np.abs(swapped - want).max() > 1e-2  # the swap matters
+    assert np.abs(_run(sess, batch, feed) - swapped).max() < 1e-4
