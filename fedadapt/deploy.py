@@ -3,7 +3,8 @@ authentication, SuperNodes as separate processes, all on loopback.
 
 `Cluster` starts and stops the processes with the start scripts in `server/` and
 `clients/` (the commands the README documents for real machines), so the demo and the tests
-exercise exactly what an operator runs. Every process is stopped by PID, however a run ends.
+exercise exactly what an operator runs. Every process is stopped by PID, however a run ends,
+and runs under a supervisor (`fedadapt.supervise`) that takes it down if this process dies.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import tomli_w
 
+from fedadapt import runlock, supervise
 from fedadapt.certs import make_certs
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig
@@ -41,6 +43,7 @@ class Cluster:
     port: int = field(default_factory=free_port)
     link: subprocess.Popen | None = None
     supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    lock: int | None = None  # the run folder's lock (`runlock`), kept by every supervisor
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder).resolve()
@@ -61,10 +64,10 @@ class Cluster:
         return self.folder / "devices" / f"node-{i}"
 
     def _spawn(self, cmd: list[str], log: str) -> subprocess.Popen:
+        """Start `cmd` under a supervisor: it and what it starts die with this process."""
+        hold = [] if self.lock is None else [self.lock]
         with open(self.folder / log, "ab") as f:
-            return subprocess.Popen(
-                cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            return supervise.popen(cmd, env=self.env, stdout=f, hold_fds=hold)
 
     def start(self) -> None:
         """Certificates (once), the SuperLink, the connection config, registered node keys."""
@@ -178,10 +181,11 @@ class Cluster:
 
 
 def demo(cfg: SimConfig, folder: Path, nodes: int = 3) -> Path:
-    """SuperLink + `nodes` SuperNodes + one run of `cfg`; returns the run folder."""
-    cluster = Cluster(Path(folder), nodes=nodes)
+    """SuperLink + `nodes` SuperNodes + one run of `cfg`; returns the run folder. `folder`
+    is locked while any process of the demo lives: a second demo into it is refused."""
     t0 = time.monotonic()
-    with sigterm_interrupts():
+    with runlock.hold(Path(folder)) as lock, sigterm_interrupts():
+        cluster = Cluster(Path(folder), nodes=nodes, lock=lock)
         try:
             cluster.start()
             cluster.start_supernodes()

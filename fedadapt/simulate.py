@@ -4,6 +4,9 @@ It starts a private simulation SuperLink on free loopback ports with a run-local
 (so parallel runs never collide and `~/.flwr` is untouched), submits this project's apps
 with the run config, streams their output, and stops the SuperLink by PID however the run
 ends. Runtime dependency installation, telemetry and update checks are off: runs are offline.
+The SuperLink runs under a supervisor (`fedadapt.supervise`) that takes it and everything
+below it (SuperExec, `flwr-simulation`, Ray) down when this process dies, even by SIGKILL;
+the run folder is locked (`fedadapt.runlock`) while any of them lives.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import tomli_w
 
+from fedadapt import runlock, supervise
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig
 
@@ -76,7 +80,8 @@ def stop(proc: subprocess.Popen) -> None:
     """Stop a process started with `start_new_session=True` and everything it started.
 
     Ray's daemons leave the SuperLink's process group, so its descendants are collected
-    first and ended by PID after the group: TERM, a grace period, then KILL.
+    first and ended by PID after the group: TERM, a grace period, then KILL. A supervised
+    process (`supervise.popen`) ends its tree itself on the TERM; this also stops the rest.
     """
     import psutil
 
@@ -102,9 +107,14 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def run(cfg: SimConfig) -> Path:
-    """Run `cfg` to completion; returns the run folder (with report.json)."""
+    """Run `cfg` to completion; returns the run folder (with report.json). The folder is
+    locked for the run's life: a second run or a `--resume` into it is refused."""
     out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    with runlock.hold(out) as lock:
+        return _run_locked(cfg, out, lock)
+
+
+def _run_locked(cfg: SimConfig, out: Path, lock: int) -> Path:
     home = out / ".flwr"
     home.mkdir(exist_ok=True)
     port = free_port()
@@ -121,7 +131,7 @@ def run(cfg: SimConfig) -> Path:
     run_config.write_text(tomli_w.dumps({**cfg.to_dict(), "out": str(out)}))
     log = out / "superlink.log"
     with open(log, "ab") as log_f:
-        superlink = subprocess.Popen(
+        superlink = supervise.popen(
             [
                 str(bin_dir / "flower-superlink"),
                 "--insecure",
@@ -138,8 +148,7 @@ def run(cfg: SimConfig) -> Path:
             ],
             env=env,
             stdout=log_f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            hold_fds=[lock],
         )
     with sigterm_interrupts():
         try:

@@ -86,9 +86,8 @@ def test_simulate_writes_every_output(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_resumed_run_ends_with_the_same_global_adapter(tmp_path):
-    ci, whole, part = ["--config", "simulations/ci.toml"], tmp_path / "whole", tmp_path / "part"
-    assert _simulate(*ci, "--no-baselines", "--rounds", "3", "--out", str(whole)).returncode == 0
+def test_resumed_run_ends_with_the_same_global_adapter(tmp_path, uninterrupted_ci_run):
+    ci, whole, part = ["--config", "simulations/ci.toml"], uninterrupted_ci_run, tmp_path / "part"
     first = _simulate(*ci, "--rounds", "2", "--out", str(part))  # with every baseline
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = _simulate("--resume", str(part), "--rounds", "3")
