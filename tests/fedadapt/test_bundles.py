@@ -2,7 +2,9 @@
 
 import contextlib
 import datetime as dt
+import json
 import os
+from dataclasses import asdict
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -101,3 +103,38 @@ def test_delta_is_bit_exact():
 def test_delta_payload_fuzz(data):
     with contextlib.suppress(BundleError):
         apply_delta(OLD, data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("version", "7", "version must be an integer >= 1, got '7'"),
+        ("version", True, "version must be an integer >= 1, got True"),
+        ("version", 0, "version must be an integer >= 1, got 0"),
+        ("payload_bytes", -1, "payload_bytes must be an integer >= 0, got -1"),
+        ("from_version", 1.5, "from_version must be an integer >= 1, got 1.5"),
+        ("expires_at", "garbage", "expires_at must be an ISO 8601 time with an offset"),
+        ("expires_at", "2999-01-01T00:00:00", "expires_at must be an ISO 8601 time with an offset"),
+        ("expires_at", 5, "expires_at must be an ISO 8601 time with an offset, got 5"),
+        ("payload_sha256", "C" * 64, "payload_sha256 must be lowercase hex"),
+        ("key_id", "xyz", "key_id must be lowercase hex"),
+        ("adapter_name", "", "adapter_name must be a non-empty string"),
+        ("adapter_name", ["a"], "adapter_name must be a non-empty string"),
+    ],
+)
+def test_manifest_fields_of_unexpected_types_are_named(field, value, message):
+    """A signed manifest with a field of the wrong type or form is refused as malformed,
+    naming the field, before it is trusted for anything (a naive expiry once raised a
+    TypeError when compared with now)."""
+    data = json.dumps({**asdict(GOOD), field: value}, sort_keys=True, separators=(",", ":"))
+    with pytest.raises(BundleError) as e:
+        verify_manifest(data.encode(), b"\0" * 64, {GOOD.key_id: KEY.public_key()})
+    assert e.value.reason == "malformed"
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("data", [b"[]", b"1", b'"x"', b"{}", b'{"version":1}'])
+def test_manifests_that_are_not_objects_of_the_fields_are_malformed(data):
+    with pytest.raises(BundleError) as e:
+        parse_manifest(data)
+    assert e.value.reason == "malformed"
