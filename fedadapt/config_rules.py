@@ -76,9 +76,10 @@ def check_value(key: str, kind: type, value: Any, rule: Range | Choice | NonEmpt
 
 def parse_text(key: str, kind: type, text: str) -> Any:
     """Command-line TEXT read as `kind`, the key's declared type: `--set seed=7` is an int
-    because seed is one, and `--set publish_key=123` stays the string '123'."""
+    because seed is one, and `--set publish_key=123` stays the string '123'. A string may
+    also be written quoted, as in TOML (`--set "out='my run'"`)."""
     if kind is str:
-        return text
+        return _unquoted(text)
     if kind is bool:
         if text.strip().lower() in ("true", "false"):
             return text.strip().lower() == "true"
@@ -87,3 +88,15 @@ def parse_text(key: str, kind: type, text: str) -> Any:
         return kind(text.strip())
     except ValueError:
         raise _refuse(key, text, _NAMES[kind]) from None
+
+
+def _unquoted(text: str) -> str:
+    """TEXT, or the string a quoted TOML literal in TEXT stands for."""
+    import tomllib
+
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass
+    return text

@@ -62,6 +62,8 @@ def test_overrides_are_parsed_by_the_declared_type():
     assert SimConfig.parse_override("lr", "1e-3") == pytest.approx(1e-3)
     assert SimConfig.parse_override("baselines", "false") is False
     assert SimConfig.parse_override("publish_key", "123") == "123"  # a string stays one
+    assert SimConfig.parse_override("publish_key", "'/k/a b.pem'") == "/k/a b.pem"  # TOML quotes
+    assert SimConfig.parse_override("publish_key", '"a b"') == "a b"
     with pytest.raises(ConfigError, match="config: rounds = 'ten' is not an integer"):
         SimConfig.parse_override("rounds", "ten")
     with pytest.raises(ConfigError, match="baselines = 'no' is not a boolean"):
