@@ -66,6 +66,7 @@ def _publish(args: argparse.Namespace) -> None:
             key,
             name=args.name,
             expires_in=dt.timedelta(days=args.expires_days),
+            timestamp_expires_in=dt.timedelta(hours=args.index_expires_hours),
         )
     deltas = ", ".join(
         f"from v{d['from_version']}: {d['payload_bytes']} B" for d in entry["deltas"]
@@ -76,12 +77,30 @@ def _publish(args: argparse.Namespace) -> None:
     )
 
 
+def _refresh_index(args: argparse.Namespace) -> None:
+    """Re-sign the registry's timestamp (next version, new expiry) without a new adapter
+    version; run it more often than the expiry, or devices report `stale-index`."""
+    import datetime as dt
+
+    from fedadapt.keys import load_private
+    from fedadapt.server.publish import refresh_timestamp
+
+    key = load_private(args.key, _passphrase(args.passphrase_env))
+    with library_errors(f"cannot refresh the index of {args.registry}"):
+        version = refresh_timestamp(
+            args.registry, key, dt.timedelta(hours=args.index_expires_hours)
+        )
+    print(f"signed timestamp version {version}, valid {args.index_expires_hours:g} h")
+
+
 def _serve_updates(args: argparse.Namespace) -> None:
     """Serve a registry over HTTP (Range requests, bounded connections, no path escapes)."""
     from fedadapt.server.update_service import UpdateServer
 
     with library_errors(f"cannot serve on {args.host}:{args.port}"):
-        server = UpdateServer(Path(args.registry), args.host, args.port, args.max_connections)
+        server = UpdateServer(
+            Path(args.registry), args.host, args.port, args.max_connections, args.timeout
+        )
     print(f"serving {server.root} at {server.url} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -153,7 +172,24 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passphrase-env", metavar="VAR")
     p.add_argument("--name", help="adapter name (default: the registry's, or the folder's)")
     p.add_argument("--expires-days", type=positive_float, default=30.0)
+    p.add_argument(
+        "--index-expires-hours",
+        type=positive_float,
+        default=24.0,
+        help="lifetime of the signed index timestamp (renew with refresh-index)",
+    )
     p.set_defaults(func=_publish)
+
+    ri = sub.add_parser(
+        "refresh-index",
+        help="re-sign the registry's index timestamp",
+        description=_refresh_index.__doc__,
+    )
+    ri.add_argument("--registry", required=True, type=existing_folder)
+    ri.add_argument("--key", required=True, help="private key file")
+    ri.add_argument("--passphrase-env", metavar="VAR")
+    ri.add_argument("--index-expires-hours", type=positive_float, default=24.0)
+    ri.set_defaults(func=_refresh_index)
 
     s = sub.add_parser(
         "serve-updates", help="serve a registry over HTTP", description=_serve_updates.__doc__
@@ -162,6 +198,9 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=port, default=8787)
     s.add_argument("--max-connections", type=positive_int, default=64)
+    s.add_argument(
+        "--timeout", type=positive_float, default=30.0, help="seconds a connection may idle"
+    )
     s.set_defaults(func=_serve_updates)
 
     f = sub.add_parser(
@@ -170,7 +209,9 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--url", required=True, help="registry URL")
     f.add_argument("--device-dir", required=True, type=folder)
     f.add_argument("--trust", required=True, action="append", help="trusted public key (repeat)")
-    f.add_argument("--timeout", type=positive_float, default=30.0)
+    f.add_argument(
+        "--timeout", type=positive_float, default=30.0, help="seconds for the whole fetch"
+    )
     f.set_defaults(func=_fetch)
 
     r = sub.add_parser(

@@ -109,3 +109,20 @@ def test_a_damaged_registry_or_adapter_is_one_line_and_nothing_is_written(
         publish(new, reg, keys.key)
     assert "\n" not in str(e.value)
     assert _files(reg) == before
+
+
+def test_refresh_index_from_the_command_line(tmp_path, keys, capsys):
+    from fedadapt.cli import main
+
+    reg = tmp_path / "reg"
+    publish(tiny_adapter(tmp_path / "a1", 1), reg, keys.key)
+    key = str(tmp_path / "keys" / "signing_key.pem")
+    args = ["refresh-index", "--registry", str(reg), "--key", key, "--index-expires-hours", "6"]
+    assert main(args) == 0
+    assert capsys.readouterr().out == "signed timestamp version 2, valid 6 h\n"
+    assert _timestamp(reg).version == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["refresh-index", "--registry", str(tmp_path / "empty"), "--key", key]) == 2
+    err = capsys.readouterr().err
+    assert "is not a registry: it has no index.json" in err
+    assert len(err.strip().splitlines()) == 1
