@@ -78,7 +78,10 @@ def train(
         if cfg.max_steps is not None and steps >= cfg.max_steps:
             break
     model.eval()
-    return {"train_loss": total / max(n, 1), "steps": steps, "examples": n}
+    # `examples` is how many distinct examples were trained on, not examples x epochs: it is
+    # the client's weight in FedAvg and the server caps it. Each epoch is a permutation, so
+    # the first `len(texts)` seen are distinct.
+    return {"train_loss": total / max(n, 1), "steps": steps, "examples": min(n, len(texts))}
 
 
 def train_probe(
@@ -103,7 +106,7 @@ def train_probe(
             loss.backward()
             opt.step()
             total, n = total + loss.item() * len(idx), n + len(idx)
-    return {"train_loss": total / max(n, 1), "examples": n}
+    return {"train_loss": total / max(n, 1), "examples": min(n, len(y))}
 
 
 @torch.no_grad()

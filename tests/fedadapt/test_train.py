@@ -34,6 +34,24 @@ def test_training_is_deterministic_for_a_seed():
     assert any(not torch.equal(s1[k], s3[k]) for k in s1)
 
 
+def test_examples_counts_each_example_once_not_once_per_epoch():
+    """num-examples, a client's FedAvg weight, used to be examples x epochs."""
+    model = AdapterModel(load_base("int8"))
+    model.add_adapter("a", LoraConfig(), num_labels=2)
+    model.train_adapter("a")
+    from fedadapt.base_model import load_tokenizer
+
+    tok, texts, labels = (
+        load_tokenizer(),
+        ["good film", "bad film", "fine", "awful"] * 3,
+        [1, 0] * 6,
+    )
+    three = train(model, tok, texts, labels, TrainConfig(epochs=3, batch_size=4))
+    assert three["examples"] == 12 and three["steps"] == 9
+    cut = train(model, tok, texts, labels, TrainConfig(epochs=3, batch_size=4, max_steps=2))
+    assert cut["examples"] == 8  # stopped inside the first epoch: 8 distinct examples seen
+
+
 def test_training_fits_the_training_set():
     _, _, model, tok, client = _run(0)
     y = torch.tensor(client.train_labels)
@@ -70,7 +88,7 @@ def _probe(seed: int) -> tuple[torch.nn.Linear, dict, torch.Tensor, list[int]]:
 def test_a_probe_fits_fixed_features_and_repeats_for_a_seed():
     head, stats, feats, labels = _probe(0)
     acc = (head(feats).argmax(-1) == torch.tensor(labels)).float().mean()
-    assert acc > 0.9 and stats["examples"] == 64 * 20
+    assert acc > 0.9 and stats["examples"] == 64  # examples, not examples x 20 epochs
     again, *_ = _probe(0)
     other, *_ = _probe(1)
     assert torch.equal(head.weight, again.weight)
