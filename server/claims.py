@@ -11,6 +11,7 @@ or Flower's DP wrapper refuses the whole round.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from flwr.app import MetricRecord, RecordDict
@@ -40,8 +41,8 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _num_examples(metrics: MetricRecord, cap: int) -> int:
-    n = metrics.get("num-examples")
+def check_num_examples(n: object, cap: float) -> int:
+    """`n` as a positive integer no larger than `cap` (0: no cap), or `DeltaError`."""
     if n is None:
         raise DeltaError("no num-examples in the metrics", reason="num-examples")
     if isinstance(n, bool) or not isinstance(n, int):
@@ -53,10 +54,28 @@ def _num_examples(metrics: MetricRecord, cap: int) -> int:
         raise DeltaError(f"num-examples must be positive, got {n}", reason="num-examples")
     if cap and n > cap:
         raise DeltaError(
-            f"num-examples {n} exceeds the cap of {cap} (max_num_examples)",
+            f"num-examples {n} exceeds the cap of {cap:g} (max_num_examples)",
             reason="num-examples-cap",
         )
     return n
+
+
+def secagg_rejections(num_examples: list[object], cap: int, max_weight: float) -> Counter:
+    """Reasons to void a SecAgg+ round's mean, counted per bad claim (empty: keep it).
+
+    Each client scales its masked delta by `num-examples / secagg_max_weight`: a claim above
+    `max_weight` overflows the fixed-point sum, and any claim above the cap buys the claimer
+    the mean. The server sees every claim but not which delta it weighs, so one bad claim
+    voids the whole round.
+    """
+    limit = min(cap, max_weight) if cap else max_weight
+    out: Counter = Counter()
+    for n in num_examples:
+        try:
+            check_num_examples(n, limit)
+        except DeltaError as e:
+            out[e.reason] += 1
+    return out
 
 
 def _train_loss(metrics: MetricRecord) -> float:
@@ -75,7 +94,7 @@ def read_claims(content: RecordDict, cap: int, dp: bool) -> Claims:
     if not isinstance(metrics, MetricRecord):
         got = "none" if metrics is None else type(metrics).__name__
         raise DeltaError(f"'metrics' must be a MetricRecord, got {got}", reason="metrics")
-    claims = Claims(_num_examples(metrics, cap), _train_loss(metrics))
+    claims = Claims(check_num_examples(metrics.get("num-examples"), cap), _train_loss(metrics))
     w = metrics.get("dp-weight")
     if dp and (not _number(w) or w != 1):
         raise DeltaError(

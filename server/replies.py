@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedadapt.codecs import decode
@@ -150,6 +151,58 @@ def _rebuilt(msg: Message, global_state: State, delta: State, claims: Claims, dp
         {"arrays": state_to_record(rebuilt), "metrics": MetricRecord(claims.metrics(dp))}
     )
     return msg
+
+
+def _check_full(content: RecordDict, global_state: State) -> None:
+    """A full-model reply's weights: exactly the model's tensors, float, shaped, finite.
+
+    Each array is deserialized, checked and dropped in turn (one tensor of working memory);
+    the checked record is what the strategy then reads.
+    """
+    arrays = content.get("arrays")
+    if not isinstance(arrays, ArrayRecord):
+        raise DeltaError("'arrays' must be an ArrayRecord", reason="malformed")
+    missing = sorted(set(global_state) - set(arrays.keys()))
+    if missing:
+        raise DeltaError(f"missing tensors {missing[:5]}", reason="missing-names")
+    for k, a in arrays.items():
+        try:
+            v = torch.from_numpy(a.numpy())
+        except (TypeError, ValueError, OSError, EOFError) as e:
+            raise DeltaError(f"{k}: not a numpy array: {e}", reason="malformed") from e
+        check_delta({k: v}, global_state)
+
+
+def screen_full(replies: list[Message], global_state: State, max_examples: int = 0) -> Screened:
+    """The full-model baseline's replies (whole weights, for stock FedAvg), checked as
+    strictly as a delta reply: one bad reply is dropped, never the round or the run."""
+    out = Screened()
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            out.rejected["client-error"] += 1
+            log.warning("node %s failed: %s", node, msg.error.reason)
+            continue
+        try:
+            size = _wire_size(msg)
+            out.upload_bytes += size or 0
+            if size is None:
+                raise DeltaError("reply is not a Flower wire message", reason="malformed")
+            claims = read_claims(msg.content, max_examples, dp=False)
+            _check_full(msg.content, global_state)
+        except DeltaError as e:
+            out.rejected[e.reason] += 1
+            log.warning("rejected full-model reply from node %s (%s): %s", node, e.reason, e)
+            continue
+        except Exception as e:  # a last resort: one odd reply must not end the run
+            out.rejected["unreadable"] += 1
+            log.warning("rejected full-model reply from node %s (unreadable): %r", node, e)
+            continue
+        arrays = msg.content["arrays"]
+        msg.content = RecordDict({"arrays": arrays, "metrics": MetricRecord(claims.metrics(False))})
+        out.accepted.append(msg)
+        out.clients += 1
+    return out
 
 
 def screen(

@@ -17,7 +17,7 @@ from safetensors.torch import save
 from fedadapt.clients.attacks import INFLATED_EXAMPLES, attack, claimed_examples
 from fedadapt.codecs import encode
 from fedadapt.records import pack_delta, record_to_state
-from fedadapt.server.replies import screen
+from fedadapt.server.replies import screen, screen_full
 
 TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1
 SHA = "a" * 64
@@ -211,3 +211,50 @@ def test_the_cap_rejects_an_inflate_examples_attacker(fold_by):
     owned = _aggregate(open_.accepted)["head.bias"]
     assert INFLATED_EXAMPLES >= 10**9
     torch.testing.assert_close(owned, torch.full((2,), 0.75), atol=1e-5, rtol=0)
+
+
+def _full(state=None, metrics=None) -> Message:
+    state = state if state is not None else {k: v + 0.5 for k, v in GLOBAL.items()}
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v.numpy()) for k, v in state.items()}),
+            "metrics": metrics if metrics is not None else MetricRecord(METRICS),
+        }
+    )
+    return _msg(content)
+
+
+FULL_CASES = {
+    "no-metrics": (lambda: _msg(RecordDict({"arrays": _full().content["arrays"]})), "metrics"),
+    "over-cap": (
+        lambda: _full(metrics=MetricRecord({**METRICS, "num-examples": 10**9})),
+        "num-examples-cap",
+    ),
+    "missing-tensor": (lambda: _full({"head.bias": torch.ones(2)}), "missing-names"),
+    "unknown-tensor": (lambda: _full({**GLOBAL, "extra": torch.ones(2)}), "unknown-names"),
+    "shape": (lambda: _full({**GLOBAL, "head.bias": torch.ones(3)}), "shape"),
+    "nan": (lambda: _full({**GLOBAL, "head.bias": torch.tensor([NAN, 1.0])}), "non-finite"),
+    "int": (lambda: _full({**GLOBAL, "head.bias": torch.ones(2, dtype=torch.int32)}), "dtype"),
+    "garbage": (
+        lambda: _full_with(Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"junk")),
+        "malformed",
+    ),
+    "error": (_error, "client-error"),
+}
+
+
+def _full_with(bias: Array) -> Message:
+    arrays = ArrayRecord(
+        {"x.adapter_up.weight": Array(np.zeros((4, 2), np.float32)), "head.bias": bias}
+    )
+    return _msg(RecordDict({"arrays": arrays, "metrics": MetricRecord(METRICS)}))
+
+
+@pytest.mark.parametrize("case", list(FULL_CASES))
+def test_a_bad_full_model_reply_is_refused_with_its_reason(case):
+    make, reason = FULL_CASES[case]
+    s = screen_full([make(), _full()], GLOBAL, max_examples=1000)
+    assert dict(s.rejected) == {reason: 1} and s.clients == 1
+    new = _aggregate(s.accepted)
+    for k, v in GLOBAL.items():
+        torch.testing.assert_close(new[k], v + 0.5)
