@@ -2,10 +2,11 @@
 
 Needs only numpy, safetensors and onnxruntime, so `fetch` and `rollback` keep it in step on
 an inference-only device without torch. The personal part is what the ClientApp keeps in the
-device folder (`personal.safetensors`):
-- `head_bias`: a per-class offset fitted on the device; it folds into the head's bias
-  tensor (global head bias + offset), so the graph needs no extra input for it;
-- adapter tensors and a head (FedRep): a personal branch stacked on the global one. A device
+device folder:
+- `head-bias.safetensors` (`head_bias`): a per-class offset fitted on the device; it folds
+  into the head's bias tensor (global head bias + offset): the graph needs no input for it;
+- `personal.safetensors`, adapter tensors and a head (FedRep): a personal branch stacked on
+  the global one. A device
   graph is exported with `Stack(global, personal)` (`runtime.json` names the stack), its
   tensors as `global:<name>` and `personal:<name>`; the personal defaults baked into the
   graph are a fresh personal adapter, which is the identity, so the global file leaves them
@@ -13,7 +14,8 @@ device folder (`personal.safetensors`):
 
 Device folder, beside what the updater and the exporter write:
 
-    personal.safetensors         the personal state (ClientApp, after each round)
+    personal.safetensors         the personal adapter and head (ClientApp, after each round)
+    head-bias.safetensors        the fitted head bias (ClientApp, after each evaluation)
     global.safetensors           the newest global adapter a round brought (ClientApp)
     global.onnx_adapter          that global, for the graph (no signed version installed)
     personalized.onnx_adapter    the personalized file of the global in use
@@ -35,6 +37,7 @@ from fedadapt.errors import AdapterLoadError
 from fedadapt.onnx_adapter import RUNTIME_FILE, write_onnx_adapter
 
 PERSONAL_FILE = "personal.safetensors"
+HEAD_BIAS_FILE = "head-bias.safetensors"
 ROUND_GLOBAL_FILE = "global.safetensors"
 GLOBAL_ONNX = "global.onnx_adapter"
 PERSONALIZED_ONNX = "personalized.onnx_adapter"
@@ -91,6 +94,17 @@ def _load(path: Path) -> Tensors | None:
         raise AdapterLoadError(f"{path} is not a readable safetensors file: {e}") from e
 
 
+def personal_part(folder: Path) -> Tensors | None:
+    """The personal adapter (and head) and the head bias this device keeps, merged."""
+    personal = _load(folder / PERSONAL_FILE) or {}
+    bias = _load(folder / HEAD_BIAS_FILE)
+    if bias is not None:
+        if HEAD_BIAS not in bias:
+            raise AdapterLoadError(f"{folder / HEAD_BIAS_FILE} holds no {HEAD_BIAS!r} tensor")
+        personal[HEAD_BIAS] = bias[HEAD_BIAS]
+    return personal or None
+
+
 def installed_version(folder: Path) -> int | None:
     """The signed version `state.json` names (the updater's commit point), if any."""
     state = folder / STATE_FILE
@@ -136,6 +150,5 @@ def refresh(folder: str | Path) -> Path | None:
     stack, sha = meta.get("stack"), meta["base_sha256"]
     if version == 0:
         write_onnx_adapter(folder / GLOBAL_ONNX, graph_tensors(global_, None, stack), 0, sha)
-    personal = _load(folder / PERSONAL_FILE)
-    tensors = graph_tensors(global_, personal, stack)
+    tensors = graph_tensors(global_, personal_part(folder), stack)
     return write_onnx_adapter(folder / PERSONALIZED_ONNX, tensors, version, sha)

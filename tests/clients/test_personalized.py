@@ -15,6 +15,7 @@ import safetensors.numpy
 
 from fedadapt.clients.personalized import (
     GLOBAL_ONNX,
+    HEAD_BIAS_FILE,
     PERSONAL_FILE,
     PERSONALIZED_ONNX,
     graph_tensors,
@@ -91,8 +92,9 @@ def _device(tmp_path: Path) -> Path:
 
 def test_each_round_rewrites_the_personalized_file_from_the_personal_state(tmp_path) -> None:
     device = _device(tmp_path)
-    (device / PERSONAL_FILE).write_bytes(
-        safetensors.numpy.save({**_personal(), "head_bias": np.array([1.0, 0.0], np.float32)})
+    (device / PERSONAL_FILE).write_bytes(safetensors.numpy.save(_personal()))
+    (device / HEAD_BIAS_FILE).write_bytes(
+        safetensors.numpy.save({"head_bias": np.array([1.0, 0.0], np.float32)})
     )
     keep_round_global(device, _global())
     version, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
@@ -109,7 +111,7 @@ def test_an_installed_signed_version_is_the_global_in_use(tmp_path) -> None:
     (device / "versions").mkdir()
     (device / "versions" / "v0007.safetensors").write_bytes(safetensors.numpy.save(signed))
     (device / "state.json").write_text(json.dumps({"version": 7}))
-    (device / PERSONAL_FILE).write_bytes(
+    (device / HEAD_BIAS_FILE).write_bytes(
         safetensors.numpy.save({"head_bias": np.array([1.0, 1.0], np.float32)})
     )
     refresh(device)

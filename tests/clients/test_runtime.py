@@ -1,0 +1,146 @@
+"""The personalized model on ONNX Runtime gives the predictions torch gave on the device.
+
+One device graph (`Stack(global, personal)` over the dequantized int8 base, as trained) is
+exported for the module. On a device's held-out split, the ORT logits of the personalized
+file match torch's personalized logits to 1e-4, and the accuracy through ORT equals the
+personalized accuracy the device reports to the run, for FedRep and for the head bias. The
+updater's installs and rollbacks keep the personalized file on the installed version.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import safetensors.torch
+import torch
+
+from fedadapt.adapters import Stack
+from fedadapt.base_model import load_tokenizer
+from fedadapt.cli import main
+from fedadapt.clients.device import Device
+from fedadapt.clients.personalized import (
+    HEAD_BIAS_FILE,
+    PERSONAL_FILE,
+    keep_round_global,
+)
+from fedadapt.clients.runtime import EdgeRuntime
+from fedadapt.clients.updater import DeviceStore
+from fedadapt.export.device_graph import export_device_graph
+from fedadapt.head_bias import fit_head_bias
+from fedadapt.model_setup import GLOBAL, PERSONAL
+from fedadapt.simconfig import SimConfig
+from fedadapt.train import accuracy, predict
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+CFG = SimConfig(
+    num_clients=4, clients_per_round=4, personalization="fedrep", personal_epochs=2, seed=3
+)
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("graph")
+    export_device_graph(CFG, folder)
+    return folder
+
+
+@pytest.fixture
+def device(graph, tmp_path):
+    """A device folder holding the module's graph (hard links: no copy of 90 MB)."""
+    folder = tmp_path / "device"
+    folder.mkdir()
+    for f in graph.iterdir():
+        (folder / f.name).hardlink_to(f)
+    return folder
+
+
+def _trained_global(d: Device, seed: int) -> dict[str, torch.Tensor]:
+    """The round-0 global adapter moved as a few rounds would move it."""
+    g = torch.Generator().manual_seed(seed)
+    state = d.model.adapter_state(GLOBAL)
+    return {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+
+
+def _np(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in state.items()}
+
+
+def _torch_logits(d: Device, texts: list[str]) -> np.ndarray:
+    return predict(d.model, load_tokenizer(CFG.max_length), texts, max_length=CFG.max_length)
+
+
+def test_fedrep_personalized_ort_equals_torch_on_the_held_out_split(device):
+    d = Device.create(CFG, 0)
+    global_ = _trained_global(d, 1)
+    personal = d.train_personal(global_, None, server_round=1)
+    reported, _ = d.evaluate(global_, personal, server_round=1)  # what the run records
+    (device / PERSONAL_FILE).write_bytes(safetensors.torch.save(personal))
+    keep_round_global(device, _np(global_))
+
+    texts, labels = d.data.test_texts, d.data.test_labels
+    d.model.load_adapter_state(GLOBAL, global_)
+    d.model.load_adapter_state(PERSONAL, personal)
+    d.model.set_active(Stack(GLOBAL, PERSONAL))
+    want = _torch_logits(d, texts)
+    rt = EdgeRuntime(device)
+    got = rt.logits(texts)
+    assert rt.personalized
+    assert np.abs(got - want.numpy()).max() < 1e-4
+    assert accuracy(torch.from_numpy(got), labels) == reported["personalized_accuracy"]
+
+    d.model.set_active(GLOBAL)  # --global: the shared adapter, the personal branch left out
+    shared = EdgeRuntime(device, personalized=False)
+    assert not shared.personalized
+    assert np.abs(shared.logits(texts) - _torch_logits(d, texts).numpy()).max() < 1e-4
+    assert accuracy(torch.from_numpy(shared.logits(texts)), labels) == (reported["global_accuracy"])
+
+
+def test_head_bias_personalized_ort_equals_torch(device):
+    cfg = SimConfig(**{**CFG.to_dict(), "personalization": "head-bias"})
+    d = Device.create(cfg, 1)
+    global_ = _trained_global(d, 2)
+    reported, _ = d.evaluate(global_, None, server_round=1)
+    d.model.set_active(GLOBAL)
+    train_logits = _torch_logits(d, d.data.train_texts)
+    bias = fit_head_bias(train_logits, torch.tensor(d.data.train_labels), cfg.head_bias_l2)
+    (device / HEAD_BIAS_FILE).write_bytes(safetensors.torch.save({"head_bias": bias}))
+    keep_round_global(device, _np(global_))
+
+    texts = d.data.test_texts
+    want = _torch_logits(d, texts) + bias
+    got = EdgeRuntime(device).logits(texts)
+    assert np.abs(got - want.numpy()).max() < 1e-4
+    assert (
+        accuracy(torch.from_numpy(got), d.data.test_labels) == (reported["personalized_accuracy"])
+    )
+
+
+def test_installs_and_rollbacks_keep_the_personalized_file_on_the_installed_version(device, capsys):
+    d = Device.create(CFG, 2)
+    bias = np.array([0.7, -0.7], np.float32)
+    (device / HEAD_BIAS_FILE).write_bytes(safetensors.numpy.save({"head_bias": bias}))
+    store = DeviceStore(device)
+    sha = d.model.base.sha256
+    versions = {v: _trained_global(d, 10 + v) for v in (1, 2)}
+    for v, state in versions.items():
+        store.install("rt", v, safetensors.torch.save(state), sha)
+    texts = ["a wonderful, moving film", "a dull, lifeless mess"]
+
+    def torch_logits(v: int) -> np.ndarray:
+        d.model.load_adapter_state(GLOBAL, versions[v])
+        d.model.set_active(GLOBAL)
+        return _torch_logits(d, texts).numpy()
+
+    rt = EdgeRuntime(device)
+    assert (rt.adapter_version, rt.personalized) == (2, True)
+    assert np.abs(rt.logits(texts) - (torch_logits(2) + bias)).max() < 1e-4
+    store.rollback()
+    rt = EdgeRuntime(device)
+    assert (rt.adapter_version, rt.personalized) == (1, True)
+    assert np.abs(rt.logits(texts) - (torch_logits(1) + bias)).max() < 1e-4
+
+    assert main(["infer", "--device-dir", str(device), "--global", *texts]) == 0
+    assert "(adapter version 1, global)" in capsys.readouterr().err
+    assert main(["infer", "--device-dir", str(device), *texts]) == 0
+    assert "(adapter version 1, personalized)" in capsys.readouterr().err
