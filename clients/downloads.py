@@ -77,7 +77,9 @@ def check_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises on a port out of range)
-    except ValueError as e:
+        url.encode("ascii")  # an international host name goes in as punycode
+        (parts.hostname or "").encode("idna")  # empty or over-long labels
+    except ValueError as e:  # UnicodeError included
         raise FedAdaptError(f"bad registry URL {url!r}: {e}") from e
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FedAdaptError(f"bad registry URL {url!r}: expected http(s)://HOST[:PORT][/PATH]")

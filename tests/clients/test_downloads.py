@@ -137,6 +137,8 @@ def test_a_refused_connection_is_one_line(world):
         ("registry/", "expected http(s)://HOST[:PORT][/PATH]"),
         ("http://127.0.0.1:99999", "Port out of range"),
         ("http://", "expected http(s)://HOST[:PORT][/PATH]"),
+        ("http://a..b/reg", "label empty or too long"),
+        ("http://\u00e9t\u00e9.example", "'ascii' codec can't encode"),
     ],
 )
 def test_a_bad_url_is_one_line(world, url, why):

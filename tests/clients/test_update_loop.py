@@ -5,6 +5,7 @@ rollback → infer. The runtime must follow `state.json` at each step."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TEXTS = ["a gem of a film", "two hours I will never get back"]
 
 
+def _free_port() -> int:
+    """A port nothing listens on now (the CLI takes 1..65535, not 0 for "any")."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _serve(registry):
     proc = subprocess.Popen(
         [
@@ -34,7 +42,7 @@ def _serve(registry):
             "--registry",
             str(registry),
             "--port",
-            "0",
+            str(_free_port()),
         ],
         stdout=subprocess.PIPE,
         text=True,
