@@ -65,6 +65,11 @@ def parse_index(data: bytes) -> dict[str, Any]:
         index = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BundleError(f"index.json is not valid JSON: {e}", "malformed") from e
+    return check_index(index)
+
+
+def check_index(index: object) -> dict[str, Any]:
+    """`index` (parsed JSON of any shape) as an index, or `malformed` naming the field."""
     if not isinstance(index, dict) or not isinstance(index.get("versions"), list):
         raise BundleError("index.json must be an object with a list of versions", "malformed")
     for i, entry in enumerate(index["versions"]):
