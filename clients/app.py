@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save
 from fedadapt.atomic import atomic_write_bytes
 from fedadapt.clients.attacks import attack, malicious_clients
 from fedadapt.clients.device import Device
+from fedadapt.clients.personalized import after_evaluation
 from fedadapt.codecs import ErrorFeedback
 from fedadapt.data.partitions import client_data
 from fedadapt.deltas import check_delta, clip
@@ -68,6 +69,22 @@ def _keep(context: Context, key: str, state) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
+
+
+def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int) -> None:
+    """On a deployed device: the round's global adapter, the personalized ORT file and the
+    accuracies torch measured, kept in the device folder (`clients/personalized.py`)."""
+    folder = context.node_config.get("device-dir")
+    if not folder:
+        return
+    figures = {
+        "round": rnd,
+        "global_accuracy": out["global_accuracy"],
+        "personalized_accuracy": out["personalized_accuracy"],
+        "examples_train": len(device.data.train_labels),
+        "examples_heldout": len(device.data.test_labels),
+    }
+    after_evaluation(Path(str(folder)), {k: v.numpy() for k, v in arrays.items()}, figures)
 
 
 @app.query()
@@ -165,6 +182,9 @@ def evaluate(message: Message, context: Context) -> Message:
         out, personal = device.evaluate(arrays, _load(context, "personal"), rnd)
         if personal is not None:
             _keep(context, "personal", personal)
+        if device.head_bias is not None:
+            _keep(context, "head-bias", {"head_bias": device.head_bias})
+        _serve_locally(context, arrays, out, device, rnd)
         if message.content["config"].get("baselines", False):
             out.update(device.baselines())
     n = len(client_data(cfg, pid).test_labels)

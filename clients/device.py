@@ -38,6 +38,7 @@ class Device:
     partition_id: int
     model: AdapterModel
     fresh_personal: State
+    head_bias = None  # the last head bias fitted here (not a field); the app keeps it
 
     @classmethod
     def create(cls, cfg: SimConfig, partition_id: int, full_model: bool = False) -> Device:
@@ -92,6 +93,7 @@ class Device:
         test = self._logits(d.test_texts)
         labels = torch.tensor(d.train_labels, dtype=torch.long)
         bias = fit_head_bias(self._logits(d.train_texts), labels, self.cfg.head_bias_l2)
+        self.head_bias = bias
         return {
             "global_accuracy": accuracy(test, d.test_labels),
             "personalized_accuracy": accuracy(test + bias, d.test_labels),

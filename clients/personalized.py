@@ -19,6 +19,7 @@ Device folder, beside what the updater and the exporter write:
     global.safetensors           the newest global adapter a round brought (ClientApp)
     global.onnx_adapter          that global, for the graph (no signed version installed)
     personalized.onnx_adapter    the personalized file of the global in use
+    evaluation.json              the accuracies torch measured at the last evaluation
 
 The global in use is the signed version `state.json` names, else the newest round's
 (version 0). The personalized file carries that version, so the runtime can tell a stale one.
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from fedadapt.atomic import atomic_write_bytes
+from fedadapt.atomic import atomic_write_bytes, atomic_write_text
 from fedadapt.errors import AdapterLoadError
 from fedadapt.onnx_adapter import RUNTIME_FILE, write_onnx_adapter
 
@@ -40,6 +41,7 @@ PERSONAL_FILE = "personal.safetensors"
 HEAD_BIAS_FILE = "head-bias.safetensors"
 ROUND_GLOBAL_FILE = "global.safetensors"
 GLOBAL_ONNX = "global.onnx_adapter"
+EVALUATION_FILE = "evaluation.json"
 PERSONALIZED_ONNX = "personalized.onnx_adapter"
 HEAD_BIAS = "head_bias"
 HEAD = "head."
@@ -130,6 +132,14 @@ def keep_round_global(folder: str | Path, tensors: Tensors) -> None:
     contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     atomic_write_bytes(folder / ROUND_GLOBAL_FILE, safetensors.numpy.save(contiguous))
     refresh(folder)
+
+
+def after_evaluation(folder: str | Path, global_: Tensors, figures: dict) -> None:
+    """After an evaluation on a deployed device: the round's global, the personalized file,
+    and what torch measured (numbers only), so the device can show ORT against torch."""
+    folder = Path(folder)
+    keep_round_global(folder, global_)
+    atomic_write_text(folder / EVALUATION_FILE, json.dumps(figures, indent=2) + "\n")
 
 
 def refresh(folder: str | Path) -> Path | None:

@@ -86,6 +86,7 @@ def test_a_head_bias_of_the_wrong_size_is_refused() -> None:
 
 
 def _device(tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / RUNTIME_FILE).write_text(json.dumps({"base_sha256": SHA, "stack": STACK}))
     return tmp_path
 
@@ -131,3 +132,42 @@ def test_a_torn_personal_file_is_named(tmp_path) -> None:
     (device / PERSONAL_FILE).write_bytes(b"\x00garbage")
     with pytest.raises(AdapterLoadError, match=r"personal\.safetensors is not a readable"):
         keep_round_global(device, _global())
+
+
+def test_the_clientapp_keeps_its_head_bias_and_writes_the_personalized_file(tmp_path) -> None:
+    """An evaluation on a deployed device leaves, in its folder, the fitted head bias, the
+    personalized file (global head bias + that offset) and torch's figures: numbers only."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from fedadapt.clients.app import app
+    from fedadapt.clients.personalized import EVALUATION_FILE
+    from fedadapt.model_setup import build_fresh_global
+    from fedadapt.records import state_to_record
+    from fedadapt.simconfig import SimConfig
+    from tests.clients import SMALL
+
+    cfg = SimConfig(**{**SMALL.to_dict(), "personalization": "head-bias"})
+    device = _device(tmp_path / "dev")
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 1, "device-dir": str(device)},
+        state=RecordDict(),
+        run_config=cfg.to_dict(),
+    )
+    global_ = build_fresh_global(cfg)
+    content = RecordDict(
+        {
+            "arrays": state_to_record(global_),
+            "config": ConfigRecord({"server-round": 3, "phase": "adapter", "baselines": False}),
+        }
+    )
+    reply = app(Message(content, dst_node_id=7, message_type="evaluate"), context)
+    metrics = reply.content["metrics"]
+    figures = json.loads((device / EVALUATION_FILE).read_text())
+    assert figures["round"] == 3
+    assert figures["personalized_accuracy"] == metrics["personalized_accuracy"]
+    bias = safetensors.numpy.load_file(str(device / HEAD_BIAS_FILE))["head_bias"]
+    assert np.abs(bias).max() > 0  # a fitted offset, not zeros
+    _, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
+    np.testing.assert_allclose(tensors["head.bias"], global_["head.bias"].numpy() + bias)
