@@ -119,7 +119,9 @@ def pick(index: dict, installed: int | None) -> dict | None:
     latest = max(index.get("versions", []), key=lambda v: v["version"], default=None)
     if latest is None or (installed is not None and latest["version"] <= installed):
         return None
-    options = [latest["full"]] + [d for d in latest["deltas"] if d["from_version"] == installed]
+    # `parse_index` allows an entry without deltas, and a delta entry without from_version
+    deltas = latest.get("deltas", [])
+    options = [latest["full"]] + [d for d in deltas if d.get("from_version") == installed]
     return min(options, key=lambda b: b["payload_bytes"])
 
 
