@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements-data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,interop]'
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-data.txt
 	touch $(STAMP)
 

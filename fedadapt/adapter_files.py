@@ -1,9 +1,11 @@
 """Adapter folders: `adapter_config.json` plus `adapter_model.safetensors`, never base weights.
 
-LoRA and IA³ configs carry HF PEFT's own fields (`peft_type`, `r`, `lora_alpha`,
-`target_modules`, ...) so PEFT can read them. The config also records the SHA-256 of the
-tensors file and is written last, so a folder interrupted mid-save fails to load loudly
-instead of loading mismatched tensors.
+LoRA and IA³ folders are PEFT folders: PEFT's key names and config fields, the head as the
+`classifier` in `modules_to_save` (see `fedadapt.peft_format`), so `PeftModel.from_pretrained`
+loads them, and a folder PEFT saved loads here. Other methods keep fedadapt's names. Readers
+take both key styles, so older fedadapt LoRA/IA³ folders still load. The config also records
+the SHA-256 of the tensors file and is written last, so a folder interrupted mid-save fails to
+load loudly instead of loading mismatched tensors.
 """
 
 from __future__ import annotations
@@ -15,43 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
+from safetensors.numpy import load as np_load
+from safetensors.numpy import save as np_save
 from safetensors.torch import load, save
 
 from fedadapt.adapters import METHODS, AdapterModel
 from fedadapt.atomic import atomic_write_bytes, atomic_write_text
 from fedadapt.base_model import BASE_MODEL_NAME
 from fedadapt.errors import AdapterLoadError
+from fedadapt.peft_format import (
+    from_peft_config,
+    from_peft_keys,
+    peft_fields,
+    to_peft_keys,
+    uses_peft_keys,
+)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-
-
-def _peft_fields(cfg: Any) -> dict[str, Any]:
-    if cfg.method == "lora":
-        return {
-            "peft_type": "LORA",
-            "task_type": "FEATURE_EXTRACTION",
-            "r": cfg.r,
-            "lora_alpha": cfg.lora_alpha,
-            "lora_dropout": cfg.lora_dropout,
-            "target_modules": cfg.target_modules,
-            "bias": "none",
-            "fan_in_fan_out": False,
-            "inference_mode": True,
-            "modules_to_save": None,
-        }
-    if cfg.method == "ia3":
-        return {
-            "peft_type": "IA3",
-            "task_type": "FEATURE_EXTRACTION",
-            "target_modules": cfg.target_modules,
-            "feedforward_modules": cfg.feedforward_modules,
-            "fan_in_fan_out": False,
-            "init_ia3_weights": True,
-            "inference_mode": True,
-            "modules_to_save": None,
-        }
-    return {}
 
 
 def save_adapter(
@@ -62,13 +45,13 @@ def save_adapter(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     folder = Path(folder)
-    cfg = model.configs[name]
-    state = model.adapter_state(name)
+    cfg, state = model.inference_state(name)  # prefix tuning's MLP folds to its keys/values
+    head = model.heads[name] if name in model.heads else None  # noqa: SIM401 (no ModuleDict.get)
+    tensors = {k: v.contiguous() for k, v in state.items()}
     blob = save(
-        {k: v.contiguous() for k, v in state.items()},
+        to_peft_keys(tensors) if uses_peft_keys(cfg.method) else tensors,
         metadata={"base_model_sha256": model.base.sha256, "version": str(version)},
     )
-    head = model.heads[name] if name in model.heads else None  # noqa: SIM401 (no ModuleDict.get)
     config = {
         "method": cfg.method,
         "placement": getattr(cfg, "placement", None),
@@ -79,7 +62,7 @@ def save_adapter(
         "version": version,
         "trainable_params": sum(v.numel() for v in state.values()),
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
-        **_peft_fields(cfg),
+        **peft_fields(cfg, has_head=head is not None),
         **(extra or {}),
     }
     atomic_write_bytes(folder / WEIGHTS_FILE, blob)
@@ -97,21 +80,43 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], bytes]:
         raise AdapterLoadError(f"{folder} is not an adapter folder: {e.filename} is missing") from e
     except json.JSONDecodeError as e:
         raise AdapterLoadError(f"{folder / CONFIG_FILE} is not valid JSON: {e}") from e
-    if config.get("method") not in METHODS:
-        raise AdapterLoadError(f"{folder}: unknown adapter method {config.get('method')!r}")
+    if not isinstance(config, dict):
+        raise AdapterLoadError(f"{folder / CONFIG_FILE} is not a JSON object")
     want = config.get("tensors_sha256")
     if want and hashlib.sha256(blob).hexdigest() != want:
         raise AdapterLoadError(
             f"{folder}: {WEIGHTS_FILE} does not match its config (torn or edited)"
         )
-    return config, blob
+    if "method" not in config and "peft_type" in config:
+        config = from_peft_config(config, folder)
+    if config.get("method") not in METHODS:
+        raise AdapterLoadError(f"{folder}: unknown adapter method {config.get('method')!r}")
+    return _fedadapt_names(config, blob)
+
+
+def _fedadapt_names(config: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+    """The tensors under fedadapt's names (what graphs and update bundles use), whichever key
+    style the file holds; a file safetensors cannot parse passes unchanged, for the caller to
+    report in its own words."""
+    try:
+        tensors = np_load(blob)
+    except SafetensorError:
+        return config, blob
+    renamed = from_peft_keys(tensors)
+    if renamed.keys() == tensors.keys():
+        return config, blob
+    if config.get("num_labels") is None and "head.weight" in renamed:
+        config = {**config, "num_labels": int(renamed["head.weight"].shape[0])}
+    return config, np_save(dict(sorted(renamed.items())))
 
 
 def load_adapter(model: AdapterModel, folder: str | Path, name: str | None = None) -> str:
     """Add the adapter in `folder` to `model` (as `name`, default the folder's name)."""
     folder = Path(folder)
     config, blob = read_adapter(folder)
-    if config.get("base_model_sha256") != model.base.sha256:
+    # A folder PEFT saved names no base hash; its tensors' shapes are still checked below.
+    peft_saved = "base_model_sha256" not in config and "peft_type" in config
+    if not peft_saved and config.get("base_model_sha256") != model.base.sha256:
         raise AdapterLoadError(
             f"{folder} was trained on base {str(config.get('base_model_sha256'))[:12]}…, "
             f"but this model's base is {model.base.sha256[:12]}…"
@@ -121,7 +126,10 @@ def load_adapter(model: AdapterModel, folder: str | Path, name: str | None = Non
     except SafetensorError as e:
         raise AdapterLoadError(f"{folder / WEIGHTS_FILE} is not valid safetensors: {e}") from e
     name = name or folder.name
-    cfg = METHODS[config["method"]](**config["config"])
+    try:
+        cfg = METHODS[config["method"]](**config["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise AdapterLoadError(f"{folder / CONFIG_FILE}: bad {config['method']} config: {e}") from e
     model.add_adapter(name, cfg, num_labels=config.get("num_labels"))
     try:
         model.load_adapter_state(name, state)
