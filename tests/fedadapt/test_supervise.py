@@ -8,6 +8,7 @@ or a closed terminal would, and look for any process of the run left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from safetensors.torch import load_file
 
 from fedadapt import runlock
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig
-from tests.fedadapt.test_simulate import ROOT
+from tests.fedadapt.test_simulate import ROOT, _simulate
 
 # A command that ignores SIGTERM and starts a daemon (double fork, new session) that
 # ignores it too: only the supervisor's SIGKILL ends them. It writes both PIDs to argv[1].
@@ -158,3 +160,109 @@ def test_a_run_into_a_locked_folder_is_refused_naming_the_live_holder(tmp_path):
         holder.wait()
     os.close(runlock.acquire(run))  # a dead holder's lock is taken over
     assert (run / runlock.LOCK_NAME).read_text().startswith(f"{os.getpid()}\n")
+
+
+def _of_run(folder: Path) -> list[psutil.Process]:
+    """Live processes of the run in `folder`: its FLWR_HOME in their environment (Ray's
+    daemons and actors inherit it), or a path inside the folder on their command line."""
+    home, inside = str(folder / ".flwr"), str(folder)
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            args = p.cmdline()
+            if p.environ().get("FLWR_HOME") == home or any(
+                a == inside or inside + os.sep in a for a in args
+            ):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _programs(procs: list[psutil.Process]) -> list[str]:
+    """The program each process runs (the script's name for a Python entry point)."""
+    names = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            args = p.cmdline()
+            script = len(args) > 1 and Path(args[0]).name.startswith("python")
+            names.append(Path(args[1] if script else args[0]).name)
+    return names
+
+
+def _cli(folder: Path, *args: str) -> subprocess.Popen:
+    """The real CLI in a process group of its own, its output in `folder`/cli.log."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "cli.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedadapt", *args],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _crash_and_check_nothing_is_left(cli: subprocess.Popen, folder: Path) -> None:
+    """`kill -9` the CLI's group; within 10 s no process it started, nor any of the run's
+    (found by its folder), may live."""
+    tree = [psutil.Process(cli.pid), *psutil.Process(cli.pid).children(recursive=True)]
+    killed = _crash(cli)
+    _until(lambda: not _alive(tree) and not _of_run(folder), 10, "the run's processes to end")
+    assert time.monotonic() - killed <= 10
+
+
+def _latest_round(run: Path) -> int:
+    latest = run / "checkpoints" / "latest"
+    return int(latest.read_text().split("-")[1].split(".")[0]) if latest.exists() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_crashed_simulate_leaves_no_process_and_resumes_to_the_uninterrupted_run(
+    tmp_path, uninterrupted_ci_run
+):
+    run = tmp_path / "run"
+    ci = ["--config", "simulations/ci.toml", "--no-baselines", "--rounds", "3"]
+    cli = _cli(tmp_path, "simulate", *ci, "--out", str(run))
+    try:
+        _until(lambda: _latest_round(run) >= 1 or cli.poll() is not None, 900, "round 1")
+        assert cli.poll() is None, (tmp_path / "cli.log").read_text()[-3000:]
+        started = _programs(_of_run(run))
+        for program in ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet"):
+            assert program in started  # the scan sees what it must see gone
+        _crash_and_check_nothing_is_left(cli, run)
+    finally:
+        if cli.poll() is None:
+            _crash(cli)
+    crashed_after = _latest_round(run)
+    checkpoints = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()}
+    time.sleep(3)
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()} == checkpoints
+    assert 1 <= crashed_after < 3 and not (run / "report.json").exists()
+
+    resumed = _simulate("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming after round {crashed_after}" in resumed.stdout
+    a = load_file(uninterrupted_ci_run / "adapter" / "adapter_model.safetensors")
+    b = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_crashed_deploy_demo_leaves_no_superlink_or_supernode(tmp_path):
+    out = tmp_path / "deploy"
+    cli = _cli(tmp_path, "deploy-demo", "--out", str(out), "--nodes", "3")
+    try:
+        submitted = out / "run" / "run_config.toml"  # written once the SuperNodes are up
+        _until(lambda: submitted.exists() or cli.poll() is not None, 300, "the run's submission")
+        assert cli.poll() is None, (tmp_path / "cli.log").read_text()[-3000:]
+        up = ("flower-superlink", 1), ("flower-supernode", 3)
+        _until(lambda: all(_programs(_of_run(out)).count(p) == n for p, n in up), 60, "nodes")
+        _crash_and_check_nothing_is_left(cli, out)
+    finally:
+        if cli.poll() is None:
+            _crash(cli)
