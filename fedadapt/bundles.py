@@ -8,8 +8,11 @@ float difference would not be), unchanged tensors compress to nothing, and the d
 the rebuilt file against `result_sha256` from the signed manifest.
 
 Checks follow TUF's threats: the signature and key (arbitrary payloads), the expiry
-(indefinite freeze), the base model (mix-and-match), version monotonicity (rollback), the
-delta's starting version, and the payload's size and hash (endless data, tampering).
+(indefinite freeze), the adapter name and base model (mix-and-match), version monotonicity
+(rollback), the delta's starting version, and the payload's size and hash (endless data,
+tampering). Every field is checked for type and form before it is used, so a signed but
+odd manifest is `malformed`, never a crash. The registry's index is guarded the same way
+by a signed timestamp (`fedadapt.signed_meta`, `fedadapt.registry_index`).
 """
 
 from __future__ import annotations
