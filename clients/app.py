@@ -11,17 +11,26 @@ The personal adapter and head, and the int8 codec's error-feedback residual, liv
 `context.state` (this node's state) and never enter a reply. A deployed SuperNode started
 with `device-dir` in its node config also keeps them there (safetensors, written
 atomically), so a restarted SuperNode resumes with its personal adapter intact.
+
+A SuperNode whose node config names `data-dir` (absolute, or relative to `device-dir`)
+trains on the device's own files there (`fedadapt.data.local_files`); without it, on the demo
+partition `partition-id`. A device that cannot take part (too few usable examples, an
+unreadable file) replies with an error, which the server counts as a rejected reply.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 from safetensors.torch import load_file, save
@@ -31,12 +40,15 @@ from fedadapt.clients.attacks import attack, malicious_clients
 from fedadapt.clients.device import Device
 from fedadapt.clients.personalized import after_evaluation
 from fedadapt.codecs import ErrorFeedback
-from fedadapt.data.partitions import client_data
+from fedadapt.data import local_files
 from fedadapt.deltas import check_delta, clip
+from fedadapt.errors import FedAdaptError
+from fedadapt.model_setup import label_names
 from fedadapt.records import pack_delta, record_to_state, state_to_record
 from fedadapt.simconfig import SimConfig
 
 app = ClientApp()
+log = logging.getLogger("fedadapt.clients")
 
 
 def _setup(message: Message, context: Context) -> tuple[SimConfig, int, int, str]:
@@ -44,6 +56,42 @@ def _setup(message: Message, context: Context) -> tuple[SimConfig, int, int, str
     pid = int(context.node_config["partition-id"])
     conf = message.content["config"]
     return cfg, pid, int(conf["server-round"]), str(conf["phase"])
+
+
+def _data_dir(context: Context) -> Path | None:
+    """The node config's `data-dir`: absolute, or relative to `device-dir`."""
+    data = context.node_config.get("data-dir")
+    if not data:
+        return None
+    device = context.node_config.get("device-dir")
+    return Path(str(device)) / str(data) if device else Path(str(data))
+
+
+def _device(cfg: SimConfig, pid: int, context: Context, full_model: bool = False) -> Device:
+    """This node's device over its own data folder, re-read every round (only when a file
+    changed), or over the demo partition `partition-id` when the node config names none."""
+    folder = _data_dir(context)
+    if folder is None:
+        return Device.create(cfg, pid, full_model)
+    local = local_files.load(
+        folder, label_names(cfg.dataset), cfg.test_fraction, str(cfg.seed), cfg.min_examples
+    )
+    return Device.create(cfg, pid, full_model, data=local.data)
+
+
+def _error_reply(handler: Callable[[Message, Context], Message]):
+    """A `FedAdaptError` (too few examples, an unreadable data file) becomes an error reply,
+    which the server counts as a rejected reply; nothing escapes to stop the SuperNode."""
+
+    @functools.wraps(handler)
+    def wrapped(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except FedAdaptError as e:
+            log.warning("%s: %s", message.metadata.message_type, e)
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(e)), reply_to=message)
+
+    return wrapped
 
 
 def _device_file(context: Context, key: str) -> Path | None:
@@ -102,7 +150,7 @@ def secagg_when_asked(message: Message, context: Context, call_next) -> Message:
 
 def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context):
     """Train the global adapter (and the personal part); the delta is all that may leave."""
-    device = Device.create(cfg, pid)
+    device = _device(cfg, pid, context)
     delta, stats = device.train_global(arrays, rnd)
     if pid in malicious_clients(cfg.num_clients, cfg.malicious_fraction, cfg.seed):
         delta = attack(delta, cfg.attack, seed=rnd * 100_003 + pid)
@@ -113,13 +161,14 @@ def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context)
 
 
 @app.train(mods=[secagg_when_asked])
+@_error_reply
 def train(message: Message, context: Context) -> Message:
     if RECORD_KEY_CONFIGS in message.content:
         return _train_secagg(message, context)
     cfg, pid, rnd, phase = _setup(message, context)
     arrays = record_to_state(message.content["arrays"])
     if phase == "full":
-        device = Device.create(cfg, pid, full_model=True)
+        device = _device(cfg, pid, context, full_model=True)
         state, stats = device.train_full(arrays, rnd)
         metrics = {"num-examples": stats["examples"], "train_loss": stats["train_loss"]}
         content = {"arrays": state_to_record(state), "metrics": MetricRecord(metrics)}
@@ -172,13 +221,15 @@ def _train_secagg(message: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_error_reply
 def evaluate(message: Message, context: Context) -> Message:
     cfg, pid, rnd, phase = _setup(message, context)
     arrays = record_to_state(message.content["arrays"])
     if phase == "full":
-        out = Device.create(cfg, pid, full_model=True).evaluate_full(arrays, rnd)
+        device = _device(cfg, pid, context, full_model=True)
+        out = device.evaluate_full(arrays, rnd)
     else:
-        device = Device.create(cfg, pid)
+        device = _device(cfg, pid, context)
         out, personal = device.evaluate(arrays, _load(context, "personal"), rnd)
         if personal is not None:
             _keep(context, "personal", personal)
@@ -187,6 +238,6 @@ def evaluate(message: Message, context: Context) -> Message:
         _serve_locally(context, arrays, out, device, rnd)
         if message.content["config"].get("baselines", False):
             out.update(device.baselines())
-    n = len(client_data(cfg, pid).test_labels)
+    n = len(device.data.test_labels)
     metrics = MetricRecord({**out, "num-examples": n, "partition-id": pid})
     return Message(RecordDict({"metrics": metrics}), reply_to=message)

@@ -8,6 +8,7 @@ caller keeps `personal` state on the device (Flower's node state) between rounds
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cache
 
@@ -31,6 +32,8 @@ from fedadapt.model_setup import (
 from fedadapt.simconfig import SimConfig
 from fedadapt.train import TrainConfig, accuracy, embed, predict, train, train_probe
 
+log = logging.getLogger("fedadapt.clients")
+
 
 @dataclass
 class Device:
@@ -39,16 +42,34 @@ class Device:
     model: AdapterModel
     fresh_personal: State
     head_bias = None  # the last head bias fitted here (not a field); the app keeps it
+    data: ClientData
 
     @classmethod
-    def create(cls, cfg: SimConfig, partition_id: int, full_model: bool = False) -> Device:
+    def create(
+        cls,
+        cfg: SimConfig,
+        partition_id: int,
+        full_model: bool = False,
+        data: ClientData | None = None,
+    ) -> Device:
+        """The device of partition `partition_id`: its own `data`, else the demo partition."""
         model = cached_model(cfg, full_model)
         fresh = {} if full_model else model.adapter_state(PERSONAL)
-        return cls(cfg, partition_id, model, fresh)
+        data = data if data is not None else client_data(cfg, partition_id)
+        return cls(cfg, partition_id, model, fresh, data)
 
-    @property
-    def data(self) -> ClientData:
-        return client_data(self.cfg, self.partition_id)
+    def usable_personal(self, personal: State | None) -> State | None:
+        """A kept personal part, unless its tensors no longer fit this config's personal
+        adapter (e.g. `personal_layers` changed since it was saved): then start afresh."""
+        if personal is None:
+            return None
+        expected = self.fresh_personal
+        fits = set(personal) == set(expected) and all(
+            personal[k].shape == expected[k].shape for k in expected
+        )
+        if not fits:
+            log.warning("the kept personal adapter does not fit this run's; starting a new one")
+        return personal if fits else None
 
     def _train_cfg(
         self,
@@ -124,6 +145,7 @@ class Device:
         """FedRep/FedPer: a personal adapter and head on top of the frozen global adapter."""
         m = self.model
         m.load_adapter_state(GLOBAL, global_state)
+        personal = self.usable_personal(personal)
         if personal is None:  # a new personal part: fresh adapter, head from the global head
             heads = {k: v for k, v in global_state.items() if k.startswith("head.")}
             personal = {**self.fresh_personal, **heads}
@@ -146,6 +168,7 @@ class Device:
             return self._accuracies_with_head_bias(), None
         out = {"global_accuracy": self._accuracy()}
         if self.cfg.personalization == "fedrep":
+            personal = self.usable_personal(personal)
             if personal is None:  # never trained here yet: personalize now, on the device
                 personal = self.train_personal(global_state, None, server_round)
             m.load_adapter_state(PERSONAL, personal)

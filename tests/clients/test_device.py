@@ -85,3 +85,14 @@ def test_fedprox_term_pulls_towards_the_global():
     prox, _ = Device.create(cfg, 1).train_global(g, 1)
     norm = lambda d: sum((v**2).sum() for v in d.values()).sqrt()  # noqa: E731
     assert norm(prox) < norm(free)
+
+
+def test_a_kept_personal_part_that_no_longer_fits_is_replaced(device):
+    """A personal part saved under another `personal_layers` (here: one layer more)."""
+    fresh = device.fresh_personal
+    assert device.usable_personal(fresh) is fresh
+    extra = {**fresh, "encoder.layer.3.output.adapter_up.bias": torch.zeros(384)}
+    assert device.usable_personal(extra) is None
+    key = next(k for k in fresh if k.endswith("adapter_down.weight"))
+    reshaped = {**fresh, key: torch.zeros(3, 3)}
+    assert device.usable_personal(reshaped) is None

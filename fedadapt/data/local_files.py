@@ -1,0 +1,272 @@
+"""A device's own labelled examples, read from a folder of JSON Lines and CSV files.
+
+Format (documented in the README's "Device data"): `*.jsonl` files with one
+`{"text": ..., "label": ...}` object a line, and `*.csv` files with a `text,label` header.
+A label is a name from the run's label set or its integer id (in CSV, the id's digits).
+
+Why it is built this way:
+- The train / held-out side of an example is decided by a keyed SHA-256 of its normalized
+  text, never by its position or Python's salted `hash()`: appending rows, reordering files
+  or restarting the device never moves an old example across the split, so the held-out
+  accuracy keeps measuring examples the device never trained on.
+- Copies of one text (after normalization) count once: a copy on both sides would leak.
+- A bad row is skipped, counted and named by file and line, so one typo does not take a
+  device out of the federation; a file that cannot be read at all is a one-line error.
+- `load` re-reads the folder only when a file's name, size or mtime changed, so it can be
+  called at every round and new rows are used from the next round on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedadapt.data import ClientData
+from fedadapt.errors import FedAdaptError
+
+log = logging.getLogger("fedadapt.data")
+
+SUFFIXES = (".jsonl", ".csv")
+MIN_EXAMPLES_FLOOR = 4  # below this a held-out accuracy means nothing, whatever the config
+LOGGED_BAD_ROWS = 20  # bad rows named one a line in the log; the rest are only counted
+
+
+class TooFewExamples(FedAdaptError):
+    """The folder holds too few usable examples for this device to take part."""
+
+
+@dataclass(frozen=True)
+class BadRow:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class LocalData:
+    """The device's examples, split, with what was skipped and why."""
+
+    data: ClientData
+    bad_rows: list[BadRow] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def examples(self) -> int:
+        return len(self.data.train_texts) + len(self.data.test_texts)
+
+
+def normalize(text: str) -> str:
+    """The form two copies of one example share: NFC, whitespace runs collapsed."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def is_held_out(text: str, test_fraction: float, key: str) -> bool:
+    """The example's side of the split: a keyed hash of its normalized text, nothing else."""
+    digest = hashlib.sha256(f"{key}\0{normalize(text)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < test_fraction * 2**64
+
+
+def parse_label(value: object, labels: list[str], from_csv: bool) -> int | None:
+    """A label name or its integer id; in CSV every cell is text, so digits are an id."""
+    if isinstance(value, str):
+        if value.strip() in labels:
+            return labels.index(value.strip())
+        if from_csv and value.strip().isdigit():
+            value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
+        return value
+    return None
+
+
+def _read_text(path: Path) -> str:
+    """The whole file as text, or a one-line error naming the file and what is wrong."""
+    if path.is_dir():
+        raise FedAdaptError(f"data file {path} is a directory, not a file")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise FedAdaptError(f"data file {path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise FedAdaptError(f"cannot read data file {path}: {e.strerror or e}") from None
+
+
+Row = tuple[int, object, object]  # (line, text, label) as found, before any check
+
+
+def _jsonl_rows(name: str, text: str, bad: list[BadRow]) -> list[Row]:
+    rows: list[Row] = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            bad.append(BadRow(name, line, "not JSON"))
+            continue
+        if not isinstance(obj, dict):
+            bad.append(BadRow(name, line, "not a JSON object"))
+            continue
+        if "text" not in obj:
+            bad.append(BadRow(name, line, "no text"))
+            continue
+        rows.append((line, obj["text"], obj.get("label")))
+    return rows
+
+
+def _csv_rows(path: Path, text: str, bad: list[BadRow]) -> list[Row]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        return []
+    except csv.Error as e:
+        raise FedAdaptError(f"data file {path}: bad CSV header ({e})") from None
+    if "text" not in header or "label" not in header:
+        raise FedAdaptError(
+            f"data file {path}: the CSV header must name the columns text and label, "
+            f"found {','.join(header)!r}"
+        )
+    t, y = header.index("text"), header.index("label")
+    rows: list[Row] = []
+    while True:
+        line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as e:
+            bad.append(BadRow(path.name, line, f"bad CSV row ({e})"))
+            continue
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            reason = f"bad CSV row ({len(cells)} fields, the header has {len(header)})"
+            bad.append(BadRow(path.name, line, reason))
+            continue
+        rows.append((line, cells[t], cells[y]))
+
+
+def _examples(path: Path, labels: list[str], bad: list[BadRow]) -> list[tuple[int, str, int]]:
+    """`(line, text, label id)` of a file's usable rows; the others go to `bad`."""
+    text = _read_text(path)
+    from_csv = path.suffix.lower() == ".csv"
+    rows = _csv_rows(path, text, bad) if from_csv else _jsonl_rows(path.name, text, bad)
+    out = []
+    for line, value, label in rows:
+        if not isinstance(value, str):
+            bad.append(BadRow(path.name, line, "text is not a string"))
+        elif not value.strip():
+            bad.append(BadRow(path.name, line, "empty text"))
+        elif label is None or label == "":
+            bad.append(BadRow(path.name, line, "no label"))
+        elif (y := parse_label(label, labels, from_csv)) is None:
+            known = ", ".join(labels)
+            reason = f"unknown label {label!r} (one of {known}, or 0-{len(labels) - 1})"
+            bad.append(BadRow(path.name, line, reason))
+        else:
+            out.append((line, value, y))
+    return out
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The folder's `.jsonl` and `.csv` entries, by name; a missing folder is an error."""
+    if not folder.is_dir():
+        raise FedAdaptError(f"the device data folder {folder} does not exist or is not a folder")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise FedAdaptError(f"cannot list the device data folder {folder}: {e.strerror}") from None
+    return [p for p in entries if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")]
+
+
+def read_folder(folder: Path, labels: list[str], test_fraction: float, key: str) -> LocalData:
+    """Every usable example of the folder, deduplicated and split by its keyed hash."""
+    bad: list[BadRow] = []
+    seen: dict[str, tuple[str, int, int]] = {}  # normalized text -> (file, line, label)
+    train: tuple[list[str], list[int]] = ([], [])
+    test: tuple[list[str], list[int]] = ([], [])
+    duplicates = 0
+    for path in data_files(folder):
+        for line, text, y in _examples(path, labels, bad):
+            norm = normalize(text)
+            if norm in seen:
+                first_file, first_line, first_y = seen[norm]
+                if first_y != y:
+                    where = f"{first_file}:{first_line}"
+                    bad.append(BadRow(path.name, line, f"same text as {where}, another label"))
+                else:
+                    duplicates += 1
+                continue
+            seen[norm] = (path.name, line, y)
+            side = test if is_held_out(norm, test_fraction, key) else train
+            side[0].append(text)
+            side[1].append(y)
+    data = ClientData(folder.name, *train, *test, list(labels))
+    bad.sort(key=lambda b: (b.file, b.line))  # files are read in name order
+    return LocalData(data, bad, duplicates)
+
+
+_CACHE: dict[tuple, LocalData] = {}
+
+
+def _signature(folder: Path) -> tuple:
+    out = []
+    for p in data_files(folder):
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise FedAdaptError(f"cannot read data file {p}: {e.strerror}") from None
+        out.append((p.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def load(
+    folder: Path, labels: list[str], test_fraction: float, key: str, min_examples: int
+) -> LocalData:
+    """The folder's data, re-read only when a file changed; too few examples is an error.
+
+    Bad rows are logged (one line each, the first `LOGGED_BAD_ROWS`) when the folder is
+    read, not at every round.
+    """
+    folder = Path(folder)
+    sig = (str(folder.resolve()), tuple(labels), test_fraction, key, _signature(folder))
+    local = _CACHE.get(sig)
+    if local is None:
+        local = read_folder(folder, labels, test_fraction, key)
+        _log(folder, local)
+        _CACHE.clear()  # one device, one folder: keep only the newest reading
+        _CACHE[sig] = local
+    need = max(min_examples, MIN_EXAMPLES_FLOOR)
+    d = local.data
+    if local.examples < need or not d.train_texts or not d.test_texts:
+        raise TooFewExamples(
+            f"device data folder {folder}: {local.examples} usable examples "
+            f"({len(d.train_texts)} train, {len(d.test_texts)} held out, "
+            f"{len(local.bad_rows)} bad rows skipped); needs at least {need} "
+            "with at least one on each side"
+        )
+    return local
+
+
+def _log(folder: Path, local: LocalData) -> None:
+    for row in local.bad_rows[:LOGGED_BAD_ROWS]:
+        log.warning("skipped %s/%s", folder, row)
+    if len(local.bad_rows) > LOGGED_BAD_ROWS:
+        log.warning("... and %d more bad rows", len(local.bad_rows) - LOGGED_BAD_ROWS)
+    log.info(
+        "device data %s: %d train, %d held out, %d duplicates, %d bad rows",
+        folder,
+        len(local.data.train_texts),
+        len(local.data.test_texts),
+        local.duplicates,
+        len(local.bad_rows),
+    )
