@@ -348,3 +348,48 @@ def test_a_real_process_prints_one_line():
         "fedadapt: error: argument --port: 99999 is not a port (1..65535) "
         "(see `fedadapt serve-updates --help`)"
     ]
+
+
+# -- argument values, across the subcommands --------------------------------------------
+
+ARGUMENTS = [
+    ("", "the following arguments are required: command"),
+    ("nonsense", "invalid choice: 'nonsense'"),
+    ("deploy-demo --nodes 0", "argument --nodes: 0 is not an integer >= 1"),
+    ("certs --out {tmp}/c --supernodes x", "argument --supernodes: 'x' is not an integer >= 0"),
+    (
+        "package-client --out {tmp}/p --certs {tmp} --superlink h:1 --port 0",
+        "argument --port: 0 is not a port (1..65535)",
+    ),
+    (
+        "export --adapter {tmp} --out {tmp}/d --max-length 0",
+        "argument --max-length: 0 is not an integer >= 1",
+    ),
+    (
+        "infer --device-dir {tmp} --threads -1 text",
+        "argument --threads: -1 is not an integer >= 0",
+    ),
+    ("rollback --device-dir {tmp}/none", "argument --device-dir: {tmp}/none is not a folder"),
+    (
+        "fetch --url http://127.0.0.1:1 --device-dir {tmp} --trust k --timeout 0",
+        "argument --timeout: 0 is not a number > 0",
+    ),
+    (
+        "publish --adapter {tmp}/none --registry {tmp}/r --key k",
+        "argument --adapter: {tmp}/none is not a folder",
+    ),
+    (
+        "refresh-index --registry {tmp}/none --key k",
+        "argument --registry: {tmp}/none is not a folder",
+    ),
+    (
+        "device run --device-dir {tmp} --superlink h:1 --root-cert c --node-key k --port 99999",
+        "argument --port: 99999 is not a port (1..65535)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("command", "message"), ARGUMENTS)
+def test_bad_argument_values(tmp_path, capsys, command, message):
+    argv = command.replace("{tmp}", str(tmp_path)).split()
+    fails(capsys, argv, message.replace("{tmp}", str(tmp_path)), tmp_path)
