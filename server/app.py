@@ -36,11 +36,12 @@ from fedadapt.model_setup import (
 )
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report, secagg
+from fedadapt.server.claims import secagg_rejections
 from fedadapt.server.evaluation import evaluate_all
 from fedadapt.server.nodes import PartitionOrderedGrid, ask_partitions
 from fedadapt.server.polling import QuickPollGrid
 from fedadapt.server.publish import publish
-from fedadapt.server.replies import mean_reply, screen
+from fedadapt.server.replies import mean_reply, screen, screen_full
 from fedadapt.server.strategy import build_strategy, dp_epsilon
 from fedadapt.simconfig import LINEAR_STRATEGIES, SimConfig
 
@@ -123,22 +124,13 @@ class FederatedRun:
                 cfg.max_reply_bytes,
                 cfg.clip_norm,
                 fold_by=_linear_weight_key(strategy, cfg),
+                max_examples=cfg.max_num_examples,
+                dp=cfg.dp_noise_multiplier > 0,
             )
-            accepted, upload, rejected = (
-                screened.accepted,
-                screened.upload_bytes,
-                dict(screened.rejected),
-            )
-            clients = screened.clients
         else:
-            accepted = [m for m in replies if not m.has_error()]
-            upload = sum(wire_bytes(m.content) for m in accepted)
-            rejected = (
-                {"client-error": len(replies) - len(accepted)}
-                if len(accepted) < len(replies)
-                else {}
-            )
-            clients = len(accepted)
+            screened = screen_full(replies, global_state, cfg.max_num_examples)
+        accepted, upload, clients = screened.accepted, screened.upload_bytes, screened.clients
+        rejected = dict(screened.rejected)
         missing = len(msgs) - len(replies)
         if missing:
             rejected["timeout"] = missing
@@ -163,18 +155,24 @@ class FederatedRun:
     ) -> tuple[State, dict[str, Any]]:
         """The same sample as a plain round, aggregated under SecAgg+ (see server.secagg)."""
         nodes = [m.metadata.dst_node_id for m in msgs]
-        trainable = sorted(trainable_global_keys(self.cfg))
+        cfg = self.cfg
+        trainable = sorted(trainable_global_keys(cfg))
         res = secagg.run_round(
-            self.grid, self.context, nodes, global_state, trainable, server_round, self.cfg
+            self.grid, self.context, nodes, global_state, trainable, server_round, cfg
         )
-        if res.mean_delta is not None:
+        rejected = {"dropped": len(nodes) - res.clients} if res.clients < len(nodes) else {}
+        bad = secagg_rejections(res.num_examples, cfg.max_num_examples, cfg.secagg_max_weight)
+        clients = 0 if bad else res.clients
+        if bad:  # one bad weight skews or overflows the masked sum: the mean is void
+            rejected.update(bad)
+            log.warning("round %d: SecAgg+ mean voided, bad num-examples %s", server_round, bad)
+        elif res.mean_delta is not None:
             reply = mean_reply(global_state, res.mean_delta, sum(res.num_examples), res.train_loss)
             arrays, _ = strategy.aggregate_train(server_round, [reply])
             global_state = record_to_state(arrays)
-        rejected = {"dropped": len(nodes) - res.clients} if res.clients < len(nodes) else {}
         row = _round_row(
             server_round,
-            res.clients,
+            clients,
             res.upload_bytes,
             res.download_bytes,
             res.train_loss,

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm import tqdm
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from fedadapt.bench import run_case
 
 SIZES = (10, 100, 1000)
+T = TypeVar("T")
 
 
 def _rss_mb(field: str) -> float:
@@ -32,6 +35,17 @@ def _rss_mb(field: str) -> float:
 
 def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rise(fn: Callable[[], T]) -> tuple[T, float, float]:
+    """`(fn(), ms, MB)`: its wall time, and how far the process's peak RSS rose above what
+    was resident before (the high-water mark is reset first, so earlier peaks don't count)."""
+    held = _rss_mb("VmRSS")
+    _reset_peak()
+    t = time.perf_counter()
+    out = fn()
+    ms = (time.perf_counter() - t) * 1e3
+    return out, ms, max(0.0, _rss_mb("VmHWM") - held)
 
 
 def measure(n: int, path: str) -> dict[str, float]:
@@ -53,7 +67,7 @@ def measure(n: int, path: str) -> dict[str, float]:
     replies = []
     for i in range(n):
         delta = {k: torch.randn(global_state[k].shape, generator=g) * 1e-3 for k in keys}
-        metrics = MetricRecord({"num-examples": 10 + i % 7})
+        metrics = MetricRecord({"num-examples": 10 + i % 7, "train_loss": 0.5})
         if path == "fedadapt":
             content = RecordDict(
                 {
@@ -67,19 +81,18 @@ def measure(n: int, path: str) -> dict[str, float]:
             content = RecordDict({"arrays": state_to_record(full), "metrics": metrics})
         replies.append(Message(content, dst_node_id=i + 1, message_type="train"))
     strategy = FedAvg(min_train_nodes=1, min_available_nodes=1)
-    held = _rss_mb("VmRSS")
-    _reset_peak()
-    t = time.perf_counter()
-    if path == "fedadapt":
-        screened = screen(replies, global_state, keys, "x", max_bytes=10**8, fold_by="num-examples")
-        assert screened.clients == n
-        accepted = screened.accepted
-    else:
+
+    def aggregate():
         accepted = replies
-    arrays, _ = strategy.aggregate_train(1, accepted)
-    ms = (time.perf_counter() - t) * 1e3
+        if path == "fedadapt":
+            screened = screen(replies, global_state, keys, "x", 10**8, fold_by="num-examples")
+            assert screened.clients == n, f"the bench's own replies were rejected: {screened}"
+            accepted = screened.accepted
+        return strategy.aggregate_train(1, accepted)[0]
+
+    arrays, ms, peak_mb = peak_rise(aggregate)
     assert arrays is not None
-    return {"ms": ms, "peak_mb": max(0.0, _rss_mb("VmHWM") - held)}
+    return {"ms": ms, "peak_mb": peak_mb}
 
 
 def run(quick: bool = False) -> dict:
