@@ -222,6 +222,53 @@ def test_fetch_a_registry_whose_fields_have_unexpected_types(tmp_path, device, t
         server.server_close()
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("version", "2", "version must be an integer >= 1, got '2'"),
+        ("payload_bytes", "344", "payload_bytes must be an integer >= 0, got '344'"),
+        ("expires_at", 5, "expires_at must be an ISO 8601 time"),
+        ("expires_at", "tomorrow", "expires_at must be an ISO 8601 time"),
+        ("adapter_name", 7, "adapter_name must be a non-empty string, got 7"),
+        ("from_version", "x", "from_version must be an integer >= 1, got 'x'"),
+    ],
+)
+def test_fetch_a_signed_manifest_with_fields_of_unexpected_types(
+    tmp_path, device, trust, capsys, field, value, message
+):
+    """A registry whose publisher signed a manifest with a field of the wrong type (the
+    index pins it and the timestamp is re-signed, so only the manifest's types are wrong)."""
+    from fedadapt.bundles import canonical_json
+    from fedadapt.keys import load_private
+    from fedadapt.server.update_service import UpdateServer
+
+    registry, key = tmp_path / "registry", tmp_path / "keys" / "signing_key.pem"
+    adapter = _adapter(tmp_path / "adapter")
+    argv = ["publish", "--adapter", str(adapter), "--registry", str(registry), "--key", str(key)]
+    assert main(argv) == 0
+    stem = registry / "v0001" / "full"
+    manifest = json.loads(stem.with_suffix(".manifest.json").read_text())
+    data = canonical_json({**manifest, field: value})
+    stem.with_suffix(".manifest.json").write_bytes(data)
+    stem.with_suffix(".sig").write_bytes(load_private(key).sign(data))
+    index = json.loads((registry / "index.json").read_text())
+    index["versions"][0]["full"]["manifest_sha256"] = hashlib.sha256(data).hexdigest()
+    (registry / "index.json").write_text(json.dumps(index))
+    assert main(["refresh-index", "--registry", str(registry), "--key", str(key)]) == 0
+    capsys.readouterr()
+    server = UpdateServer(registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        argv = ["fetch", "--url", server.url, "--device-dir", str(device), "--trust", trust]
+        fails(capsys, argv, message, registry, adapter)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not (device / "state.json").exists()  # nothing installed
+    assert not list(device.glob("versions/*"))
+    assert not list(device.glob("downloads/*"))
+
+
 def test_publish_unreadable_safetensors(tmp_path, trust, capsys):
     adapter = _adapter(tmp_path / "adapter", blob=b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
     registry = tmp_path / "registry"
