@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.numpy import load as np_load
-from safetensors.numpy import save as np_save
 from safetensors.torch import load, save
 
 from fedadapt.adapters import METHODS, AdapterModel
+from fedadapt.adapters.inject import remove
 from fedadapt.atomic import atomic_write_bytes, atomic_write_text
 from fedadapt.base_model import BASE_MODEL_NAME
 from fedadapt.errors import AdapterLoadError
@@ -35,6 +34,7 @@ from fedadapt.peft_format import (
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+MAX_LABELS = 100_000
 
 
 def save_adapter(
@@ -89,7 +89,7 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], bytes]:
         )
     if "method" not in config and "peft_type" in config:
         config = from_peft_config(config, folder)
-    if config.get("method") not in METHODS:
+    if not isinstance(config.get("method"), str) or config["method"] not in METHODS:
         raise AdapterLoadError(f"{folder}: unknown adapter method {config.get('method')!r}")
     return _fedadapt_names(config, blob)
 
@@ -99,15 +99,16 @@ def _fedadapt_names(config: dict[str, Any], blob: bytes) -> tuple[dict[str, Any]
     style the file holds; a file safetensors cannot parse passes unchanged, for the caller to
     report in its own words."""
     try:
-        tensors = np_load(blob)
+        tensors = load(blob)
     except SafetensorError:
         return config, blob
     renamed = from_peft_keys(tensors)
     if renamed.keys() == tensors.keys():
         return config, blob
-    if config.get("num_labels") is None and "head.weight" in renamed:
-        config = {**config, "num_labels": int(renamed["head.weight"].shape[0])}
-    return config, np_save(dict(sorted(renamed.items())))
+    head = renamed.get("head.weight")
+    if config.get("num_labels") is None and head is not None and head.ndim == 2:
+        config = {**config, "num_labels": int(head.shape[0])}
+    return config, save(dict(sorted(renamed.items())))
 
 
 def load_adapter(model: AdapterModel, folder: str | Path, name: str | None = None) -> str:
@@ -130,7 +131,19 @@ def load_adapter(model: AdapterModel, folder: str | Path, name: str | None = Non
         cfg = METHODS[config["method"]](**config["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise AdapterLoadError(f"{folder / CONFIG_FILE}: bad {config['method']} config: {e}") from e
-    model.add_adapter(name, cfg, num_labels=config.get("num_labels"))
+    labels = config.get("num_labels")
+    if labels is not None and (type(labels) is not int or not 0 < labels <= MAX_LABELS):
+        raise AdapterLoadError(f"{folder / CONFIG_FILE}: num_labels must be 1..{MAX_LABELS}")
+    if name in model.configs:
+        raise AdapterLoadError(f"{folder}: the model already has an adapter named {name!r}")
+    try:
+        model.add_adapter(name, cfg, num_labels=labels)
+    except (TypeError, ValueError, RuntimeError) as e:  # targets that match nothing or misfit
+        if name in model.configs:
+            model.delete_adapter(name)
+        else:  # failed mid-injection: drop what was wrapped
+            remove(model.encoder, name)
+        raise AdapterLoadError(f"{folder}: cannot add it as adapter {name!r}: {e}") from e
     try:
         model.load_adapter_state(name, state)
     except AdapterLoadError:

@@ -97,6 +97,16 @@ def peft_fields(cfg: Any, has_head: bool) -> dict[str, Any]:
     return {}
 
 
+def _names(config: dict[str, Any], key: str) -> list[str]:
+    """An optional list-of-names field (None or absent: empty)."""
+    value = config.get(key)
+    if value is None:
+        return []
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise AdapterLoadError(f"PEFT config field {key!r} must be a list of strings or null")
+
+
 def _targets(config: dict[str, Any], key: str) -> list[str]:
     value = config.get(key)
     if isinstance(value, str):
@@ -117,7 +127,7 @@ def from_peft_config(config: dict[str, Any], folder: Any) -> dict[str, Any]:
     used = [k for k in _UNSUPPORTED if config.get(k) not in (None, False, {}, [], "")]
     if config.get("bias", "none") != "none":
         used.append("bias")
-    extra = [m for m in config.get("modules_to_save") or [] if m != HEAD_MODULE]
+    extra = [m for m in _names(config, "modules_to_save") if m != HEAD_MODULE]
     if extra:
         used.append(f"modules_to_save {extra}")
     if used:
