@@ -8,16 +8,20 @@ nothing a CDN in front would not.
 Under hostile clients: the cap counts connections, not requests (an idle keep-alive
 connection holds its slot; connection N+1 gets an explicit 503 and is closed), and every
 socket operation has a timeout, so an idle or stalled connection is closed and frees its
-slot. It refuses to start on a folder that is not a registry, a cap below 1, or a port it
-cannot bind, with one line saying which.
+slot. The timeout also bounds the wait for a whole request head, not each read of it, so a
+client trickling a header byte at a time (slowloris) cannot hold a slot either. It
+refuses to start on a folder that is not a registry, a cap below 1, or a port it cannot
+bind, with one line saying which.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import socket
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,7 +41,28 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.timeout = self.server.timeout_s  # StreamRequestHandler sets it on the socket
+        self.head_deadline: float | None = None
         super().setup()
+        self.rfile.close()  # the socket's own reader; an open one would keep the fd alive
+        self.rfile = io.BufferedReader(_HeadDeadlineReader(self))
+
+    def handle_one_request(self) -> None:
+        """The wait for a request and its whole head share one deadline."""
+        self.head_deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.head_deadline = None  # the head is in; reads and writes get the plain timeout
+        self.connection.settimeout(self.timeout)
+        return super().parse_request()
+
+    def read_timeout(self) -> float:
+        if self.head_deadline is None:
+            return self.timeout
+        left = self.head_deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request head took longer than the timeout")
+        return min(left, self.timeout)
 
     def log_message(self, fmt: str, *args) -> None:  # route to logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -113,6 +138,20 @@ class RegistryHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # gone or stalled: drop it, free its slot
 
     do_GET = do_HEAD = _serve
+
+
+class _HeadDeadlineReader(io.RawIOBase):
+    """The connection's reads, each given only the time left for the request head."""
+
+    def __init__(self, handler: RegistryHandler) -> None:
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:
+        self.handler.connection.settimeout(self.handler.read_timeout())
+        return self.handler.connection.recv_into(buffer)
 
 
 _BUSY = (

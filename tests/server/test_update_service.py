@@ -85,6 +85,27 @@ def test_an_idle_connection_is_closed_after_the_timeout_and_frees_its_slot(regis
             assert _get(s)[0] == "HTTP/1.1 200 OK"
 
 
+def test_a_request_head_trickled_a_byte_at_a_time_is_cut_at_the_timeout(registry):
+    """Slowloris: each byte arrives well within the per-read timeout, so only a deadline
+    on the whole head closes the connection and frees its slot."""
+    head = b"GET /index.json HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 20 + b"\r\n"
+    with serving(UpdateServer(registry, max_connections=1, timeout=IDLE_TIMEOUT_S)) as url:
+        s = _connect(url)
+        t = time.monotonic()
+        try:
+            for i in range(len(head)):
+                s.sendall(head[i : i + 1])
+                time.sleep(IDLE_TIMEOUT_S / 4)
+        except OSError:  # reset: the server closed it while we still sent
+            pass
+        closed_after = time.monotonic() - t
+        s.close()
+        assert closed_after < IDLE_TIMEOUT_S + 2.0  # the head alone would take 20 s
+        time.sleep(0.1)
+        with _connect(url) as fresh:  # its slot is free again
+            assert _get(fresh)[0] == "HTTP/1.1 200 OK"
+
+
 def test_it_refuses_a_folder_that_is_not_a_registry(tmp_path):
     with pytest.raises(FedAdaptError, match=r"is not a registry \(no index\.json\)"):
         UpdateServer(tmp_path / "missing")
