@@ -196,9 +196,9 @@ class FederatedRun:
         start, rows = 1, []
         saved = checkpoint.read_latest(folder) if cfg.resume else None
         if saved is not None:
-            done, global_state, strategy_tensors, progress = saved
+            done, global_state, strategy_tensors, progress, accountant = saved
             start, rows = done + 1, progress["rows"]
-            checkpoint.restore_strategy_state(strategy, strategy_tensors)
+            checkpoint.restore_strategy_state(strategy, strategy_tensors, accountant)
             which = "" if phase == "adapter" else " the full-model baseline"
             print(f"resuming{which} after round {done}", flush=True)
             if phase == "adapter":

@@ -2,21 +2,25 @@
 
 One safetensors file per round holds the global adapter and the server optimizer's state
 (FedAdam/FedYogi moments, FedAvgM momentum) with the round's report rows in its metadata;
-`latest` names the newest complete file and is replaced last.
+`latest` names the newest complete file and is replaced last. Under accounted central DP the
+metadata also holds the privacy accountant's ledger, so a resumed run's epsilon continues from
+where the killed one stopped instead of restarting from zero.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from fedadapt.atomic import atomic_write_bytes, atomic_write_text
 from fedadapt.deltas import State
+from fedadapt.errors import FedAdaptError
 
 KEEP = 2
 _DICT_STATE = ("m_t", "v_t")  # FedOpt family: dict[name, ndarray]
@@ -38,7 +42,19 @@ def strategy_state(strategy: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def restore_strategy_state(strategy: Any, tensors: dict[str, torch.Tensor]) -> None:
+class Checkpoint(NamedTuple):
+    round: int
+    global_state: State
+    strategy_tensors: dict[str, torch.Tensor]
+    progress: dict[str, Any]
+    accountant: dict[str, Any] | None  # the DP accountant's `state_dict()`, if it had one
+
+
+def restore_strategy_state(
+    strategy: Any, tensors: dict[str, torch.Tensor], accountant: dict[str, Any] | None = None
+) -> None:
+    """The saved optimizer state and DP ledger back into a freshly built strategy."""
+    _restore_accountant(strategy, accountant)
     s = _inner(strategy)
     for attr in _DICT_STATE:
         part = {
@@ -52,13 +68,31 @@ def restore_strategy_state(strategy: Any, tensors: dict[str, torch.Tensor]) -> N
             setattr(s, attr, [v for _, v in part])
 
 
+def _restore_accountant(strategy: Any, saved: dict[str, Any] | None) -> None:
+    accountant = getattr(strategy, "accountant", None)
+    if accountant is None:
+        return
+    if saved is None:
+        raise FedAdaptError(
+            "the checkpoint holds no DP accountant state (it predates it, or its run had no "
+            "accounted DP): resuming would restart epsilon from zero; start a fresh run instead"
+        )
+    try:
+        accountant.load_state_dict(saved)
+    except (ValueError, TypeError, KeyError) as e:
+        raise FedAdaptError(f"the checkpoint's DP accountant does not fit this run: {e}") from e
+
+
 def write(
     folder: Path, server_round: int, global_state: State, strategy: Any, progress: dict[str, Any]
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"global/{k}": v.contiguous() for k, v in global_state.items()}
     tensors.update({f"strategy/{k}": v for k, v in strategy_state(strategy).items()})
-    blob = save(tensors, metadata={"round": str(server_round), "progress": json.dumps(progress)})
+    meta = {"round": str(server_round), "progress": json.dumps(progress)}
+    if (accountant := getattr(strategy, "accountant", None)) is not None:
+        meta["dp-accountant"] = json.dumps(accountant.state_dict())
+    blob = save(tensors, metadata=meta)
     path = folder / f"round-{server_round:04d}.safetensors"
     atomic_write_bytes(path, blob)
     atomic_write_text(folder / "latest", path.name + "\n")
@@ -67,16 +101,24 @@ def write(
     return path
 
 
-def read_latest(folder: Path) -> tuple[int, State, dict[str, torch.Tensor], dict[str, Any]] | None:
-    """`(round, global_state, strategy_tensors, progress)` of the newest checkpoint, or None."""
+def read_latest(folder: Path) -> Checkpoint | None:
+    """The newest checkpoint, or None; an unreadable one is a `FedAdaptError` naming it."""
     pointer = folder / "latest"
     if not pointer.exists():
         return None
-    path = folder / pointer.read_text().strip()
-    blob = path.read_bytes()
-    n = int.from_bytes(blob[:8], "little")
-    meta = json.loads(blob[8 : 8 + n])["__metadata__"]
-    tensors = load(blob)
+    path = folder / "?"
+    try:
+        path = folder / pointer.read_text().strip()
+        blob = path.read_bytes()
+        n = int.from_bytes(blob[:8], "little")
+        meta = json.loads(blob[8 : 8 + n])["__metadata__"]
+        tensors = load(blob)
+        accountant = json.loads(meta["dp-accountant"]) if "dp-accountant" in meta else None
+        done, progress = int(meta["round"]), json.loads(meta["progress"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as e:
+        raise FedAdaptError(
+            f"checkpoint {path} is unreadable ({e}); delete {folder} to start the run over"
+        ) from e
     global_state = {k[7:]: v for k, v in tensors.items() if k.startswith("global/")}
     strat = {k[9:]: v for k, v in tensors.items() if k.startswith("strategy/")}
-    return int(meta["round"]), global_state, strat, json.loads(meta["progress"])
+    return Checkpoint(done, global_state, strat, progress, accountant)
