@@ -36,7 +36,7 @@ from flwr.compat.common import recorddict_compat as compat
 from safetensors.torch import load_file, save
 
 from fedadapt.atomic import atomic_write_bytes
-from fedadapt.clients.attacks import attack, malicious_clients
+from fedadapt.clients.attacks import attack, claimed_examples, malicious_clients
 from fedadapt.clients.device import Device
 from fedadapt.clients.personalized import after_evaluation
 from fedadapt.codecs import ErrorFeedback
@@ -154,6 +154,7 @@ def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context)
     delta, stats = device.train_global(arrays, rnd)
     if pid in malicious_clients(cfg.num_clients, cfg.malicious_fraction, cfg.seed):
         delta = attack(delta, cfg.attack, seed=rnd * 100_003 + pid)
+        stats = {**stats, "examples": claimed_examples(cfg.attack, stats["examples"])}
     if cfg.personalization == "fedrep":
         personal = device.train_personal(arrays, _load(context, "personal"), rnd)
         _keep(context, "personal", personal)
