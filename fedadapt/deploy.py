@@ -132,6 +132,9 @@ class Cluster:
             str(self.device_dir(i)),
             str(free_port()),
         ]
+        data = self.device_dir(i) / "data"
+        if data.is_dir():  # the device's own files (`fedadapt.data.local_files`)
+            cmd.append(str(data))
         proc = self._spawn(cmd, f"supernode-{i}.log")
         self.supernodes[i] = proc
         return proc
@@ -183,11 +186,17 @@ class Cluster:
 def demo(cfg: SimConfig, folder: Path, nodes: int = 3) -> Path:
     """SuperLink + `nodes` SuperNodes + one run of `cfg`; returns the run folder. `folder`
     is locked while any process of the demo lives: a second demo into it is refused."""
+    from fedadapt.data import local_files
+    from fedadapt.data.partitions import client_data
+
     t0 = time.monotonic()
     with runlock.hold(Path(folder)) as lock, sigterm_interrupts():
         cluster = Cluster(Path(folder), nodes=nodes, lock=lock)
         try:
             cluster.start()
+            for i in range(1, nodes + 1):  # each device's own files: its partition's movie
+                path = cluster.device_dir(i) / "data" / "reviews.jsonl"
+                local_files.write_jsonl(path, client_data(cfg, i - 1))
             cluster.start_supernodes()
             code = cluster.run(cfg)
             if code != 0 or not (Path(cfg.out) / "report.json").exists():

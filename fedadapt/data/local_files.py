@@ -27,6 +27,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedadapt.atomic import atomic_write_text
 from fedadapt.data import ClientData
 from fedadapt.errors import FedAdaptError
 
@@ -255,6 +256,21 @@ def load(
             "with at least one on each side"
         )
     return local
+
+
+def write_jsonl(path: Path, data: ClientData) -> int:
+    """All of `data`'s rows (train and test) as a device's JSONL file, labels by name.
+
+    The deployment demo's stand-in for users' own data: each SuperNode gets its demo
+    partition this way and splits it again by the keyed hash, as a real device would.
+    """
+    rows = zip(
+        data.train_texts + data.test_texts, data.train_labels + data.test_labels, strict=True
+    )
+    lines = [json.dumps({"text": t, "label": data.label_names[y]}) + "\n" for t, y in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(lines), mode=0o600)  # a user's data: theirs alone
+    return len(lines)
 
 
 def _log(folder: Path, local: LocalData) -> None:

@@ -23,6 +23,11 @@ def _append(path: Path, rows: list[dict]) -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
+def _pairs(local) -> set[tuple[str, int]]:
+    d = local.data
+    return set(zip(d.train_texts + d.test_texts, d.train_labels + d.test_labels, strict=True))
+
+
 def _texts(local) -> tuple[set[str], set[str]]:
     return set(local.data.train_texts), set(local.data.test_texts)
 
@@ -38,8 +43,12 @@ def test_jsonl_and_csv_rows_with_label_names_and_ids(tmp_path):
     (tmp_path / "notes.txt").write_text("not data")  # other files are not read
     local = read_folder(tmp_path, LABELS, 0.3, key="0")
     d = local.data
-    got = dict(zip(d.train_texts + d.test_texts, d.train_labels + d.test_labels, strict=True))
-    assert got == {"a dull film": 0, "a joy": 1, "long, with a comma": 1, "flat and tired": 0}
+    assert _pairs(local) == {
+        ("a dull film", 0),
+        ("a joy", 1),
+        ("long, with a comma", 1),
+        ("flat and tired", 0),
+    }
     assert local.bad_rows == [] and local.duplicates == 0
     assert d.label_names == LABELS
 
@@ -181,3 +190,15 @@ def test_bad_rows_are_logged_up_to_a_cap(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == local_files.LOGGED_BAD_ROWS + 1
     assert lines[-1] == "... and 5 more bad rows"
+
+
+def test_a_partition_written_as_jsonl_reads_back_whole(tmp_path):
+    from fedadapt.data import ClientData
+
+    d = ClientData("m", ["good", "bad, really"], [1, 0], ['said "meh"'], [0], LABELS)
+    path = tmp_path / "data" / "reviews.jsonl"
+    assert local_files.write_jsonl(path, d) == 3
+    assert path.stat().st_mode & 0o777 == 0o600
+    local = read_folder(tmp_path / "data", LABELS, 0.3, key="0")
+    assert _pairs(local) == {("good", 1), ("bad, really", 0), ('said "meh"', 0)}
+    assert '"label": "fresh"' in path.read_text().splitlines()[0]
