@@ -35,6 +35,43 @@ MODEL_FILE = "model.onnx"
 STACK = ["shared", "personal"]  # the global adapter, then the personal one
 
 
+LAYOUT_KEYS = (
+    "dataset",
+    "method",
+    "reduction_factor",
+    "lora_r",
+    "freeze_a",
+    "quantization",
+    "personal_layers",
+    "personal_reduction_factor",
+    "max_length",
+    "seed",
+)
+
+
+def layout(cfg: SimConfig) -> dict:
+    """What the graph depends on: a device whose graph has another layout needs a new one."""
+    return {k: getattr(cfg, k) for k in LAYOUT_KEYS}
+
+
+def install_device_graphs(cfg: SimConfig, folders: list[Path]) -> None:
+    """Give each device folder the graph of run `cfg`: exported once (unless the first
+    folder already has this layout), then hard-linked (copied across file systems)."""
+    first = Path(folders[0])
+    runtime = first / RUNTIME_FILE
+    current = json.loads(runtime.read_text()).get("layout") if runtime.exists() else None
+    if current != layout(cfg):
+        export_device_graph(cfg, first)
+    for folder in map(Path, folders[1:]):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_FILE, "tokenizer.json", RUNTIME_FILE):
+            (folder / name).unlink(missing_ok=True)
+            try:
+                (folder / name).hardlink_to(first / name)
+            except OSError:
+                shutil.copyfile(first / name, folder / name)
+
+
 def dequantize_modules(model: nn.Module) -> nn.Module:
     """Replace each weight-only quantized layer with a float one holding its dequantized
     weight, in place: the same function, in ops every exporter knows."""
@@ -97,6 +134,7 @@ def export_device_graph(cfg: SimConfig, out: str | Path, global_state: State | N
         "fixed_shape": None,
         "tasks": None,
         "stack": STACK,
+        "layout": layout(cfg),
     }
     atomic_write_text(out / RUNTIME_FILE, json.dumps(runtime, indent=2) + "\n")
     return out

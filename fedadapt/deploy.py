@@ -188,6 +188,8 @@ def demo(cfg: SimConfig, folder: Path, nodes: int = 3) -> Path:
     is locked while any process of the demo lives: a second demo into it is refused."""
     from fedadapt.data import local_files
     from fedadapt.data.partitions import client_data
+    from fedadapt.device_report import write_devices
+    from fedadapt.export.device_graph import install_device_graphs
 
     t0 = time.monotonic()
     with runlock.hold(Path(folder)) as lock, sigterm_interrupts():
@@ -197,6 +199,8 @@ def demo(cfg: SimConfig, folder: Path, nodes: int = 3) -> Path:
             for i in range(1, nodes + 1):  # each device's own files: its partition's movie
                 path = cluster.device_dir(i) / "data" / "reviews.jsonl"
                 local_files.write_jsonl(path, client_data(cfg, i - 1))
+            devices = {i: cluster.device_dir(i) for i in range(1, nodes + 1)}
+            install_device_graphs(cfg, list(devices.values()))  # each serves ORT too
             cluster.start_supernodes()
             code = cluster.run(cfg)
             if code != 0 or not (Path(cfg.out) / "report.json").exists():
@@ -206,4 +210,5 @@ def demo(cfg: SimConfig, folder: Path, nodes: int = 3) -> Path:
         finally:
             cluster.stop()
     print(f"deployed run done in {time.monotonic() - t0:.0f}s", flush=True)
+    write_devices(cfg, devices, Path(folder))
     return Path(cfg.out)

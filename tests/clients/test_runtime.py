@@ -22,11 +22,13 @@ from fedadapt.clients.device import Device
 from fedadapt.clients.personalized import (
     HEAD_BIAS_FILE,
     PERSONAL_FILE,
+    after_evaluation,
     keep_round_global,
 )
 from fedadapt.clients.runtime import EdgeRuntime
 from fedadapt.clients.updater import DeviceStore
-from fedadapt.export.device_graph import export_device_graph
+from fedadapt.device_report import device_row
+from fedadapt.export.device_graph import install_device_graphs
 from fedadapt.head_bias import fit_head_bias
 from fedadapt.model_setup import GLOBAL, PERSONAL
 from fedadapt.simconfig import SimConfig
@@ -41,7 +43,7 @@ CFG = SimConfig(
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     folder = tmp_path_factory.mktemp("graph")
-    export_device_graph(CFG, folder)
+    install_device_graphs(CFG, [folder])
     return folder
 
 
@@ -76,7 +78,12 @@ def test_fedrep_personalized_ort_equals_torch_on_the_held_out_split(device):
     personal = d.train_personal(global_, None, server_round=1)
     reported, _ = d.evaluate(global_, personal, server_round=1)  # what the run records
     (device / PERSONAL_FILE).write_bytes(safetensors.torch.save(personal))
-    keep_round_global(device, _np(global_))
+    figures = {
+        **reported,
+        "examples_train": len(d.data.train_labels),
+        "examples_heldout": len(d.data.test_labels),
+    }
+    after_evaluation(device, _np(global_), figures)  # what the ClientApp does
 
     texts, labels = d.data.test_texts, d.data.test_labels
     d.model.load_adapter_state(GLOBAL, global_)
@@ -88,6 +95,15 @@ def test_fedrep_personalized_ort_equals_torch_on_the_held_out_split(device):
     assert rt.personalized
     assert np.abs(got - want.numpy()).max() < 1e-4
     assert accuracy(torch.from_numpy(got), labels) == reported["personalized_accuracy"]
+
+    row = device_row(CFG, device, node=1)  # the deploy demo's devices.json row
+    assert row["examples_heldout"] == len(labels)
+    # the same count of correct predictions (torch reports a float32 mean)
+    correct = [
+        round(row[k] * len(labels))
+        for k in ("personalized_accuracy_ort", "personalized_accuracy_torch")
+    ]
+    assert correct[0] == correct[1]
 
     d.model.set_active(GLOBAL)  # --global: the shared adapter, the personal branch left out
     shared = EdgeRuntime(device, personalized=False)
