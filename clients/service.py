@@ -12,15 +12,16 @@ It runs three things and owns their lifetime:
 
 SIGTERM or SIGINT stops all of it: the SuperNode's process group gets SIGTERM, then SIGKILL
 after a grace period, and the command exits 0. A device command killed outright (SIGKILL, the
-OOM killer) takes its SuperNode down too: the SuperNode is started with
-`PR_SET_PDEATHSIG`. A SuperNode that dies on its own is restarted with a growing delay.
+OOM killer) takes its SuperNode down too: the SuperNode runs under `fedadapt.supervise`,
+which holds `PR_SET_PDEATHSIG` and, as a child subreaper, ends the SuperNode and every
+ClientApp process it started. A SuperNode that dies on its own is restarted with a growing
+delay.
 A restart resumes: the node key keeps the node id, and the personal state is in the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -31,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedadapt import supervise
 from fedadapt.errors import FedAdaptError
 
-PR_SET_PDEATHSIG = 1
 GRACE_S = 10.0
 MAX_RESTART_DELAY_S = 60.0
 OFFLINE_ENV = {
@@ -111,12 +112,6 @@ def supernode_command(opts: ServiceOptions) -> list[str]:
     ]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the device command dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def _log(msg: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(f"[device {stamp}] {msg}", file=sys.stderr, flush=True)
@@ -140,14 +135,9 @@ class DeviceService:
         env = {**os.environ, **OFFLINE_ENV}
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         with open(self.folder / LOG_FILE, "ab") as log:
-            proc = subprocess.Popen(
-                supernode_command(self.opts),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its ClientApp processes share its group: killpg
-                preexec_fn=_die_with_parent,
-            )
+            # under a supervisor (own session, PR_SET_PDEATHSIG, child subreaper): the
+            # SuperNode and its ClientApp processes end with this command, however it ends
+            proc = supervise.popen(supernode_command(self.opts), env=env, stdout=log)
         (self.folder / PID_FILE).write_text(f"{proc.pid}\n")
         _log(f"SuperNode started (pid {proc.pid}), log {self.folder / LOG_FILE}")
         self.supernode = proc

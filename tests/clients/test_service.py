@@ -95,25 +95,42 @@ def _device_cmd(cluster, device: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(cluster, device: Path) -> tuple[subprocess.Popen, int]:
+def _start(cluster, device: Path) -> tuple[subprocess.Popen, list[int]]:
+    """The device command, and the pids of its SuperNode's tree (supervisor, SuperNode)."""
     proc = subprocess.Popen(
         _device_cmd(cluster, device), env=cluster.env, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 60
-    while not (device / PID_FILE).exists():
+    while not (device / PID_FILE).exists() or not (tree := _supernode_tree(device)):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "the device command started no SuperNode"
         time.sleep(0.2)
-    return proc, int((device / PID_FILE).read_text())
+    return proc, tree
 
 
-def _gone(pid: int, timeout: float = 30) -> bool:
+def _supernode_tree(device: Path) -> list[int]:
+    """The supervisor named in the pid file and the flower-supernode below it."""
+    try:
+        top = psutil.Process(int((device / PID_FILE).read_text()))
+        tree = [top, *top.children(recursive=True)]
+        if any("flower-supernode" in " ".join(p.cmdline()) for p in tree[1:]):
+            return [p.pid for p in tree]
+    except (psutil.NoSuchProcess, ValueError):
+        pass
+    return []
+
+
+def _gone(pids: list[int], timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
             return True
         time.sleep(0.2)
     return False
@@ -148,9 +165,9 @@ def test_start_sigterm_restart_and_a_killed_device_command(tmp_path):
 
         proc, again = _start(cluster, device)  # a restart: same key, same folder
         procs.append(proc)
-        assert again != supernode
+        assert set(again).isdisjoint(supernode)
         time.sleep(3)
-        assert psutil.pid_exists(again) and proc.poll() is None
+        assert all(psutil.pid_exists(p) for p in again) and proc.poll() is None
 
         os.kill(proc.pid, signal.SIGKILL)  # no cleanup runs: the death signal must do it
         proc.wait(timeout=30)
