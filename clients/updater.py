@@ -114,9 +114,14 @@ class DeviceStore:
         return s.previous
 
 
-def pick(index: dict, installed: int | None) -> dict | None:
-    """The smallest bundle that reaches the newest version from what is installed."""
+def pick(index: dict, installed: int | None, target: int | None = None) -> dict | None:
+    """The smallest bundle that reaches the newest version (or `target`, which a rollout
+    channel names) from what is installed."""
     latest = max(index.get("versions", []), key=lambda v: v["version"], default=None)
+    if target is not None:
+        latest = next((v for v in index.get("versions", []) if v["version"] == target), None)
+        if latest is None:
+            raise FedAdaptError(f"version {target} is not in the registry's index")
     if latest is None or (installed is not None and latest["version"] <= installed):
         return None
     # `parse_index` allows an entry without deltas, and a delta entry without from_version
@@ -131,16 +136,17 @@ def fetch(
     trusted: list[Ed25519PublicKey],
     base_sha256: str,
     timeout: float = 30.0,
+    version: int | None = None,
 ) -> Manifest | None:
-    """Bring the device to the newest version; None when it is already there. `timeout`
-    bounds the whole fetch, not each read."""
+    """Bring the device to the newest version (or `version`); None when it is already there.
+    `timeout` bounds the whole fetch, not each read."""
     base = check_url(url)
     device = DeviceStore(device_dir)
     installed = device.state()
     keys = {key_id(k): k for k in trusted}
     with Downloader(Deadline(timeout)) as net:
         index = trusted_index(net, base, keys, device.folder)
-        bundle = pick(index, installed.version)
+        bundle = pick(index, installed.version, version)
         if bundle is None:
             return None
         stem = f"{base}/{bundle['path']}"

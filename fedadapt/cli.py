@@ -24,6 +24,7 @@ from fedadapt.cli_args import (
 )
 from fedadapt.cli_device import add_device_commands
 from fedadapt.cli_export import add_export_command
+from fedadapt.cli_rollout import add_rollout_commands
 from fedadapt.cli_updates import SHAPE_ERRORS, add_update_commands, read_json
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import CODECS, FEDERATED_METHODS, QUANTIZATIONS, STRATEGIES
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_update_commands(sub)
     add_device_commands(sub)
+    add_rollout_commands(sub)
 
     add_export_command(sub)
 

@@ -25,10 +25,14 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from fedadapt.errors import FedAdaptError
 from fedadapt.registry_index import INDEX_FILE
+
+if TYPE_CHECKING:
+    from fedadapt.server.rollout_reports import ReportSink
 
 log = logging.getLogger("fedadapt.updates")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -139,6 +143,12 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = _serve
 
+    def do_POST(self) -> None:
+        """A device's rollout report (`fedadapt.server.rollout_reports`); 404 without a sink."""
+        from fedadapt.server.rollout_reports import handle_post
+
+        handle_post(self, self.server.reports)
+
 
 class _HeadDeadlineReader(io.RawIOBase):
     """The connection's reads, each given only the time left for the request head."""
@@ -170,8 +180,10 @@ class UpdateServer(ThreadingHTTPServer):
         port: int = 0,
         max_connections: int = 64,
         timeout: float = 30.0,
+        reports: ReportSink | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        self.reports = reports  # takes rollout reports by POST when set
         if not (self.root / INDEX_FILE).is_file():
             raise FedAdaptError(
                 f"{root} is not a registry (no {INDEX_FILE}); `fedadapt publish` creates one"
