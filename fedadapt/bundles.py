@@ -234,6 +234,8 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
     try:
         raw = lzma.decompress(delta)
         xor, meta = np_load(raw), json.loads(_metadata(raw)["target"])
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError(f"its target metadata is not names to strings: {str(meta)[:40]}")
         base = np_load(old)
         out = {}
         for k, v in base.items():

@@ -23,8 +23,11 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 PROFILE = os.environ.get("FEDADAPT_FUZZ_PROFILE", "ci")
-# Inputs per unit of weight: a target of weight 1 runs this many examples.
-BASE_EXAMPLES = {"ci": 150, "long": 9000}
+# Inputs per unit of weight: a target of weight 1 runs this many examples
+# (FEDADAPT_FUZZ_EXAMPLES overrides it, to size a run).
+BASE_EXAMPLES = {"ci": 100, "long": 9000}
+if os.environ.get("FEDADAPT_FUZZ_EXAMPLES"):
+    BASE_EXAMPLES[PROFILE] = int(os.environ["FEDADAPT_FUZZ_EXAMPLES"])
 _SLOW_CHECKS = [
     HealthCheck.too_slow,
     HealthCheck.data_too_large,

@@ -14,7 +14,7 @@ import lzma
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from safetensors.numpy import save as np_save
 
@@ -97,9 +97,9 @@ def test_manifest_fields_of_any_type(
 @fuzz(2)
 @given(st.data(), installed_versions)
 def test_no_mutation_of_a_signed_manifest_verifies(data: st.DataObject, installed) -> None:
-    count("manifest:mutated")
     manifest = data.draw(st.one_of(st.just(VALID_BYTES), mutated_bytes(VALID_BYTES)))
     signature = data.draw(st.one_of(st.just(VALID_SIG), mutated_bytes(VALID_SIG)))
+    count("manifest:mutated")
     try:
         _check_all(manifest, signature, installed, PAYLOAD)
     except FedAdaptError:
@@ -163,7 +163,15 @@ def _tensors(blob: bytes) -> dict[str, np.ndarray]:
     return load(blob)
 
 
+def _xor_delta(target: str) -> bytes:
+    """A delta whose tensors apply to OLD, with `target` as its metadata's raw JSON."""
+    xor = {k: np.zeros(v.nbytes, np.uint8) for k, v in _tensors(OLD).items()}
+    return lzma.compress(np_save(xor, metadata={"target": target}))
+
+
 @fuzz(2)
+@example(_xor_delta("5"))  # a target that is not an object: TypeError from np_save
+@example(_xor_delta('{"version": 2}'))  # a metadata value that is not a string
 @given(
     st.one_of(
         delta_payloads(),

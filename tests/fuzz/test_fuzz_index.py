@@ -78,10 +78,10 @@ def test_index_bytes_are_picked_or_refused(data: bytes, installed: int | None) -
 @fuzz(2)
 @given(st.data(), st.one_of(st.none(), st.integers(1, 9)))
 def test_no_tampered_timestamp_verifies(data: st.DataObject, seen: int | None) -> None:
-    count("index:timestamp")
     ts = data.draw(st.one_of(st.just(TS), mutated_bytes(TS)))
     sig = data.draw(st.one_of(st.just(TS_SIG), mutated_bytes(TS_SIG)))
     index = data.draw(st.one_of(st.just(INDEX), mutated_bytes(INDEX)))
+    count("index:timestamp")
     try:
         meta = verify_meta(ts, sig, TIMESTAMP, TRUSTED, seen, now=NOW)
         check_index_matches(index, meta)
