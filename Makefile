@@ -9,7 +9,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: setup demo deploy-demo test lint bench
+.PHONY: setup demo deploy-demo test lint bench fuzz
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ deploy-demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The long fuzzing profile (tests/fuzz): >= 100,000 generated inputs; CI runs the short one.
+fuzz: setup
+	FEDADAPT_FUZZ_PROFILE=long $(BIN)/python -m pytest -q tests/fuzz
 
 lint: setup
 	$(BIN)/ruff check .
