@@ -53,9 +53,17 @@ log = logging.getLogger("fedadapt.clients")
 
 def _setup(message: Message, context: Context) -> tuple[SimConfig, int, int, str]:
     cfg = SimConfig.from_run_config(dict(context.run_config))
-    pid = int(context.node_config["partition-id"])
+    pid = _partition_id(context)
     conf = message.content["config"]
     return cfg, pid, int(conf["server-round"]), str(conf["phase"])
+
+
+def _partition_id(context: Context) -> int:
+    """The node config's `partition-id`: this device's number in the server's report."""
+    value = context.node_config.get("partition-id")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FedAdaptError(f"node config: partition-id must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _data_dir(context: Context) -> Path | None:
@@ -136,8 +144,9 @@ def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int
 
 
 @app.query()
+@_error_reply
 def query(message: Message, context: Context) -> Message:
-    pid = int(context.node_config["partition-id"])
+    pid = _partition_id(context)
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)
 
 
@@ -201,7 +210,7 @@ def _train_secagg(message: Message, context: Context) -> Message:
     to be finite: one NaN would poison the masked sum of every client.
     """
     cfg = SimConfig.from_run_config(dict(context.run_config))
-    pid = int(context.node_config["partition-id"])
+    pid = _partition_id(context)
     fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
     names = str(fitins.config["names"]).split("\n")
     arrays = {

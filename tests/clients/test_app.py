@@ -179,3 +179,11 @@ def test_the_data_dir_may_be_absolute(tmp_path):
     _write_own_data(tmp_path, 3)
     reply = app(_train_message(), _device_context(tmp_path, str(tmp_path / "dev" / "data")))
     assert str(tmp_path / "dev" / "data") in reply.error.reason
+
+
+def test_a_node_config_without_a_partition_id_is_an_error_reply():
+    ctx = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    query = Message(RecordDict({"config": ConfigRecord({"server-round": 0})}), 7, "query")
+    for msg in (query, _train_message()):
+        reply = app(msg, ctx)
+        assert reply.error.reason == "node config: partition-id must be an integer >= 0, got None"
