@@ -107,6 +107,9 @@ def _package_client(args: argparse.Namespace) -> None:
             num_partitions=args.num_partitions,
             port=args.port,
             update_key=Path(args.update_key) if args.update_key else None,
+            update_url=args.update_url,
+            config=Path(args.config) if args.config else None,
+            demo_data=not args.no_demo_data,
         )
     print(f"client package: {out} (on the device: {out}/install.sh, then {out}/start.sh)")
 
@@ -266,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--num-partitions", type=positive_int, help="default: the number of node keys")
     pc.add_argument("--port", type=port, default=9094, help="the SuperNode's own port")
     pc.add_argument("--update-key", help="update-signing public key to trust (fetch)")
+    pc.add_argument("--update-url", help="the registry the device fetches signed updates from")
+    pc.add_argument(
+        "--config", help="run config: ship its device graph, so the device infers at once"
+    )
+    pc.add_argument(
+        "--no-demo-data",
+        action="store_true",
+        help="the device trains on its own data/ only: no demo data sets, no flwr-datasets",
+    )
     pc.set_defaults(func=_package_client)
 
     add_update_commands(sub)

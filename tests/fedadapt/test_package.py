@@ -45,6 +45,73 @@ def test_package_holds_what_a_device_needs(tmp_path, certs):
     assert os.access(out / "start.sh", os.X_OK) and os.access(out / "install.sh", os.X_OK)
 
 
+def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(tmp_path, certs):
+    pub = tmp_path / "signing.pub"
+    pub.write_text("a key")
+    out = package_client(
+        tmp_path / "pkg",
+        certs,
+        node=1,
+        superlink="h:1",
+        update_key=pub,
+        update_url="https://updates.example.org",
+        demo_data=False,
+    )
+    names = {p.split("==")[0] for p in (out / "requirements.txt").read_text().split()}
+    assert names.isdisjoint({"matplotlib", "onnx", "onnxscript", "flwr-datasets", "tomli-w"})
+    assert {"torch", "flwr", "onnxruntime"} <= names
+    assert (out / "requirements-data.txt").read_text() == ""  # no demo data sets either
+    assert "UPDATE_URL=https://updates.example.org" in (out / "node.env").read_text()
+    start = (out / "start.sh").read_text()
+    assert '"$here/venv/bin/fedadapt" device run --device-dir' in start
+    assert "--update-url" in start and "--root-cert" in start
+
+
+@pytest.mark.slow
+def test_everything_a_device_imports_is_installed_by_its_requirements():
+    """Import what a device runs (the ClientApp, `device run`, `infer`, `fetch`), then check
+    each imported distribution is a device requirement or one of their dependencies."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    from fedadapt.package import DEVICE_DISTRIBUTIONS
+
+    code = (
+        "import sys, json\n"
+        "from importlib.metadata import packages_distributions as pd\n"
+        "import fedadapt.clients.app, fedadapt.clients.service, fedadapt.clients.runtime\n"
+        "import fedadapt.clients.updater, fedadapt.supervise, fedadapt.data.local_files\n"
+        "from fedadapt.cli import build_parser; build_parser()\n"
+        "tops = {m.split('.')[0] for m in sys.modules}\n"
+        "print(json.dumps(sorted({d.lower() for t in tops for d in pd().get(t, [])})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    # torch imports dill only if it happens to be installed (datapipes), as an option
+    optional = {"fedadapt", "dill"}
+    imported = set(json.loads(done.stdout.splitlines()[-1])) - optional
+
+    def closure(names: set[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for spec in requires(name) or []:
+                req = Requirement(spec)
+                if req.marker is None or req.marker.evaluate({"extra": ""}):
+                    todo.append(req.name.lower().replace("_", "-"))
+        return seen
+
+    installed = {n.replace("_", "-") for n in closure(set(DEVICE_DISTRIBUTIONS))}
+    missing = {n.replace("_", "-") for n in imported} - installed
+    assert missing == set()
+
+
 def test_package_refuses_a_used_folder_and_missing_keys(tmp_path, certs):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "x").write_text("keep me")
@@ -53,6 +120,8 @@ def test_package_refuses_a_used_folder_and_missing_keys(tmp_path, certs):
     assert (tmp_path / "used" / "x").read_text() == "keep me"
     with pytest.raises(FedAdaptError, match="node-7"):
         package_client(tmp_path / "new", certs, node=7, superlink="h:1")
+    with pytest.raises(FedAdaptError, match="--update-url needs --update-key"):
+        package_client(tmp_path / "new", certs, node=1, superlink="h:1", update_url="http://u")
 
 
 @pytest.mark.slow
