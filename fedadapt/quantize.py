@@ -11,6 +11,13 @@ was tried. The GEMMs ran 4x faster, but the quantize/dequantize passes ate the g
 shapes (a training step took the same time), and the gradient at the lowest adapter fell
 to cosine 0.985 against fp32 (weight-only: 0.997). Exact gradients won.
 
+torch's weight-only int8 kernel (`aten._weight_int8pack_mm`: fp32 activations times int8
+rows times per-row scales, no dequantized copy) is here too, as kernel "pack", for the
+forward and the input gradient `(grad * scale) @ W_int8`. It is exact (same products, fp32
+sums) but built for decoding (a few rows): at a training step's 768 rows it ran 10-20x
+slower than dequantize + fp32 GEMM on this CPU (`python -m fedadapt.bench.int8_step`), so
+"dequant" stays the default.
+
 int4 is asymmetric (scale and offset per group of 32) with the clipping range picked per
 group to minimise squared error: on MiniLM this raised the gradient's cosine against fp32
 from 0.81 (symmetric absmax) to 0.92.
@@ -18,12 +25,29 @@ from 0.81 (symmetric absmax) to 0.92.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 QUANTIZATIONS = ("none", "int8", "int4")
 INT4_GROUP = 32
+INT8_KERNELS = ("dequant", "pack")
+_kernel = {"int8": "dequant"}
+
+
+@contextlib.contextmanager
+def int8_kernel(name: str) -> Iterator[None]:
+    """Within the block, int8 Linears compute with kernel `name` (one of INT8_KERNELS)."""
+    if name not in INT8_KERNELS:
+        raise ValueError(f"unknown int8 kernel {name!r}; one of {', '.join(INT8_KERNELS)}")
+    before, _kernel["int8"] = _kernel["int8"], name
+    try:
+        yield
+    finally:
+        _kernel["int8"] = before
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,18 +135,35 @@ class QuantizedWeight(nn.Module):
         return w.reshape(*rows.shape, self.shape[1])
 
 
+def _pack_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`x @ (q * scale[:, None]).T` over the last dim of `x`, by torch's int8 kernel."""
+    rows = x.reshape(-1, x.shape[-1]).float().contiguous()
+    out = torch.ops.aten._weight_int8pack_mm(rows, q, scale)
+    return out.reshape(*x.shape[:-1], q.shape[0])
+
+
 class _DequantLinear(torch.autograd.Function):
     """`x @ W_deq.T + b`, recomputing `W_deq` in backward instead of storing it."""
 
     @staticmethod
     def forward(ctx, x, qweight: QuantizedWeight, bias):  # type: ignore[override]
         ctx.qweight = qweight
-        return F.linear(x, qweight.dequantize(), bias)
+        ctx.pack = qweight.bits == 8 and _kernel["int8"] == "pack"
+        if not ctx.pack:
+            return F.linear(x, qweight.dequantize(), bias)
+        y = _pack_mm(x, qweight.q, qweight.scale)
+        return y if bias is None else y + bias
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        grad_x = grad_out @ ctx.qweight.dequantize() if ctx.needs_input_grad[0] else None
-        return grad_x, None, None
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        w = ctx.qweight
+        if not ctx.pack:
+            return grad_out @ w.dequantize(), None, None
+        # grad @ (q * s[:, None]) = (grad * s) @ q: q.T's rows with unit scales
+        ones = torch.ones(w.shape[1], dtype=torch.float32)
+        return _pack_mm(grad_out * w.scale, w.q.t().contiguous(), ones), None, None
 
 
 class QuantLinear(nn.Module):

@@ -10,6 +10,7 @@ from fedadapt.quantize import (
     QuantLinear,
     dequantize_int4,
     dequantize_int8,
+    int8_kernel,
     quantize_int4,
     quantize_int8,
 )
@@ -39,6 +40,30 @@ def test_quant_linear_matches_dequantized_weight_and_passes_gradient():
     torch.testing.assert_close(y, F.linear(x, q.weight, lin.bias))
     y.sum().backward()
     torch.testing.assert_close(x.grad, q.weight.sum(0).expand(5, -1))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_pack_kernel_matches_dequantized_reference_forward_and_input_grad(bias):
+    """torch's weight-only int8 kernel computes the same products as dequantize + GEMM."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 40, bias=bias)
+    q = QuantLinear(lin, 8)
+    x = torch.randn(3, 7, 96, requires_grad=True)
+    grad = torch.randn(3, 7, 40)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = F.linear(x_ref, q.weight, q.bias)
+    ref.backward(grad)
+    with int8_kernel("pack"):
+        y = q(x)
+        y.backward(grad)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(x.grad, torch.zeros_like(x.grad))
+
+
+def test_int8_kernel_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match="unknown int8 kernel 'vnni'"), int8_kernel("vnni"):
+        pass
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
