@@ -24,6 +24,7 @@ from fedadapt.adapters import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base_model import base_sha256
 from fedadapt.deltas import State
+from fedadapt.hetlora import client_rank, global_config, parse_tiers
 from fedadapt.keys import load_private
 from fedadapt.model_setup import (
     GLOBAL,
@@ -37,7 +38,9 @@ from fedadapt.model_setup import (
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report, secagg
 from fedadapt.server.claims import secagg_rejections
+from fedadapt.server.combine import ROBUST_RULES
 from fedadapt.server.evaluation import evaluate_all
+from fedadapt.server.hetlora_round import screen_tiers, slice_messages
 from fedadapt.server.nodes import PartitionOrderedGrid, ask_partitions
 from fedadapt.server.polling import QuickPollGrid
 from fedadapt.server.publish import publish
@@ -47,6 +50,14 @@ from fedadapt.simconfig import LINEAR_STRATEGIES, SimConfig
 
 log = logging.getLogger("fedadapt.server")
 app = ServerApp()
+
+
+def _robust_rule(cfg: SimConfig) -> tuple[str, float] | None:
+    """Trimmed mean or median, combined over the stacked deltas as they are screened
+    (`server.combine`); central DP instead clips and accounts for each reply itself."""
+    if cfg.strategy not in ROBUST_RULES or cfg.dp_noise_multiplier > 0:
+        return None
+    return cfg.strategy, cfg.trim_fraction if cfg.strategy == "trimmed-mean" else 0.0
 
 
 def _linear_weight_key(strategy, cfg: SimConfig) -> str | None:
@@ -110,12 +121,27 @@ class FederatedRun:
         )
         if phase == "adapter" and cfg.secagg:
             return self._secagg_round(strategy, server_round, global_state, msgs)
+        tiers = parse_tiers(cfg.lora_tier_ranks) if phase == "adapter" else ()
+        if tiers:  # HetLoRA: each client downloads its tier's slice (server.hetlora_round)
+            slice_messages(msgs, global_state, lambda n: client_rank(cfg, self.partition_of[n]))
         download = sum(wire_bytes(m.content) for m in msgs)
         replies = list(self.grid.send_and_receive(msgs, timeout=cfg.round_timeout))
         # Float sums depend on their order, and replies arrive in any order: fold them in
         # partition order, so that a resumed run repeats an uninterrupted one exactly.
         replies.sort(key=lambda m: self.partition_of.get(m.metadata.src_node_id, -1))
-        if phase == "adapter":
+        if tiers:
+            screened = screen_tiers(
+                replies,
+                global_state,
+                set(trainable_global_keys(cfg)),
+                tiers,
+                base_sha256=self.base_sha,
+                max_bytes=cfg.max_reply_bytes,
+                clip_norm=cfg.clip_norm,
+                fold_by=_linear_weight_key(strategy, cfg),
+                max_examples=cfg.max_num_examples,
+            )
+        elif phase == "adapter":
             screened = screen(
                 replies,
                 global_state,
@@ -126,6 +152,7 @@ class FederatedRun:
                 fold_by=_linear_weight_key(strategy, cfg),
                 max_examples=cfg.max_num_examples,
                 dp=cfg.dp_noise_multiplier > 0,
+                robust=_robust_rule(cfg),
             )
         else:
             screened = screen_full(replies, global_state, cfg.max_num_examples)
@@ -380,5 +407,5 @@ class FederatedRun:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = SimConfig.from_run_config(dict(context.run_config))
+    cfg = global_config(SimConfig.from_run_config(dict(context.run_config)))  # HetLoRA: rank R
     FederatedRun(cfg, grid, context).execute()

@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedadapt.codecs import decode
-from fedadapt.deltas import State, check_delta, clip
+from fedadapt.deltas import State, check_delta, clip  # noqa: F401 - `clip` is re-exported
 from fedadapt.errors import DeltaError
 from fedadapt.records import DELTA_KEY, state_to_record, wire_bytes
 from fedadapt.server.claims import Claims, read_claims
+from fedadapt.server.combine import FlatMean, FlatStack, combined_reply, mean_reply  # noqa: F401
+from fedadapt.server.flat import FlatReader, Layout, NotFlat, flatten, l2
 
 log = logging.getLogger("fedadapt.server")
+T = TypeVar("T")
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -74,7 +80,7 @@ def _payload(content: RecordDict) -> memoryview:
     return memoryview(data)[len(data) - n :]
 
 
-def _delta_of(content: RecordDict, rules: Rules, size: int) -> State:
+def _delta_meta(content: RecordDict, rules: Rules, size: int) -> None:
     meta = content.get("delta-meta")
     if not isinstance(meta, ConfigRecord):
         raise DeltaError("reply holds no 'delta-meta' ConfigRecord", reason="malformed")
@@ -86,12 +92,27 @@ def _delta_of(content: RecordDict, rules: Rules, size: int) -> State:
         )
     if size > rules.max_bytes:
         raise DeltaError(f"{size} bytes exceeds the {rules.max_bytes}-byte cap", reason="oversize")
-    return decode(bytes(_payload(content)))
+
+
+def _flat_of(payload: memoryview, reader: FlatReader, global_state: State) -> np.ndarray:
+    """The delta as a checked flat vector: in place for the canonical layout, else decoded
+    the general way (which also names exactly what is wrong with a bad payload)."""
+    layout = reader.layout
+    try:
+        return reader.read(payload)
+    except NotFlat:
+        pass
+    delta = decode(bytes(payload))
+    check_delta(delta, global_state, required=set(layout.names))
+    frozen = sorted(set(delta) - set(layout.names))
+    if frozen:
+        raise DeltaError(f"tensors that are not trainable {frozen[:5]}", reason="unknown-names")
+    return flatten(delta, layout)
 
 
 def _wire_size(msg: Message) -> int | None:
     """What the reply cost on the network; None if it could not be a wire message at all
-    (e.g. an int beyond int64), which `_check` then refuses after naming any bad metric."""
+    (e.g. an int beyond int64), which the checks then refuse after naming any bad metric."""
     if not msg.has_content():
         return None
     try:
@@ -100,47 +121,39 @@ def _wire_size(msg: Message) -> int | None:
         return None
 
 
-def _check(
-    msg: Message, rules: Rules, size: int | None, trainable: set[str], global_state: State
-) -> tuple[State, Claims]:
-    """`(delta, claims)` of one reply, or `DeltaError` naming why it is refused."""
-    if not msg.has_content():
-        raise DeltaError("reply has neither content nor an error", reason="malformed")
-    claims = read_claims(msg.content, rules.max_examples, rules.dp)
+def _passing(
+    replies: list[Message], out: Screened, check: Callable[[Message, int | None], T], what: str
+) -> Iterator[tuple[Message, T]]:
+    """`(reply, check's result)` for each reply that passes `check`; every other one is
+    counted in `out.rejected` by reason and logged. Nothing a reply holds escapes as an
+    exception: the run goes on."""
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            out.rejected["client-error"] += 1
+            log.warning("node %s failed: %s", node, msg.error.reason)
+            continue
+        try:
+            size = _wire_size(msg)
+            out.upload_bytes += size or 0
+            if not msg.has_content():
+                raise DeltaError("reply has neither content nor an error", reason="malformed")
+            result = check(msg, size)
+        except DeltaError as e:
+            out.rejected[e.reason] += 1
+            log.warning("rejected %s from node %s (%s): %s", what, node, e.reason, e)
+            continue
+        except Exception as e:  # a last resort: one odd reply must not end the run
+            out.rejected["unreadable"] += 1
+            log.warning("rejected %s from node %s (unreadable): %r", what, node, e)
+            continue
+        yield msg, result
+
+
+def _serializable(size: int | None) -> int:
     if size is None:
         raise DeltaError("reply is not serializable as a Flower message", reason="malformed")
-    delta = _delta_of(msg.content, rules, size)
-    check_delta(delta, global_state, required=trainable)
-    return delta, claims
-
-
-class WeightedMean:
-    """The weighted mean of deltas, folded in one at a time: one adapter of working memory."""
-
-    def __init__(self) -> None:
-        self.sum: State = {}
-        self.weight = 0.0
-        self.loss = 0.0
-
-    def add(self, delta: State, weight: float, loss: float) -> None:
-        for k, v in delta.items():
-            if k in self.sum:
-                self.sum[k].add_(v, alpha=weight)
-            else:
-                self.sum[k] = v.float() * weight
-        self.weight += weight
-        self.loss += weight * loss
-
-    def mean(self) -> State:
-        return {k: v / self.weight for k, v in self.sum.items()}
-
-
-def mean_reply(global_state: State, mean_delta: State, weight: float, train_loss: float) -> Message:
-    """A round's mean as the one reply a modern strategy's `aggregate_train` averages."""
-    rebuilt = {k: v + mean_delta[k] if k in mean_delta else v for k, v in global_state.items()}
-    metrics = {"num-examples": weight, "dp-weight": weight, "train_loss": train_loss}
-    content = RecordDict({"arrays": state_to_record(rebuilt), "metrics": MetricRecord(metrics)})
-    return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
+    return size
 
 
 def _rebuilt(msg: Message, global_state: State, delta: State, claims: Claims, dp: bool) -> Message:
@@ -176,28 +189,15 @@ def _check_full(content: RecordDict, global_state: State) -> None:
 def screen_full(replies: list[Message], global_state: State, max_examples: int = 0) -> Screened:
     """The full-model baseline's replies (whole weights, for stock FedAvg), checked as
     strictly as a delta reply: one bad reply is dropped, never the round or the run."""
+
+    def check(msg: Message, size: int | None) -> Claims:
+        _serializable(size)
+        claims = read_claims(msg.content, max_examples, dp=False)
+        _check_full(msg.content, global_state)
+        return claims
+
     out = Screened()
-    for msg in replies:
-        node = msg.metadata.src_node_id
-        if msg.has_error():
-            out.rejected["client-error"] += 1
-            log.warning("node %s failed: %s", node, msg.error.reason)
-            continue
-        try:
-            size = _wire_size(msg)
-            out.upload_bytes += size or 0
-            if size is None:
-                raise DeltaError("reply is not a Flower wire message", reason="malformed")
-            claims = read_claims(msg.content, max_examples, dp=False)
-            _check_full(msg.content, global_state)
-        except DeltaError as e:
-            out.rejected[e.reason] += 1
-            log.warning("rejected full-model reply from node %s (%s): %s", node, e.reason, e)
-            continue
-        except Exception as e:  # a last resort: one odd reply must not end the run
-            out.rejected["unreadable"] += 1
-            log.warning("rejected full-model reply from node %s (unreadable): %r", node, e)
-            continue
+    for msg, claims in _passing(replies, out, check, "full-model reply"):
         arrays = msg.content["arrays"]
         msg.content = RecordDict({"arrays": arrays, "metrics": MetricRecord(claims.metrics(False))})
         out.accepted.append(msg)
@@ -215,41 +215,40 @@ def screen(
     fold_by: str | None = None,
     max_examples: int = 0,
     dp: bool = False,
+    robust: tuple[str, float] | None = None,
 ) -> Screened:
     """Check each reply; accepted ones become `global + delta` replies for the strategy.
 
     With `fold_by` (the strategy's weight key), accepted deltas are folded into their
     weighted mean as they are checked, and `accepted` is that one mean reply. For a strategy
     whose aggregate is linear in the replies (FedAvg, and FedAdam/FedYogi/FedAvgM over it)
-    the result is the same, without rebuilding a model-sized record per reply.
+    the result is the same, without rebuilding a model-sized record per reply. With `robust`
+    (`("trimmed-mean", trim)` or `("median", 0)`), accepted deltas are stacked and combined
+    by that rule, and `accepted` is again the one combined reply (`server.combine`).
     """
     rules = Rules(base_sha256, max_bytes, max_examples, dp)
-    out, fold = Screened(), WeightedMean()
-    for msg in replies:
-        node = msg.metadata.src_node_id
-        if msg.has_error():
-            out.rejected["client-error"] += 1
-            log.warning("node %s failed: %s", node, msg.error.reason)
-            continue
-        try:
-            size = _wire_size(msg)
-            out.upload_bytes += size or 0
-            delta, claims = _check(msg, rules, size, trainable, global_state)
-        except DeltaError as e:
-            out.rejected[e.reason] += 1
-            log.warning("rejected reply from node %s (%s): %s", node, e.reason, e)
-            continue
-        except Exception as e:  # a last resort: one odd reply must not end the run
-            out.rejected["unreadable"] += 1
-            log.warning("rejected reply from node %s (unreadable): %r", node, e)
-            continue
-        if clip_norm > 0:
-            delta = clip(delta, clip_norm)
+    layout = Layout.of(global_state, trainable)
+    reader = FlatReader(layout)
+
+    def check(msg: Message, size: int | None) -> tuple[np.ndarray, Claims]:
+        claims = read_claims(msg.content, rules.max_examples, rules.dp)
+        _delta_meta(msg.content, rules, _serializable(size))
+        return _flat_of(_payload(msg.content), reader, global_state), claims
+
+    out = Screened()
+    acc: FlatMean | FlatStack | None = None
+    if fold_by is not None:
+        acc = FlatMean(layout.size)
+    elif robust is not None:
+        acc = FlatStack(*robust)
+    for msg, (flat, claims) in _passing(replies, out, check, "reply"):
+        if clip_norm > 0 and (norm := l2(flat)) > clip_norm:
+            flat = flat * np.float32(clip_norm / norm)
         out.clients += 1
-        if fold_by is not None:
-            fold.add(delta, claims.weight(fold_by), claims.train_loss)
+        if acc is not None:
+            acc.add(flat, claims.weight(fold_by or "num-examples"), claims.train_loss)
         else:
-            out.accepted.append(_rebuilt(msg, global_state, delta, claims, dp))
-    if fold.weight > 0:
-        out.accepted = [mean_reply(global_state, fold.mean(), fold.weight, fold.loss / fold.weight)]
+            out.accepted.append(_rebuilt(msg, global_state, layout.unflatten(flat), claims, dp))
+    if acc is not None and out.clients:
+        out.accepted = [combined_reply(global_state, layout, acc)]
     return out

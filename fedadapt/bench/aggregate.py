@@ -3,9 +3,12 @@
 `fedadapt` = screening delta replies (decode, check, fold into the weighted mean delta as
 they come, as the server does for FedAvg) plus Flower's FedAvg on the one mean reply;
 `flower_fedavg` = Flower's FedAvg alone on replies that already carry full adapter weights
-(what a stock Flower app would send). Both see the same adapter shape and values. Peak
-memory is the rise of the process's peak RSS over the replies already held (Linux
-`clear_refs` resets the high-water mark before each aggregation).
+(what a stock Flower app would send). `fedadapt_trimmed` / `flower_trimmed`: the same for
+trimmed mean (the server's stacked, vectorized rule, then Flower's FedTrimmedAvg on the one
+combined reply; Flower's FedTrimmedAvg on every full reply). All see the same adapter shape
+and values. `floor_ms` is the bandwidth floor on the same machine: one numpy add of each
+reply's delta bytes. Peak memory is the rise of the process's peak RSS over the replies
+already held (Linux `clear_refs` resets the high-water mark before each aggregation).
 """
 
 from __future__ import annotations
@@ -48,9 +51,30 @@ def peak_rise(fn: Callable[[], T]) -> tuple[T, float, float]:
     return out, ms, max(0.0, _rss_mb("VmHWM") - held)
 
 
+PATHS = ("fedadapt", "flower_fedavg", "fedadapt_trimmed", "flower_trimmed")
+
+
+def _floor(replies: list) -> float:
+    """ms of the bandwidth floor: one numpy add of each reply's fp32 delta bytes, in place."""
+    import numpy as np
+
+    views = []
+    for m in replies:
+        blob = m.content["arrays"]["delta"].data
+        start = len(blob) - m.content["arrays"]["delta"].shape[0]  # the npy header
+        head = int.from_bytes(blob[start : start + 8], "little")
+        views.append(np.frombuffer(blob, dtype=np.float32, offset=start + 8 + head))
+    acc = np.zeros_like(views[0])
+    t = time.perf_counter()
+    for v in views:
+        acc += v
+    return (time.perf_counter() - t) * 1e3
+
+
 def measure(n: int, path: str) -> dict[str, float]:
+    """One case: `path` aggregating `n` replies of quick.toml's adapter, in this process."""
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-    from flwr.serverapp.strategy import FedAvg
+    from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedadapt.codecs import encode
@@ -63,12 +87,13 @@ def measure(n: int, path: str) -> dict[str, float]:
     cfg = SimConfig()  # quick.toml's adapter shape; n is only how many replies arrive
     global_state = build_fresh_global(cfg)
     keys = set(trainable_global_keys(cfg))
+    ours, trimmed = path.startswith("fedadapt"), path.endswith("trimmed")
     g = torch.Generator().manual_seed(0)
     replies = []
     for i in range(n):
         delta = {k: torch.randn(global_state[k].shape, generator=g) * 1e-3 for k in keys}
         metrics = MetricRecord({"num-examples": 10 + i % 7, "train_loss": 0.5})
-        if path == "fedadapt":
+        if ours:
             content = RecordDict(
                 {
                     "arrays": pack_delta(encode(delta)),
@@ -80,39 +105,47 @@ def measure(n: int, path: str) -> dict[str, float]:
             full = {k: v + delta[k] if k in delta else v for k, v in global_state.items()}
             content = RecordDict({"arrays": state_to_record(full), "metrics": metrics})
         replies.append(Message(content, dst_node_id=i + 1, message_type="train"))
-    strategy = FedAvg(min_train_nodes=1, min_available_nodes=1)
+    kw = {"min_train_nodes": 1, "min_available_nodes": 1}
+    strategy = FedTrimmedAvg(**kw, beta=cfg.trim_fraction) if trimmed else FedAvg(**kw)
+    rule = ("trimmed-mean", cfg.trim_fraction) if trimmed else None
 
     def aggregate():
         accepted = replies
-        if path == "fedadapt":
-            screened = screen(replies, global_state, keys, "x", 10**8, fold_by="num-examples")
+        if ours:
+            fold = None if trimmed else "num-examples"
+            screened = screen(replies, global_state, keys, "x", 10**8, fold_by=fold, robust=rule)
             assert screened.clients == n, f"the bench's own replies were rejected: {screened}"
             accepted = screened.accepted
         return strategy.aggregate_train(1, accepted)[0]
 
     arrays, ms, peak_mb = peak_rise(aggregate)
     assert arrays is not None
-    return {"ms": ms, "peak_mb": peak_mb}
+    out = {"ms": ms, "peak_mb": peak_mb}
+    if path == "fedadapt":
+        out["floor_ms"] = min(_floor(replies) for _ in range(3))
+    return out
 
 
 def run(quick: bool = False) -> dict:
     out: dict = {}
     repeats = 1 if quick else 3
-    cases = [(n, p) for n in SIZES for p in ("fedadapt", "flower_fedavg")]
+    cases = [(n, p) for n in SIZES for p in PATHS]
     for n, path in tqdm(cases, desc="bench aggregate", unit="case"):
         runs = []
         for _ in range(repeats):
             runs.append(run_case("fedadapt.bench.aggregate", n, path))
         best = sorted(runs, key=lambda r: r["ms"])[len(runs) // 2]
         row = out.setdefault(str(n), {})
-        row[f"{path}_ms"] = best["ms"]
-        row[f"{path}_peak_mb"] = best["peak_mb"]
+        row.update({f"{path}_{k}": v for k, v in best.items()})
     for n in SIZES:
         r = out[str(n)]
         tqdm.write(
             f"aggregate {n:>5} replies: fedadapt {r['fedadapt_ms']:8.1f} ms "
-            f"({r['fedadapt_peak_mb']:.0f} MB)  flower FedAvg {r['flower_fedavg_ms']:8.1f} ms "
-            f"({r['flower_fedavg_peak_mb']:.0f} MB)"
+            f"({r['fedadapt_peak_mb']:.0f} MB, {r['fedadapt_ms'] / r['fedadapt_floor_ms']:.1f}x "
+            f"the {r['fedadapt_floor_ms']:.1f} ms floor)  flower FedAvg "
+            f"{r['flower_fedavg_ms']:8.1f} ms ({r['flower_fedavg_peak_mb']:.0f} MB)  "
+            f"trimmed mean: fedadapt {r['fedadapt_trimmed_ms']:8.1f} ms, "
+            f"flower {r['flower_trimmed_ms']:8.1f} ms"
         )
     return out
 
@@ -120,6 +153,6 @@ def run(quick: bool = False) -> dict:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Measure one aggregate bench case (internal).")
     ap.add_argument("n", type=int)
-    ap.add_argument("path", choices=["fedadapt", "flower_fedavg"])
+    ap.add_argument("path", choices=PATHS)
     a = ap.parse_args()
     print(json.dumps(measure(a.n, a.path)))

@@ -147,3 +147,52 @@ def test_folded_mean_aggregates_like_every_rebuilt_reply(name):
     for k in GLOBAL:
         assert torch.allclose(each[k], folded[k], atol=1e-6)
     assert not torch.equal(folded["head.bias"], GLOBAL["head.bias"])
+
+
+@pytest.mark.parametrize("rule", ["trimmed-mean", "median"])
+def test_stacked_robust_rule_matches_flowers_own_per_reply(rule):
+    """The vectorized stack over flat deltas gives what Flower's FedTrimmedAvg / FedMedian
+    compute tensor by tensor over every rebuilt reply."""
+    from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1
+    g = torch.Generator().manual_seed(1)
+    deltas = [{k: torch.randn(v.shape, generator=g) for k, v in GLOBAL.items()} for _ in range(7)]
+    deltas[3]["head.bias"] = torch.tensor([50.0, -50.0])  # an outlier the rule must cut
+
+    def aggregate(robust):
+        replies = [_reply(d, n=3 + i) for i, d in enumerate(deltas)]
+        s = screen(replies, GLOBAL, TRAINABLE, SHA, max_bytes=50_000, robust=robust)
+        assert s.clients == 7
+        kw = {"min_train_nodes": 1, "min_available_nodes": 1}
+        strategy = FedTrimmedAvg(**kw, beta=0.2) if rule == "trimmed-mean" else FedMedian(**kw)
+        arrays, _ = strategy.aggregate_train(1, s.accepted)
+        return record_to_state(arrays), s
+
+    flower, each = aggregate(None)
+    stacked, one = aggregate((rule, 0.2 if rule == "trimmed-mean" else 0.0))
+    assert len(each.accepted) == 7 and len(one.accepted) == 1
+    for k in GLOBAL:
+        torch.testing.assert_close(stacked[k], flower[k], atol=1e-6, rtol=0)
+    assert stacked["head.bias"].abs().max() < 5  # the outlier was cut
+
+
+def test_a_valid_reply_in_another_layout_is_decoded_the_general_way():
+    """Tensors stored out of name order cannot be read in place; they are still accepted."""
+    import json
+
+    a, b = torch.full((2,), 0.5), torch.full((4, 2), 0.25)  # head.bias, x.adapter_up.weight
+    header = {
+        "__metadata__": {"codec": "fp32"},
+        "x.adapter_up.weight": {"dtype": "F32", "shape": [4, 2], "data_offsets": [0, 32]},
+        "head.bias": {"dtype": "F32", "shape": [2], "data_offsets": [32, 40]},
+    }
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    blob = len(head).to_bytes(8, "little") + head + b.numpy().tobytes() + a.numpy().tobytes()
+    s = screen([_reply(blob=blob)], GLOBAL, TRAINABLE, SHA, max_bytes=50_000)
+    assert not s.rejected and s.clients == 1
+    rebuilt = record_to_state(s.accepted[0].content["arrays"])
+    torch.testing.assert_close(rebuilt["head.bias"], GLOBAL["head.bias"] + a)
+    torch.testing.assert_close(rebuilt["x.adapter_up.weight"], b)
