@@ -133,7 +133,7 @@ class Fleet:
         return threads
 
     def reported(self) -> set[str]:
-        return {r["device"] for r in self.rollouts.reports(CHANNEL, CANDIDATE)}
+        return {r["device"] for r in self.rollouts.rollout_reports(CHANNEL)}
 
     def wait(self, done, timeout: float) -> bool:
         end = time.time() + timeout
@@ -197,7 +197,7 @@ def _halted(fleet: Fleet) -> bool:
 
 def _figures(fleet: Fleet, seconds: float) -> dict[str, Any]:
     state = fleet.rollouts.rollout(CHANNEL)
-    reports = fleet.rollouts.reports(CHANNEL, CANDIDATE)
+    reports = fleet.rollouts.rollout_reports(CHANNEL)
     s = summarize(reports)
     halted = state["halted"]
     exposed = [w for w in fleet.watch if w.exposed]

@@ -182,6 +182,13 @@ class Rollouts:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [r for r in rows if candidate is None or r["candidate"] == candidate]
 
+    def rollout_reports(self, name: str) -> list[dict[str, Any]]:
+        """The reports on the current (or last) rollout's candidate since it started: an
+        earlier rollout of the same version does not count."""
+        state = self.rollout(name)
+        reports = self.reports(name, state["candidate"])
+        return [r for r in reports if r["received_at"] >= state["started_at"]]
+
     def guardrail(self, name: str) -> Guardrail:
         return Guardrail(**self.rollout(name)["guardrail"])
 
@@ -281,11 +288,12 @@ class Rollouts:
             current = self.read_channel(name)
             if current is None or current[1].candidate != report["candidate"]:
                 return None  # a late report on a halted or finished rollout: kept, not acted on
-            reason = verdict(
-                summarize(self.reports(name, report["candidate"])), self.guardrail(name)
-            )
-            if reason is not None and key is not None:
-                self._halt(name, key, f"guardrail: {reason}")
+            why = verdict(summarize(self.rollout_reports(name)), self.guardrail(name))
+            if why is None:
+                return None
+            reason = f"guardrail: {why}"
+            if key is not None:
+                self._halt(name, key, reason)
             return reason
 
 

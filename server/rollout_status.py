@@ -33,7 +33,7 @@ def status_text(rollouts: Rollouts, name: str) -> tuple[str, list[dict[str, Any]
     if not (rollouts.folder(name) / ROLLOUT_FILE).exists():  # a channel, no rollout yet
         return lines[0], []
     state = rollouts.rollout(name)
-    reports = rollouts.reports(name, state["candidate"])
+    reports = rollouts.rollout_reports(name)
     s: Summary = summarize(reports)
     guard = rollouts.guardrail(name)
     lines.append(
