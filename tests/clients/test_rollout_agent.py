@@ -1,0 +1,149 @@
+"""A device in a staged rollout, against a real update service on 127.0.0.1: it runs the
+version its cohort gets, scores both versions on the same held-out examples, reports them
+signed, rolls back on its own past its local bound (and does not flap back), switches back
+after a halt without downloading, and refuses a replayed pre-halt channel file.
+
+The scorer grades each version file by a table of its SHA-256 (a stand-in for a model over
+the device's held-out split: the agent only sees per-example right/wrong, latency, failures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from fedadapt.bundles import BundleError
+from fedadapt.clients.rollout_agent import RolloutAgent, Scores, device_key
+from fedadapt.clients.updater import DeviceStore, fetch
+from fedadapt.errors import FedAdaptError
+from fedadapt.keys import key_id
+from fedadapt.server.publish import publish
+from fedadapt.server.rollout import Rollouts
+from fedadapt.server.rollout_reports import ReportSink, load_device_keys
+from fedadapt.server.update_service import UpdateServer
+from tests.registry_helpers import BASE, make_keys, serving, tiny_adapter
+
+STABLE_RIGHT = np.array([1, 1, 1, 0, 1, 0, 1, 1, 0, 1], bool)  # 0.7
+
+
+class TableScorer:
+    def __init__(self, registry, candidate_right: np.ndarray) -> None:
+        full = {v: (registry / f"v{v:04d}" / "full.payload").read_bytes() for v in (1, 2)}
+        self.table = {
+            hashlib.sha256(full[1]).hexdigest(): STABLE_RIGHT,
+            hashlib.sha256(full[2]).hexdigest(): candidate_right,
+        }
+        self.calls: list[int] = []
+
+    def __call__(self, store: DeviceStore, version: int) -> Scores:
+        self.calls.append(version)
+        digest = hashlib.sha256(store.version_file(version).read_bytes()).hexdigest()
+        return Scores(self.table[digest], 2.0, 0)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    keys = make_keys(tmp_path / "keys")
+    reg = tmp_path / "registry"
+    for seed in (1, 2):
+        publish(tiny_adapter(tmp_path / f"a{seed}", seed), reg, keys.key)
+    device = tmp_path / "device"
+    pub = device_key(device).public_key()
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "d.pub").write_bytes(
+        pub.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    rollouts = Rollouts(reg)
+    sink = ReportSink(rollouts, load_device_keys(tmp_path / "devices"), keys.key)
+    with serving(UpdateServer(reg, reports=sink)) as url:
+        fetch(url, device, [keys.pub], BASE, version=1)
+        yield reg, keys, device, rollouts, url
+
+
+def agent(setup, scorer, bound: float = 0.1) -> RolloutAgent:
+    _, keys, device, _, url = setup
+    return RolloutAgent(device, url, "main", [keys.pub], BASE, scorer, local_bound=bound)
+
+
+def test_a_cohort_device_reports_both_versions_and_switches_back_without_download(setup):
+    reg, keys, device, rollouts, _ = setup
+    rollouts.start("main", 2, 1.0, keys.key, stable=1)
+    scorer = TableScorer(reg, ~STABLE_RIGHT | STABLE_RIGHT)  # the candidate gets all 10
+    a = agent(setup, scorer)
+    first = a.poll()
+    assert (first.action, first.target) == ("fetched", 2)
+    assert first.report["stable_accuracy"] == pytest.approx(0.7)
+    assert first.report["candidate_accuracy"] == 1.0 and first.report["rolled_back"] == 0
+    (stored,) = rollouts.rollout_reports("main")
+    assert stored["device"] == key_id(device_key(device).public_key()) == a.device_id
+    assert a.poll().report is None and scorer.calls == [1, 2]  # evaluated once
+
+    rollouts.halt("main", keys.key)
+    for payload in reg.glob("v*/*.payload"):
+        payload.unlink()  # nothing could be downloaded now
+    assert a.poll().action == "switched"
+    assert DeviceStore(device).state().version == 1
+
+
+def test_a_device_outside_the_cohort_never_installs_the_candidate(setup):
+    reg, keys, device, rollouts, _ = setup
+    rollouts.start("main", 2, 1e-12, keys.key, stable=1)
+    result = agent(setup, TableScorer(reg, STABLE_RIGHT)).poll()
+    assert (result.action, result.target, result.report) == ("none", 1, None)
+    assert not DeviceStore(device).version_file(2).exists()
+
+
+def test_past_its_local_bound_a_device_rolls_back_at_once_and_stays(setup):
+    reg, keys, device, rollouts, _ = setup
+    rollouts.start("main", 2, 1.0, keys.key, stable=1)
+    worse = STABLE_RIGHT.copy()
+    worse[:2] = False  # 0.5: 0.2 below stable, past the 0.1 bound
+    a = agent(setup, TableScorer(reg, worse))
+    result = a.poll()
+    assert result.action == "local-rollback"
+    assert result.report["rolled_back"] == 1 and result.report["running"] == 1
+    assert DeviceStore(device).state().version == 1
+    assert rollouts.rollout_reports("main")[0]["rolled_back"] == 1
+    again = a.poll()  # the channel still offers version 2: the device does not flap back
+    assert (again.action, again.target) == ("none", 1)
+
+
+def test_within_its_local_bound_a_device_keeps_the_candidate(setup):
+    reg, keys, device, rollouts, _ = setup
+    rollouts.start("main", 2, 1.0, keys.key, stable=1)
+    slightly = STABLE_RIGHT.copy()
+    slightly[0] = False  # 0.6: 0.1 below stable, not past the bound
+    assert agent(setup, TableScorer(reg, slightly)).poll().action == "fetched"
+    assert DeviceStore(device).state().version == 2
+
+
+def test_a_replayed_channel_file_from_before_the_halt_is_refused(setup, tmp_path):
+    reg, keys, device, rollouts, _ = setup
+    rollouts.start("main", 2, 1.0, keys.key, stable=1)
+    shutil.copytree(reg / "channels", tmp_path / "old-channels")
+    rollouts.halt("main", keys.key)
+    a = agent(setup, TableScorer(reg, STABLE_RIGHT))
+    assert a.poll().target == 1
+    shutil.rmtree(reg / "channels")
+    shutil.copytree(tmp_path / "old-channels", reg / "channels")
+    with pytest.raises(BundleError, match="version 1 is older than version 2") as e:
+        a.poll()
+    assert e.value.reason == "channel-rollback"
+    assert not DeviceStore(device).version_file(2).exists()
+
+
+def test_a_report_from_an_unregistered_device_is_refused(setup, tmp_path):
+    reg, keys, _, rollouts, url = setup
+    rollouts.start("main", 2, 1.0, keys.key, stable=1)
+    stranger = tmp_path / "stranger"
+    fetch(url, stranger, [keys.pub], BASE, version=1)
+    a = RolloutAgent(stranger, url, "main", [keys.pub], BASE, TableScorer(reg, STABLE_RIGHT))
+    with pytest.raises(FedAdaptError, match=r"refused the report: .* is not registered"):
+        a.poll()
+    assert rollouts.rollout_reports("main") == []
