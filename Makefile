@@ -9,7 +9,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: setup demo deploy-demo test lint bench fuzz
+.PHONY: setup demo deploy-demo test lint bench rollout-demo fuzz
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: setup
 
 deploy-demo: setup
 	$(BIN)/fedadapt deploy-demo --config simulations/deploy.toml --out out/deploy
+
+rollout-demo: setup
+	$(BIN)/python -m fedadapt.rollout_fleet --devices 200 --work out/rollout \
+		--out simulations/results/rollout/rollout.json
 
 test: setup
 	$(BIN)/ruff check .
