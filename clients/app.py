@@ -44,6 +44,7 @@ from fedadapt.data import local_files
 from fedadapt.deltas import check_delta, clip
 from fedadapt.errors import FedAdaptError
 from fedadapt.model_setup import label_names
+from fedadapt.ray_nodes import worker_record
 from fedadapt.records import pack_delta, record_to_state, state_to_record
 from fedadapt.simconfig import SimConfig
 
@@ -199,7 +200,10 @@ def train(message: Message, context: Context) -> Message:
         }
     )
     meta = ConfigRecord({"base-sha256": device.model.base.sha256, "codec": cfg.codec})
-    content = RecordDict({"arrays": pack_delta(blob), "metrics": metrics, "delta-meta": meta})
+    content = RecordDict(
+        {"arrays": pack_delta(blob), "metrics": metrics, "delta-meta": meta}
+        | worker_record()  # which Ray node trained, in a simulation
+    )
     return Message(content, reply_to=message)
 
 

@@ -39,6 +39,7 @@ SIMULATE_KEYS = (
     "method",
     "quantization",
     "seed",
+    "ray_address",
 )
 DEFAULT_CONFIG, DEFAULT_OUT = "simulations/quick.toml", "out/quick"
 
@@ -213,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quantize", dest="quantization", choices=QUANTIZATIONS)
     d.add_argument("--seed", type=int)
     d.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="run the ClientApps on an existing Ray cluster at ADDR (HOST:PORT, as "
+        "`ray start --head` prints it) instead of a private Ray",
+    )
+    d.add_argument(
         "--no-baselines",
         action="store_true",
         help="skip the baselines (with --resume: finish the run without them)",
@@ -319,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SECTIONS,
         default=["core", "aggregate", "export", "updates", "secagg"],
         help="sections to run (default: all but deploy, which starts a SuperLink and "
-        "3 SuperNodes and takes minutes)",
+        "3 SuperNodes and takes minutes, and scale, which simulates 100- and 1000-client "
+        "fleets; --quick: the 100-client one only)",
     )
     b.set_defaults(func=_bench)
     return parser

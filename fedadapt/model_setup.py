@@ -28,7 +28,7 @@ def label_names(dataset: str) -> list[str]:
     A device's own data names its labels from this list (or by index), so it is the run's
     label set whether the device holds a demo partition or its own files.
     """
-    if dataset == "rotten_tomatoes":
+    if dataset in ("rotten_tomatoes", "rotten_tomatoes_dirichlet"):
         from fedadapt.data import rotten_tomatoes
 
         return list(rotten_tomatoes.LABELS)

@@ -29,7 +29,7 @@ STRATEGIES = (*LINEAR_STRATEGIES, "trimmed-mean", "median")
 PERSONALIZATIONS = ("head-bias", "fedrep", "finetune")
 # Adapter methods a federated run can train (clients/device.py builds these); extend here.
 FEDERATED_METHODS = ("bottleneck", "lora")
-DATASETS = ("rotten_tomatoes", "bbc")
+DATASETS = ("rotten_tomatoes", "bbc", "rotten_tomatoes_dirichlet")
 QUANTIZATIONS = ("none", "int8", "int4")  # fedadapt.quantize.QUANTIZATIONS (that one needs torch)
 CODECS = ("fp32", "fp16", "int8")  # fedadapt.codecs.CODECS (that one needs torch)
 ATTACKS = ("sign-flip", "noise", "inflate-examples")  # clients/attacks.py; extend here
@@ -42,12 +42,13 @@ class SimConfig:
     num_clients: int = 20
     min_examples: int = 20  # Rotten Tomatoes: movies with fewer snippets are left out
     test_fraction: float = 0.3
-    dirichlet_alpha: float = 0.3  # BBC only
+    dirichlet_alpha: float = 0.3  # BBC and rotten_tomatoes_dirichlet
     seed: int = 0
     # federation
     rounds: int = 10
     clients_per_round: int = 10
     evaluate_every: int = 1  # evaluate on every client each N rounds (and after the last)
+    evaluate_sample: int = 0  # evaluate a seeded sample of N clients per round; 0: all
     round_timeout: float = 900.0  # give up on pending clients after this long with no reply
     grid_poll_s: float = 0.2  # how often the server pulls replies (Flower's deployed grid: 3 s)
     # model and adapters
@@ -106,6 +107,9 @@ class SimConfig:
     publish_every: int = 0
     publish_registry: str = ""
     publish_key: str = ""
+    # where the ClientApps run: "" a private single-node Ray, else an existing Ray cluster's
+    # address (`ray start --head` prints it), e.g. "10.0.0.5:6379"
+    ray_address: str = ""
     # output
     out: str = "out/sim"
     resume: bool = False
@@ -233,6 +237,7 @@ RULES: dict[str, Range | Choice | NonEmpty] = {
     "rounds": Range(1),
     "clients_per_round": Range(1),
     "evaluate_every": Range(1),
+    "evaluate_sample": Range(0),
     "round_timeout": Range(0, low_open=True),
     "grid_poll_s": Range(0, low_open=True),
     "quantization": Choice(QUANTIZATIONS),
@@ -283,6 +288,8 @@ RESUME_SAFE = frozenset(
         "baselines",
         "full_model_baseline",
         "evaluate_every",
+        "evaluate_sample",
+        "ray_address",
         "round_timeout",
         "grid_poll_s",
         "max_reply_bytes",

@@ -26,7 +26,7 @@ from typing import Any
 
 import tomli_w
 
-from fedadapt import runlock, supervise
+from fedadapt import ray_nodes, runlock, supervise
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig
 
@@ -110,6 +110,8 @@ def run(cfg: SimConfig) -> Path:
     """Run `cfg` to completion; returns the run folder (with report.json). The folder is
     locked for the run's life: a second run or a `--resume` into it is refused."""
     out = Path(cfg.out).resolve()
+    if cfg.ray_address:  # refused before the run folder is touched
+        ray_nodes.check_address(cfg.ray_address)
     with runlock.hold(out) as lock:
         return _run_locked(cfg, out, lock)
 
@@ -123,6 +125,10 @@ def _run_locked(cfg: SimConfig, out: Path, lock: int) -> Path:
     # bin must be on PATH even when the venv was never activated (as under `make`).
     path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
     env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home), "PATH": path}
+    # An existing Ray cluster, or (with "") a private Ray even if the shell names one
+    env.pop("RAY_ADDRESS", None)
+    if cfg.ray_address:
+        env["RAY_ADDRESS"] = cfg.ray_address  # ray.init's own default (fedadapt.ray_nodes)
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "fedadapt"\n\n[superlink.fedadapt]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'

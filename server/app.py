@@ -35,17 +35,19 @@ from fedadapt.model_setup import (
     mix_seed,
     trainable_global_keys,
 )
+from fedadapt.ray_nodes import peak_rss_mb, workers_of
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
 from fedadapt.server import checkpoint, report, secagg
 from fedadapt.server.claims import secagg_rejections
 from fedadapt.server.combine import ROBUST_RULES
-from fedadapt.server.evaluation import evaluate_all
+from fedadapt.server.evaluation import evaluate_all, round_sample
 from fedadapt.server.hetlora_round import screen_tiers, slice_messages
 from fedadapt.server.nodes import PartitionOrderedGrid, ask_partitions
 from fedadapt.server.polling import QuickPollGrid
 from fedadapt.server.publish import publish
 from fedadapt.server.replies import mean_reply, screen, screen_full
 from fedadapt.server.strategy import build_strategy, dp_epsilon
+from fedadapt.server.timing import RoundClock
 from fedadapt.simconfig import LINEAR_STRATEGIES, SimConfig
 
 log = logging.getLogger("fedadapt.server")
@@ -113,12 +115,13 @@ class FederatedRun:
     def _train_round(
         self, strategy, server_round: int, global_state: State, phase: str
     ) -> tuple[State, dict[str, Any]]:
-        cfg = self.cfg
+        cfg, clock = self.cfg, RoundClock()
         random.seed(mix_seed(cfg.seed, server_round, "sample"))  # Flower samples with `random`
         conf = ConfigRecord({"phase": phase})
         msgs = list(
             strategy.configure_train(server_round, state_to_record(global_state), conf, self.grid)
         )
+        clock.lap("sample_s")
         if phase == "adapter" and cfg.secagg:
             return self._secagg_round(strategy, server_round, global_state, msgs)
         tiers = parse_tiers(cfg.lora_tier_ranks) if phase == "adapter" else ()
@@ -126,6 +129,7 @@ class FederatedRun:
             slice_messages(msgs, global_state, lambda n: client_rank(cfg, self.partition_of[n]))
         download = sum(wire_bytes(m.content) for m in msgs)
         replies = list(self.grid.send_and_receive(msgs, timeout=cfg.round_timeout))
+        clock.lap("train_s")
         # Float sums depend on their order, and replies arrive in any order: fold them in
         # partition order, so that a resumed run repeats an uninterrupted one exactly.
         replies.sort(key=lambda m: self.partition_of.get(m.metadata.src_node_id, -1))
@@ -173,6 +177,8 @@ class FederatedRun:
             )
         loss = loss if loss is not None else float("nan")
         row = _round_row(server_round, clients, upload, download, loss, rejected)
+        clock.lap("aggregate_s")
+        row.update(clock.laps, server_peak_rss_mb=peak_rss_mb(), **workers_of(replies))
         if phase == "adapter" and (eps := dp_epsilon(strategy)) is not None:
             row["dp_epsilon"] = eps
         return global_state, row
@@ -236,9 +242,10 @@ class FederatedRun:
             # the full-model baseline is evaluated once, at the end (it is the costly part)
             if phase == "adapter" and (r % cfg.evaluate_every == 0 or r == cfg.rounds):
                 last = r == cfg.rounds  # the final evaluation, with the baselines in one pass
+                t_eval, nodes = time.perf_counter(), self.grid.get_node_ids()
                 per = evaluate_all(
                     self.grid,
-                    self.grid.get_node_ids(),
+                    nodes if last else round_sample(nodes, cfg, r),
                     state_to_record(global_state),
                     cfg,
                     r,
@@ -248,6 +255,7 @@ class FederatedRun:
                 self.final_eval = per if last else None
                 row["global_accuracy"] = report.mean_of(per, "global_accuracy")
                 row["personalized_accuracy"] = report.mean_of(per, "personalized_accuracy")
+                row["evaluate_s"] = round(time.perf_counter() - t_eval, 4)
             row["seconds"] = round(time.time() - t0, 2)
             rows.append(row)
             self._progress("adapters" if phase == "adapter" else "full-model FedAvg", row)
@@ -374,6 +382,7 @@ class FederatedRun:
                 {k: r.get(k) for k in report.ROUND_FIELDS}
                 | {"rejected": r.get("rejected", {})}
                 | ({"dp_epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})
+                | ({"ray_nodes": r["ray_nodes"]} if "ray_nodes" in r else {})
                 for r in rows
             ],
             "final": final,

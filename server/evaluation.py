@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import logging
+import random
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedadapt.model_setup import mix_seed
 from fedadapt.records import wire_bytes
 from fedadapt.simconfig import SimConfig
 
 log = logging.getLogger("fedadapt.server")
 EVAL_INFLIGHT_BYTES = 2 << 30
+
+
+def round_sample(nodes: list[int], cfg: SimConfig, server_round: int) -> list[int]:
+    """The nodes evaluated after a round that is not the last: all of them, or a seeded sample
+    of `evaluate_sample` (asking 1000 clients every round would cost more than training)."""
+    k = cfg.evaluate_sample
+    if k == 0 or k >= len(nodes):
+        return list(nodes)
+    rng = random.Random(mix_seed(cfg.seed, server_round, "evaluate"))
+    return sorted(rng.sample(sorted(nodes), k))
 
 
 def evaluate_all(

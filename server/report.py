@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedadapt.atomic import atomic_write_text
+from fedadapt.server.timing import PARTS
 
 ROUND_FIELDS = [
     "round",
@@ -19,6 +20,9 @@ ROUND_FIELDS = [
     "global_accuracy",
     "personalized_accuracy",
     "seconds",
+    *PARTS,  # where the round's time went (server.timing)
+    "server_peak_rss_mb",
+    "actor_peak_rss_mb",  # in a simulation (fedadapt.ray_nodes)
 ]
 
 
@@ -62,13 +66,18 @@ def mean_of(per_client: dict[int, dict[str, float]], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _cell(value: Any) -> str:
+    """A CSV cell: a list (a round's Ray node ids) space-separated, so no comma splits it."""
+    if value is None:
+        return ""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     extra = sorted({k for r in rows for k in r} - set(ROUND_FIELDS))
     lines = [",".join(ROUND_FIELDS + extra)]
     for r in rows:
-        lines.append(
-            ",".join("" if r.get(k) is None else str(r.get(k)) for k in ROUND_FIELDS + extra)
-        )
+        lines.append(",".join(_cell(r.get(k)) for k in ROUND_FIELDS + extra))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from fedadapt.atomic import atomic_write_text
 
-# The sections `run` knows (the CLI offers these; deploy is left out of its default).
-SECTIONS = ("core", "aggregate", "export", "updates", "secagg", "deploy")
+# The sections `run` knows (the CLI offers these; deploy and scale are left out of its default).
+SECTIONS = ("core", "aggregate", "export", "updates", "secagg", "deploy", "scale")
 
 
 def machine() -> dict:
@@ -58,7 +58,7 @@ def _dist_version(name: str) -> str:
 
 
 def run(out: Path, quick: bool, sections: list[str]) -> dict:
-    from fedadapt.bench import aggregate, core, deploy, export, secagg, updates
+    from fedadapt.bench import aggregate, core, deploy, export, scale, secagg, updates
 
     runners = {
         "core": core.run,
@@ -67,6 +67,7 @@ def run(out: Path, quick: bool, sections: list[str]) -> dict:
         "updates": updates.run,
         "secagg": secagg.run,
         "deploy": deploy.run,
+        "scale": scale.run,
     }
     unknown = set(sections) - set(runners)
     if unknown:

@@ -3,12 +3,12 @@ partitioner, so each client's topic mix follows Dir(alpha)."""
 
 from __future__ import annotations
 
-import warnings
 from functools import cache
 from pathlib import Path
 
 from fedadapt.base_model import package_dir
-from fedadapt.data import ClientData, split
+from fedadapt.data import ClientData
+from fedadapt.data.dirichlet import dirichlet_clients
 
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
 
@@ -41,23 +41,7 @@ def load_clients(
     seed: int = 0,
     min_partition_size: int = 3,
 ) -> list[ClientData]:
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner
-
     texts, labels = _documents()
-    part = DirichletPartitioner(
-        num_partitions=num_clients,
-        partition_by="label",
-        alpha=alpha,
-        min_partition_size=min_partition_size,
-        self_balancing=True,
-        seed=seed,
+    return dirichlet_clients(
+        "bbc", texts, labels, LABELS, num_clients, alpha, test_fraction, seed, min_partition_size
     )
-    part.dataset = Dataset.from_dict({"text": list(texts), "label": list(labels)})
-    with warnings.catch_warnings():  # it warns on every Dirichlet redraw below the minimum
-        warnings.simplefilter("ignore", UserWarning)
-        parts = [part.load_partition(i) for i in range(num_clients)]
-    return [
-        split(f"bbc-{i:03d}", p["text"], p["label"], test_fraction, seed, LABELS)
-        for i, p in enumerate(parts)
-    ]

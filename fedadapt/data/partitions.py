@@ -22,6 +22,10 @@ def client_datasets(
         from fedadapt.data import rotten_tomatoes
 
         return tuple(rotten_tomatoes.load_clients(num_clients, min_examples, test_fraction, seed))
+    if dataset == "rotten_tomatoes_dirichlet":
+        from fedadapt.data import rotten_tomatoes
+
+        return tuple(rotten_tomatoes.load_dirichlet(num_clients, alpha, test_fraction, seed))
     if dataset == "bbc":
         from fedadapt.data import bbc
 

@@ -27,6 +27,8 @@ from fedadapt.simulate import resume_config
         ({"method": "prefix"}, "config: method = 'prefix' is not one of bottleneck, lora"),
         ({"clients_per_round": 30}, "config: clients_per_round = 30 exceeds num_clients = 20"),
         ({"rounds_typo": 3}, "config: unknown key 'rounds_typo' (did you mean 'rounds'?)"),
+        ({"evaluate_sample": -1}, "config: evaluate_sample = -1 is not an integer >= 0"),
+        ({"ray_address": 6379}, "config: ray_address = 6379 is not a string"),
     ],
 )
 def test_bad_values_are_named_in_one_line(raw, message):

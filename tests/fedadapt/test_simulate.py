@@ -118,7 +118,7 @@ def test_config_keys_match_flower_run_config():
     assert flwr_cfg == SimConfig().to_dict()
 
 
-@pytest.mark.parametrize("name", ["quick", "rt-full", "bbc-dirichlet", "ci"])
+@pytest.mark.parametrize("name", ["quick", "rt-full", "bbc-dirichlet", "ci", "fleet-1000"])
 def test_shipped_configs_load(name):
     SimConfig.load(ROOT / "simulations" / f"{name}.toml")
 

@@ -43,3 +43,20 @@ def test_small_evaluation_messages_go_out_together():
     grid = RecordingGrid()
     out = evaluation.evaluate_all(grid, list(range(100, 438)), arrays, SimConfig(), 1, "adapter")
     assert len(grid.batches) == 1 and len(out) == 338
+
+
+def test_round_sample_is_seeded_sized_and_changes_by_round():
+    nodes = list(range(500, 1500))
+    cfg = SimConfig(num_clients=1000, clients_per_round=100, evaluate_sample=100, seed=3)
+    first = evaluation.round_sample(nodes, cfg, 1)
+    assert len(set(first)) == 100 and set(first) <= set(nodes)
+    assert evaluation.round_sample(list(reversed(nodes)), cfg, 1) == first  # order-free
+    assert evaluation.round_sample(nodes, cfg, 2) != first
+    other_seed = SimConfig(**{**cfg.to_dict(), "seed": 4})
+    assert evaluation.round_sample(nodes, other_seed, 1) != first
+
+
+def test_round_sample_of_zero_or_more_than_the_fleet_is_everyone():
+    nodes = [5, 3, 9]
+    assert evaluation.round_sample(nodes, SimConfig(evaluate_sample=0), 1) == nodes
+    assert evaluation.round_sample(nodes, SimConfig(evaluate_sample=7), 1) == nodes

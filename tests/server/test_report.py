@@ -22,3 +22,15 @@ def test_comparisons_pair_by_client():
     c = comparisons(per, seed=0)
     assert c["personalized_vs_local_only"]["clients"] == 2
     assert abs(c["personalized_vs_local_only"]["mean_diff"] - 0.2) < 1e-9
+
+
+def test_metrics_csv_keeps_a_round_with_node_ids_and_laps_in_its_columns(tmp_path):
+    from fedadapt.server.report import ROUND_FIELDS, write_metrics_csv
+
+    row = {"round": 1, "clients": 2, "ray_nodes": ["aa", "bb"], "sample_s": 0.01}
+    write_metrics_csv(tmp_path / "m.csv", [row])
+    header, line = (tmp_path / "m.csv").read_text().splitlines()
+    cells = dict(zip(header.split(","), line.split(","), strict=True))
+    assert {"sample_s", "train_s", "aggregate_s", "evaluate_s"} <= set(ROUND_FIELDS)
+    assert cells["ray_nodes"] == "aa bb" and cells["sample_s"] == "0.01"
+    assert cells["evaluate_s"] == ""

