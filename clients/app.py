@@ -35,6 +35,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from safetensors.torch import load_file, save
 
+from fedadapt import hetlora
 from fedadapt.atomic import atomic_write_bytes
 from fedadapt.clients.attacks import attack, claimed_examples, malicious_clients
 from fedadapt.clients.device import Device
@@ -55,8 +56,18 @@ log = logging.getLogger("fedadapt.clients")
 def _setup(message: Message, context: Context) -> tuple[SimConfig, int, int, str]:
     cfg = SimConfig.from_run_config(dict(context.run_config))
     pid = _partition_id(context)
+    if cfg.lora_tier_ranks:  # HetLoRA: this device trains its tier's rank
+        cfg = hetlora.client_config(
+            cfg, hetlora.client_rank(cfg, pid, context.node_config.get("tier"))
+        )
     conf = message.content["config"]
     return cfg, pid, int(conf["server-round"]), str(conf["phase"])
+
+
+def _arrays(message: Message, cfg: SimConfig) -> dict[str, torch.Tensor]:
+    """The message's global state, cut to this device's rank under HetLoRA tiers."""
+    state = record_to_state(message.content["arrays"])
+    return hetlora.truncate(state, cfg.lora_r) if cfg.lora_tier_ranks else state
 
 
 def _partition_id(context: Context) -> int:
@@ -177,7 +188,7 @@ def train(message: Message, context: Context) -> Message:
     if RECORD_KEY_CONFIGS in message.content:
         return _train_secagg(message, context)
     cfg, pid, rnd, phase = _setup(message, context)
-    arrays = record_to_state(message.content["arrays"])
+    arrays = _arrays(message, cfg)
     if phase == "full":
         device = _device(cfg, pid, context, full_model=True)
         state, stats = device.train_full(arrays, rnd)
@@ -199,9 +210,11 @@ def train(message: Message, context: Context) -> Message:
             "partition-id": pid,
         }
     )
-    meta = ConfigRecord({"base-sha256": device.model.base.sha256, "codec": cfg.codec})
+    meta = {"base-sha256": device.model.base.sha256, "codec": cfg.codec}
+    if cfg.lora_tier_ranks:
+        meta[hetlora.RANK_KEY] = cfg.lora_r
     content = RecordDict(
-        {"arrays": pack_delta(blob), "metrics": metrics, "delta-meta": meta}
+        {"arrays": pack_delta(blob), "metrics": metrics, "delta-meta": ConfigRecord(meta)}
         | worker_record()  # which Ray node trained, in a simulation
     )
     return Message(content, reply_to=message)
@@ -238,7 +251,7 @@ def _train_secagg(message: Message, context: Context) -> Message:
 @_error_reply
 def evaluate(message: Message, context: Context) -> Message:
     cfg, pid, rnd, phase = _setup(message, context)
-    arrays = record_to_state(message.content["arrays"])
+    arrays = _arrays(message, cfg)
     if phase == "full":
         device = _device(cfg, pid, context, full_model=True)
         out = device.evaluate_full(arrays, rnd)

@@ -17,6 +17,7 @@ from fedadapt.adapters import AdapterModel, BottleneckConfig, LoraConfig
 from fedadapt.base_model import load_base
 from fedadapt.deltas import State
 from fedadapt.errors import ConfigError
+from fedadapt.hetlora import lora_alpha
 from fedadapt.simconfig import SimConfig
 
 GLOBAL, PERSONAL = "global", "personal"
@@ -47,7 +48,9 @@ def global_adapter_config(cfg: SimConfig) -> BottleneckConfig | LoraConfig:
     if cfg.method == "bottleneck":
         return BottleneckConfig(reduction_factor=cfg.reduction_factor)
     if cfg.method == "lora":
-        return LoraConfig(r=cfg.lora_r, freeze_a=cfg.freeze_a, init_seed=cfg.seed)
+        return LoraConfig(
+            r=cfg.lora_r, lora_alpha=lora_alpha(cfg), freeze_a=cfg.freeze_a, init_seed=cfg.seed
+        )
     raise ConfigError(f"federated runs support method 'bottleneck' or 'lora', not {cfg.method!r}")
 
 

@@ -57,6 +57,7 @@ class SimConfig:
     reduction_factor: int = 32
     lora_r: int = 8
     freeze_a: bool = True  # FFA-LoRA: exact averaging
+    lora_tier_ranks: str = ""  # HetLoRA device tiers, e.g. "2,4,8" (fedadapt/hetlora.py)
     # local training
     local_epochs: int = 2
     batch_size: int = 16
@@ -125,6 +126,9 @@ class SimConfig:
             )
         if self.secagg:
             self._check_secagg()
+        from fedadapt import hetlora
+
+        hetlora.check_config(self)
 
     def _check_secagg(self) -> None:
         """What secure aggregation rules out: the server never sees a single delta."""
