@@ -179,8 +179,15 @@ class Rollouts:
         path = self.folder(name) / REPORTS_FILE
         if not path.exists():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in rows if candidate is None or r["candidate"] == candidate]
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError as e:  # a torn last line after a crash, or an edit
+                raise FedAdaptError(f"{path}:{n} is not a report ({e}); remove that line") from e
+            if row is not None and (candidate is None or row.get("candidate") == candidate):
+                rows.append(row)
+        return rows
 
     def rollout_reports(self, name: str) -> list[dict[str, Any]]:
         """The reports on the current (or last) rollout's candidate since it started: an

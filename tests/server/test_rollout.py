@@ -178,7 +178,7 @@ def test_a_restarted_service_still_refuses_replayed_reports(registry, tmp_path) 
 
 
 def test_cli_start_promote_status_halt(registry, tmp_path, capsys) -> None:
-    reg, keys = registry
+    reg, _ = registry
     key = str(tmp_path / "keys" / "signing_key.pem")
     base = ["--registry", str(reg), "--channel", "beta"]
     assert (
@@ -219,3 +219,36 @@ def test_cli_start_promote_status_halt(registry, tmp_path, capsys) -> None:
     assert main(["rollout", "halt", *base, "--key", key]) == 0
     assert "halted, back to stable v1" in capsys.readouterr().out
     assert json.loads((reg / "channels" / "beta.json").read_bytes())["body"]["candidate"] is None
+
+
+def test_cli_errors_are_one_line_naming_the_problem(registry, tmp_path, capsys) -> None:
+    reg, keys = registry
+    key = str(tmp_path / "keys" / "signing_key.pem")
+    base = ["--registry", str(reg), "--channel", "main"]
+    assert main(["rollout", "halt", *base, "--key", key]) == 2
+    assert "channel 'main' has no candidate rolling out" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "rollout",
+                "start",
+                *base,
+                "--key",
+                key,
+                "--version",
+                "2",
+                "--stable",
+                "1",
+                "--fraction",
+                "0",
+            ]
+        )
+        == 2
+    )
+    assert "a fraction is in (0, 1], got '0'" in capsys.readouterr().err
+    Rollouts(reg).start("main", 2, 0.1, keys.key, stable=1)
+    reports = Rollouts(reg).folder("main") / "reports.jsonl"
+    reports.write_text('{"candidate": 2, "dev')
+    assert main(["rollout", "status", *base]) == 2
+    err = capsys.readouterr().err
+    assert f"{reports}:1 is not a report" in err and len(err.strip().splitlines()) == 1
