@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedadapt import supervise
+from fedadapt.base_cache import BASE_CACHE_ENV
 from fedadapt.errors import FedAdaptError
 
 GRACE_S = 10.0
@@ -134,6 +135,7 @@ class DeviceService:
         self.folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **OFFLINE_ENV}
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env[BASE_CACHE_ENV] = str(self.folder / "cache")  # the int8 base, built once
         with open(self.folder / LOG_FILE, "ab") as log:
             # under a supervisor (own session, PR_SET_PDEATHSIG, child subreaper): the
             # SuperNode and its ClientApp processes end with this command, however it ends

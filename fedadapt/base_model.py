@@ -98,6 +98,21 @@ class BaseModel:
 def load_base(quantization: str = "none", dropout: float | None = 0.0) -> BaseModel:
     """Load the frozen base, weight-only quantized as asked (`none`, `int8` or `int4`).
 
+    Where `$FEDADAPT_BASE_CACHE` names a folder (a deployed device), a quantized base comes
+    from its memory-mapped cache there (`fedadapt/base_cache.py`): no quantization work.
+    """
+    if quantization != "none" and dropout == 0.0:
+        from fedadapt.base_cache import cache_folder, load_cached_base
+
+        folder = cache_folder()
+        if folder is not None:
+            return load_cached_base(quantization, folder)
+    return build_base(quantization, dropout)
+
+
+def build_base(quantization: str = "none", dropout: float | None = 0.0) -> BaseModel:
+    """Build the frozen base from the checkpoint, weight-only quantized as asked.
+
     The frozen base runs without dropout by default: it is never trained, dropout there only
     adds noise, and it costs ~30% of a CPU training step (SDPA leaves its fused kernel).
     Adapters keep their own dropout. `dropout=None` keeps the checkpoint's rates.
