@@ -37,9 +37,13 @@ MODEL_FILE = "model.onnx"
 SEQS = (128, 32)
 
 
+PRECISIONS = ("fp32", "fp16")  # of the graph; fp16 leaves the base unquantized
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     quantize: str = "none"
+    precision: str = "fp32"  # fp16: weights, activations and adapter inputs (edge GPUs)
     merge_lora: bool = False
     fixed_shape: tuple[int, int] | None = None
     ort_format: bool = False
@@ -76,6 +80,19 @@ def load_model(adapter_dirs: list[Path]) -> tuple[AdapterModel, list[str], dict[
     return model, names, configs[0]
 
 
+def _graph_dtype(model: AdapterModel, opts: ExportOptions) -> torch.dtype:
+    """fp16: the whole model is cast (after the fp32 reference was taken, so parity shows
+    what fp16 costs); ORT's base quantizers take fp32 graphs only."""
+    if opts.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
+    if opts.precision == "fp32":
+        return torch.float32
+    if opts.quantize != "none":
+        raise ValueError(f"an fp16 graph keeps its base in fp16; quantize {opts.quantize} is fp32")
+    model.half()
+    return torch.float16
+
+
 def held_out_sentences(n: int = 16) -> list[str]:
     """Real review snippets from movies drawn with a seed no training config uses."""
     from fedadapt.data.rotten_tomatoes import load_clients
@@ -103,6 +120,7 @@ def export(
     else:
         merged = 0
     decompose(model, opts.decompose)  # after the reference: parity shows what it costs
+    dtype = _graph_dtype(model, opts)
     stacked = None
     extra: dict[str, np.ndarray] = {}
     if len(names) > 1:
@@ -116,7 +134,9 @@ def export(
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         _log(f"exporting {', '.join(map(str, dirs))} ({config['method']})")
-        tensors = export_graph(model, tmp / "fp32.onnx", metadata=metadata, stacked=stacked)
+        tensors = export_graph(
+            model, tmp / "fp32.onnx", metadata=metadata, stacked=stacked, dtype=dtype
+        )
         _log(f"quantizing the base: {opts.quantize}")
         excluded = quantize_base(tmp / "fp32.onnx", out / MODEL_FILE, opts.quantize)
         if opts.fixed_shape:
@@ -130,7 +150,7 @@ def export(
             "max_length": opts.max_length,
             "model_file": MODEL_FILE,
             "adapter_version": version,
-            "precision": opts.quantize,
+            "precision": "fp16" if dtype == torch.float16 else opts.quantize,
             "fixed_shape": list(opts.fixed_shape) if opts.fixed_shape else None,
             "tasks": [str(d) for d in dirs] if stacked is not None else None,
         }
@@ -186,7 +206,7 @@ def _measure(
     # The same precision without the adapter branches: what the overhead is measured against.
     active = model.control.active
     model.set_active(None, head=name)
-    export_graph(model, tmp / "base32.onnx")
+    export_graph(model, tmp / "base32.onnx", dtype=next(model.parameters()).dtype)
     model.set_active(active, head=name)
     quantize_base(tmp / "base32.onnx", tmp / "base.onnx", opts.quantize)
     if opts.fixed_shape:

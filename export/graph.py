@@ -88,8 +88,12 @@ def export_graph(
     fixed_shape: tuple[int, int] | None = None,
     metadata: dict[str, str] | None = None,
     stacked: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, np.ndarray]:
     """Export the active setup of `model` to `path`; returns the inputs' default values.
+
+    `dtype` is the adapter inputs' type: float16 for a graph of a `model.half()` (its
+    adapter tensors then stay fp16 overridable inputs, and so do their `.onnx_adapter`s).
 
     With `stacked` (each active tensor's name -> K values stacked on dim 0), the graph takes
     a `task_index` input and runs the adapter at that index: K tasks, one graph.
@@ -105,7 +109,7 @@ def export_graph(
     adapters = stacked if stacked is not None else {k: p.detach() for k, p in params.items()}
     batch, seq = fixed_shape or (2, 16)
     ids = torch.full((batch, seq), 1000, dtype=torch.long)
-    kwargs: dict = {"adapters": {k: v.detach().float().contiguous() for k, v in adapters.items()}}
+    kwargs: dict = {"adapters": {k: v.detach().to(dtype).contiguous() for k, v in adapters.items()}}
     names = [*DATA_INPUTS, *adapters]
     if stacked is not None:
         kwargs[TASK_INPUT] = torch.tensor(0, dtype=torch.long)

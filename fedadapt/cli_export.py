@@ -30,6 +30,12 @@ def _export(args: argparse.Namespace) -> None:
     the base MatMuls are quantized by ONNX Runtime, and a device folder is written."""
     if args.merge_lora:  # before the (slow) imports: refused in a second, not a minute
         _check_mergeable(args.adapter)
+    quantize = args.quantize or ("none" if args.precision == "fp16" else "int8")
+    if args.precision == "fp16" and quantize != "none":
+        raise FedAdaptError(
+            f"--precision fp16 keeps the base in fp16; --quantize {quantize} quantizes an fp32 "
+            "graph (drop one of them)"
+        )
     from fedadapt.export.exporter import ExportOptions, export
 
     fixed = None
@@ -42,7 +48,8 @@ def _export(args: argparse.Namespace) -> None:
             ) from e
         fixed = (b, s)
     opts = ExportOptions(
-        quantize=args.quantize,
+        quantize=quantize,
+        precision=args.precision,
         merge_lora=args.merge_lora,
         fixed_shape=fixed,
         ort_format=args.ort,
@@ -68,7 +75,16 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
         "several same-shaped adapters (`infer --task N` picks one)",
     )
     e.add_argument("--out", required=True, type=folder, help="device folder to write")
-    e.add_argument("--quantize", choices=QUANTIZATIONS, default="int8")
+    e.add_argument(
+        "--quantize", choices=QUANTIZATIONS, help="base MatMuls (default int8; none with fp16)"
+    )
+    e.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="graph precision: fp16 (for edge GPUs) keeps the adapter inputs and their "
+        ".onnx_adapter files fp16, the base unquantized",
+    )
     e.add_argument(
         "--merge-lora", action="store_true", help="fold a fixed, global LoRA into the base"
     )

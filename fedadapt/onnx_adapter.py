@@ -30,17 +30,22 @@ def model_version(base_sha256: str) -> int:
     return int(base_sha256[:7], 16)
 
 
+def _wire_dtype(v: np.ndarray) -> type:
+    return np.float16 if np.asarray(v).dtype == np.float16 else np.float32
+
+
 def write_onnx_adapter(
     path: str | Path, tensors: dict[str, np.ndarray], version: int, base_sha256: str
 ) -> Path:
-    """Write atomically (temp file, fsync, rename): a reader never sees half a file."""
+    """Write atomically (temp file, fsync, rename): a reader never sees half a file. fp16
+    tensors (an fp16 graph's inputs) stay fp16; anything else is written as fp32."""
     path = Path(path)
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(int(version))
     fmt.set_model_version(model_version(base_sha256))
     fmt.set_parameters(
         {
-            k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+            k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, dtype=_wire_dtype(v)))
             for k, v in tensors.items()
         }
     )
@@ -64,7 +69,8 @@ def read_onnx_adapter(path: str | Path) -> tuple[int, int, dict[str, np.ndarray]
         fmt = ort.AdapterFormat.read_adapter(str(path))
     except Exception as e:  # ORT raises bare RuntimeErrors/Fails for malformed flatbuffers
         raise AdapterLoadError(f"{path} is not a readable .onnx_adapter file: {e}") from e
-    tensors = {k: v.numpy() for k, v in fmt.get_parameters().items()}
+    # copies: `numpy()` views memory that `fmt` owns and frees, so a later read reused it
+    tensors = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
     return fmt.get_adapter_version(), fmt.get_model_version(), tensors
 
 
