@@ -1,4 +1,4 @@
-"""`fedadapt rollout start|promote|halt|status|serve`: staged rollout of an adapter version
+"""`fedadapt rollout start|promote|finish|halt|status|serve`: staged rollout of an adapter version
 on a signed channel (`fedadapt.server.rollout`).
 
 `start`, `promote` and `halt` sign the next version of the channel file in the registry;
@@ -55,6 +55,12 @@ def _promote(args: argparse.Namespace) -> None:
     print(f"channel {args.channel}: v{ch.candidate} to {ch.fraction:.0%}")
 
 
+def _finish(args: argparse.Namespace) -> None:
+    """Make the candidate, promoted to every device, the channel's stable version."""
+    ch = _rollouts(args).finish(args.channel, _key(args))
+    print(f"channel {args.channel}: stable is now v{ch.stable}")
+
+
 def _halt(args: argparse.Namespace) -> None:
     """Revert the channel to its stable version, signed; devices switch back next poll."""
     ch = _rollouts(args).halt(args.channel, _key(args))
@@ -93,7 +99,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
-    """Register `rollout start|promote|halt|status|serve` on `sub`."""
+    """Register the `rollout` subcommands on `sub`."""
     r = sub.add_parser("rollout", help="staged rollout of an adapter version on a channel")
     actions = r.add_subparsers(dest="action", required=True)
 
@@ -117,6 +123,7 @@ def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--min-devices", type=positive_int, default=5)
     command("promote", _promote).add_argument("--fraction", required=True, type=_fraction)
     command("halt", _halt)
+    command("finish", _finish)
     command("status", _status, signs=False).add_argument("--plot", help="PNG path for the plot")
     v = command("serve", _serve)
     v.add_argument("--devices", required=True, type=existing_folder, help="folder of device *.pub")

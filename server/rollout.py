@@ -260,6 +260,20 @@ class Rollouts:
             self._save_rollout(name, state)
             return channel
 
+    def finish(self, name: str, key: Ed25519PrivateKey) -> Channel:
+        """Make a candidate that runs on every device the stable version (signed)."""
+        with self.locked():
+            channel = self._active(name)
+            if channel.fraction < 1.0:
+                raise FedAdaptError(
+                    f"the candidate runs on {channel.fraction:.0%} of devices: promote it to "
+                    "1 before finishing"
+                )
+            assert channel.candidate is not None
+            done = Channel(channel.candidate, None, 0.0, channel.salt)
+            self.write_channel(name, done, key)
+            return done
+
     def halt(
         self, name: str, key: Ed25519PrivateKey, reason: str = "halted by operator"
     ) -> Channel:

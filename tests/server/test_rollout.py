@@ -92,6 +92,8 @@ def test_start_promote_halt_sign_growing_channel_versions(registry) -> None:
     with pytest.raises(FedAdaptError, match="promote only raises the fraction"):
         r.promote("main", 0.05, keys.key)
     assert r.promote("main", 0.5, keys.key) == Channel(1, 2, 0.5, ch.salt)
+    with pytest.raises(FedAdaptError, match="promote it to 1 before finishing"):
+        r.finish("main", keys.key)
     assert r.halt("main", keys.key) == Channel(1, None, 0.0, ch.salt)
     rel, rel_sig = channel_files("main")
     meta = verify_meta(
@@ -252,3 +254,12 @@ def test_cli_errors_are_one_line_naming_the_problem(registry, tmp_path, capsys) 
     assert main(["rollout", "status", *base]) == 2
     err = capsys.readouterr().err
     assert f"{reports}:1 is not a report" in err and len(err.strip().splitlines()) == 1
+
+
+def test_finish_makes_the_fully_promoted_candidate_stable(registry) -> None:
+    reg, keys = registry
+    r = Rollouts(reg)
+    ch = r.start("main", 2, 0.5, keys.key, stable=1)
+    r.promote("main", 1.0, keys.key)
+    assert r.finish("main", keys.key) == Channel(2, None, 0.0, ch.salt)
+    assert r.read_channel("main")[0].version == 3
