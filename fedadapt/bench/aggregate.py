@@ -71,23 +71,21 @@ def _floor(replies: list) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def measure(n: int, path: str) -> dict[str, float]:
-    """One case: `path` aggregating `n` replies of quick.toml's adapter, in this process."""
+def make_replies(n: int, ours: bool) -> tuple[list, dict, set[str], float]:
+    """`n` replies of quick.toml's adapter: delta replies (`ours`) or full-weight ones, with
+    the same seeded values; also the global state, the trainable keys and the trim fraction."""
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-    from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedadapt.codecs import encode
     from fedadapt.model_setup import build_fresh_global, trainable_global_keys
     from fedadapt.records import pack_delta, state_to_record
-    from fedadapt.server.replies import screen
     from fedadapt.simconfig import SimConfig
 
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1
     cfg = SimConfig()  # quick.toml's adapter shape; n is only how many replies arrive
     global_state = build_fresh_global(cfg)
     keys = set(trainable_global_keys(cfg))
-    ours, trimmed = path.startswith("fedadapt"), path.endswith("trimmed")
     g = torch.Generator().manual_seed(0)
     replies = []
     for i in range(n):
@@ -105,9 +103,20 @@ def measure(n: int, path: str) -> dict[str, float]:
             full = {k: v + delta[k] if k in delta else v for k, v in global_state.items()}
             content = RecordDict({"arrays": state_to_record(full), "metrics": metrics})
         replies.append(Message(content, dst_node_id=i + 1, message_type="train"))
+    return replies, global_state, keys, cfg.trim_fraction
+
+
+def measure(n: int, path: str) -> dict[str, float]:
+    """One case: `path` aggregating `n` replies of quick.toml's adapter, in this process."""
+    from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg
+
+    from fedadapt.server.replies import screen
+
+    ours, trimmed = path.startswith("fedadapt"), path.endswith("trimmed")
+    replies, global_state, keys, trim = make_replies(n, ours)
     kw = {"min_train_nodes": 1, "min_available_nodes": 1}
-    strategy = FedTrimmedAvg(**kw, beta=cfg.trim_fraction) if trimmed else FedAvg(**kw)
-    rule = ("trimmed-mean", cfg.trim_fraction) if trimmed else None
+    strategy = FedTrimmedAvg(**kw, beta=trim) if trimmed else FedAvg(**kw)
+    rule = ("trimmed-mean", trim) if trimmed else None
 
     def aggregate():
         accepted = replies
