@@ -47,7 +47,7 @@ from fedadapt.errors import FedAdaptError
 from fedadapt.model_setup import label_names
 from fedadapt.ray_nodes import worker_record
 from fedadapt.records import pack_delta, record_to_state, state_to_record
-from fedadapt.simconfig import SimConfig
+from fedadapt.simconfig import PERSONAL_ADAPTER_MODES, SimConfig
 
 app = ClientApp()
 log = logging.getLogger("fedadapt.clients")
@@ -147,6 +147,7 @@ def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int
         return
     figures = {
         "round": rnd,
+        "personalization": device.cfg.personalization,  # which personal parts the file uses
         "global_accuracy": out["global_accuracy"],
         "personalized_accuracy": out["personalized_accuracy"],
         "examples_train": len(device.data.train_labels),
@@ -176,10 +177,18 @@ def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context)
     if pid in malicious_clients(cfg.num_clients, cfg.malicious_fraction, cfg.seed):
         delta = attack(delta, cfg.attack, seed=rnd * 100_003 + pid)
         stats = {**stats, "examples": claimed_examples(cfg.attack, stats["examples"])}
-    if cfg.personalization == "fedrep":
+    if cfg.personalization in PERSONAL_ADAPTER_MODES:
         personal = device.train_personal(arrays, _load(context, "personal"), rnd)
         _keep(context, "personal", personal)
+    elif cfg.personalization == "ditto":
+        _keep(context, "ditto", device.train_ditto(arrays, _load(context, "ditto"), rnd))
     return device, delta, stats
+
+
+def _personal_key(cfg: SimConfig) -> str:
+    """Where the personal state is kept: Ditto's copy of the global adapter apart from
+    FedRep's branch, so neither is ever taken for the other (`clients/personalized.py`)."""
+    return "ditto" if cfg.personalization == "ditto" else "personal"
 
 
 @app.train(mods=[secagg_when_asked])
@@ -257,9 +266,10 @@ def evaluate(message: Message, context: Context) -> Message:
         out = device.evaluate_full(arrays, rnd)
     else:
         device = _device(cfg, pid, context)
-        out, personal = device.evaluate(arrays, _load(context, "personal"), rnd)
+        key = _personal_key(cfg)
+        out, personal = device.evaluate(arrays, _load(context, key), rnd)
         if personal is not None:
-            _keep(context, "personal", personal)
+            _keep(context, key, personal)
         if device.head_bias is not None:
             _keep(context, "head-bias", {"head_bias": device.head_bias})
         _serve_locally(context, arrays, out, device, rnd)

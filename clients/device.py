@@ -19,6 +19,7 @@ from fedadapt.base_model import load_tokenizer
 from fedadapt.data import ClientData
 from fedadapt.data.partitions import client_data
 from fedadapt.deltas import State, compute_delta
+from fedadapt.ditto import proximal_term
 from fedadapt.head_bias import fit_head_bias
 from fedadapt.model_setup import (
     GLOBAL,
@@ -28,8 +29,14 @@ from fedadapt.model_setup import (
     full_model_state,
     load_full_model_state,
     mix_seed,
+    trainable_global_keys,
 )
-from fedadapt.simconfig import SimConfig
+from fedadapt.simconfig import (
+    HEAD_BIAS_MODES,
+    PERSONAL_ADAPTER_MODES,
+    SimConfig,
+    full_model_personalization,
+)
 from fedadapt.train import TrainConfig, accuracy, embed, predict, train, train_probe
 
 log = logging.getLogger("fedadapt.clients")
@@ -58,12 +65,15 @@ class Device:
         data = data if data is not None else client_data(cfg, partition_id)
         return cls(cfg, partition_id, model, fresh, data)
 
-    def usable_personal(self, personal: State | None) -> State | None:
+    def usable_personal(
+        self, personal: State | None, expected: State | None = None
+    ) -> State | None:
         """A kept personal part, unless its tensors no longer fit this config's personal
-        adapter (e.g. `personal_layers` changed since it was saved): then start afresh."""
+        adapter (e.g. `personal_layers` changed since it was saved), or `expected` (Ditto's
+        copy of the global adapter): then start afresh."""
         if personal is None:
             return None
-        expected = self.fresh_personal
+        expected = self.fresh_personal if expected is None else expected
         fits = set(personal) == set(expected) and all(
             personal[k].shape == expected[k].shape for k in expected
         )
@@ -108,17 +118,19 @@ class Device:
     def _accuracy(self) -> float:
         return accuracy(self._logits(self.data.test_texts), self.data.test_labels)
 
-    def _accuracies_with_head_bias(self) -> dict[str, float]:
-        """The active model's test accuracy as it is, and with this device's fitted head bias."""
+    def _head_bias_accuracies(self) -> tuple[float, float]:
+        """The active model's test accuracy as it is, and with a head bias fitted here on its
+        own training logits (kept in `head_bias` for the device's personalized file)."""
         d = self.data
         test = self._logits(d.test_texts)
         labels = torch.tensor(d.train_labels, dtype=torch.long)
         bias = fit_head_bias(self._logits(d.train_texts), labels, self.cfg.head_bias_l2)
         self.head_bias = bias
-        return {
-            "global_accuracy": accuracy(test, d.test_labels),
-            "personalized_accuracy": accuracy(test + bias, d.test_labels),
-        }
+        return accuracy(test, d.test_labels), accuracy(test + bias, d.test_labels)
+
+    def _accuracies_with_head_bias(self) -> dict[str, float]:
+        plain, biased = self._head_bias_accuracies()
+        return {"global_accuracy": plain, "personalized_accuracy": biased}
 
     # -- the adapter run ----------------------------------------------------------------
     def train_global(self, global_state: State, server_round: int) -> tuple[State, dict]:
@@ -129,12 +141,7 @@ class Device:
         start = {k: v.clone() for k, v in m.adapter_state(GLOBAL, trainable_only=True).items()}
         extra = None
         if self.cfg.strategy == "fedprox" and self.cfg.proximal_mu > 0:
-            params = m.adapter_parameters(GLOBAL)
-            mu = self.cfg.proximal_mu
-
-            def extra() -> torch.Tensor:
-                return 0.5 * mu * sum(((params[k] - start[k]) ** 2).sum() for k in start)
-
+            extra = proximal_term(m.adapter_parameters(GLOBAL), start, self.cfg.proximal_mu)
         stats = self._fit(self._train_cfg(server_round, "global", self.cfg.local_epochs), extra)
         delta = compute_delta(m.adapter_state(GLOBAL, trainable_only=True), start)
         return delta, stats
@@ -157,28 +164,61 @@ class Device:
         self._fit(tc)
         return m.adapter_state(PERSONAL)
 
+    def train_ditto(self, global_state: State, personal: State | None, server_round: int) -> State:
+        """Ditto: this device's copy of the global adapter and head, trained on from where the
+        last round left it (from the global at first), pulled towards this round's global by
+        `ditto_lambda` (fedadapt/ditto.py). The global slot is restored afterwards."""
+        m = self.model
+        personal = self.usable_personal(personal, global_state)
+        m.load_adapter_state(GLOBAL, global_state if personal is None else personal)
+        m.train_adapter(GLOBAL)
+        anchor = {k: global_state[k] for k in trainable_global_keys(self.cfg)}
+        pull = proximal_term(m.adapter_parameters(GLOBAL), anchor, self.cfg.ditto_lambda)
+        tc = self._train_cfg(
+            server_round, "ditto", self.cfg.personal_epochs, lr=self.cfg.personal_lr
+        )
+        self._fit(tc, pull)
+        trained = m.adapter_state(GLOBAL)
+        m.load_adapter_state(GLOBAL, global_state)
+        return trained
+
     def evaluate(
         self, global_state: State, personal: State | None, server_round: int
     ) -> tuple[dict[str, float], State | None]:
-        """Accuracy of the global adapter and of this device's personalized stack."""
-        m = self.model
+        """Accuracy of the global adapter and of this device's personalized model: the
+        personal stack (FedRep, plus a head bias fitted on top in "fedrep-head-bias"), the
+        Ditto copy with its own head in the global slot, or the global plus a head bias.
+
+        Returns the personal state to keep (None where there is none): the one it was given,
+        or one trained now where the device had none that fits.
+        """
+        m, mode = self.model, self.cfg.personalization
         m.load_adapter_state(GLOBAL, global_state)
         m.set_active(GLOBAL)
-        if self.cfg.personalization == "head-bias":
+        if mode == "head-bias":
             return self._accuracies_with_head_bias(), None
         out = {"global_accuracy": self._accuracy()}
-        if self.cfg.personalization == "fedrep":
+        if mode in PERSONAL_ADAPTER_MODES:
             personal = self.usable_personal(personal)
             if personal is None:  # never trained here yet: personalize now, on the device
                 personal = self.train_personal(global_state, None, server_round)
             m.load_adapter_state(PERSONAL, personal)
             m.set_active(Stack(GLOBAL, PERSONAL))
+        elif mode == "ditto":
+            personal = self.usable_personal(personal, global_state)
+            if personal is None:
+                personal = self.train_ditto(global_state, None, server_round)
+            m.load_adapter_state(GLOBAL, personal)
+            m.set_active(GLOBAL)
         else:
             m.train_adapter(GLOBAL)
             self._fit(
                 self._train_cfg(server_round, "finetune", 100, max_steps=self.cfg.finetune_steps)
             )
-        out["personalized_accuracy"] = self._accuracy()
+        if mode in HEAD_BIAS_MODES:
+            out["personalized_accuracy"] = self._head_bias_accuracies()[1]
+        else:
+            out["personalized_accuracy"] = self._accuracy()
         m.load_adapter_state(GLOBAL, global_state)
         return out, personal
 
@@ -230,8 +270,8 @@ class Device:
         m = self.model
         load_full_model_state(m, state)
         m.set_active(None, head=GLOBAL)
-        if self.cfg.personalization == "head-bias":  # personalized the same way, to compare
-            return self._accuracies_with_head_bias()
+        if full_model_personalization(self.cfg.personalization) == "head-bias":
+            return self._accuracies_with_head_bias()  # see `full_model_personalization`
         out = {"global_accuracy": self._accuracy()}
         m.requires_grad_(True)
         self._fit(

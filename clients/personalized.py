@@ -10,12 +10,21 @@ device folder:
   graph is exported with `Stack(global, personal)` (`runtime.json` names the stack), its
   tensors as `global:<name>` and `personal:<name>`; the personal defaults baked into the
   graph are a fresh personal adapter, which is the identity, so the global file leaves them
-  out.
+  out;
+- `ditto.safetensors` (Ditto): the device's own copy of the global adapter and head, same
+  tensor names; it takes the global's place in the graph (the personal branch of a stacked
+  graph keeps its identity defaults). A newer global reaches it only through the next local
+  training, as Ditto means.
+
+Which parts apply is the mode the last evaluation recorded in `evaluation.json`
+("personalization"), so a file left over from another mode is never served; without a
+recorded mode every part present applies.
 
 Device folder, beside what the updater and the exporter write:
 
     personal.safetensors         the personal adapter and head (ClientApp, after each round)
     head-bias.safetensors        the fitted head bias (ClientApp, after each evaluation)
+    ditto.safetensors            Ditto's personal adapter and head (ClientApp, each round)
     global.safetensors           the newest global adapter a round brought (ClientApp)
     global.onnx_adapter          that global, for the graph (no signed version installed)
     personalized.onnx_adapter    the personalized file of the global in use
@@ -39,6 +48,7 @@ from fedadapt.onnx_adapter import RUNTIME_FILE, write_onnx_adapter
 
 PERSONAL_FILE = "personal.safetensors"
 HEAD_BIAS_FILE = "head-bias.safetensors"
+DITTO_FILE = "ditto.safetensors"
 ROUND_GLOBAL_FILE = "global.safetensors"
 GLOBAL_ONNX = "global.onnx_adapter"
 EVALUATION_FILE = "evaluation.json"
@@ -48,6 +58,15 @@ HEAD = "head."
 STATE_FILE = "state.json"
 
 Tensors = dict[str, np.ndarray]
+# The personal files each personalization mode serves (fedadapt.simconfig.PERSONALIZATIONS).
+MODE_FILES = {
+    "head-bias": (HEAD_BIAS_FILE,),
+    "fedrep": (PERSONAL_FILE,),
+    "fedrep-head-bias": (PERSONAL_FILE, HEAD_BIAS_FILE),
+    "ditto": (DITTO_FILE,),
+    "finetune": (),
+}
+ALL_FILES = (PERSONAL_FILE, HEAD_BIAS_FILE, DITTO_FILE)
 
 
 def graph_tensors(
@@ -96,15 +115,45 @@ def _load(path: Path) -> Tensors | None:
         raise AdapterLoadError(f"{path} is not a readable safetensors file: {e}") from e
 
 
-def personal_part(folder: Path) -> Tensors | None:
-    """The personal adapter (and head) and the head bias this device keeps, merged."""
-    personal = _load(folder / PERSONAL_FILE) or {}
-    bias = _load(folder / HEAD_BIAS_FILE)
+def served_files(folder: Path) -> tuple[str, ...]:
+    """The personal files of the mode the last evaluation recorded (every one without)."""
+    figures = folder / EVALUATION_FILE
+    try:
+        recorded = json.loads(figures.read_text()) if figures.exists() else {}
+        mode = recorded.get("personalization")
+    except (OSError, ValueError, AttributeError) as e:
+        raise AdapterLoadError(f"{figures} is not a readable evaluation record: {e}") from e
+    if mode is None:
+        return ALL_FILES
+    if mode not in MODE_FILES:
+        raise AdapterLoadError(f"{figures}: unknown personalization {mode!r}")
+    return MODE_FILES[mode]
+
+
+def personal_part(folder: Path, files: tuple[str, ...] = ALL_FILES) -> Tensors | None:
+    """The personal adapter (and head) and the head bias this device keeps, merged; only
+    those of `files`."""
+    personal = (_load(folder / PERSONAL_FILE) if PERSONAL_FILE in files else None) or {}
+    bias = _load(folder / HEAD_BIAS_FILE) if HEAD_BIAS_FILE in files else None
     if bias is not None:
         if HEAD_BIAS not in bias:
             raise AdapterLoadError(f"{folder / HEAD_BIAS_FILE} holds no {HEAD_BIAS!r} tensor")
         personal[HEAD_BIAS] = bias[HEAD_BIAS]
     return personal or None
+
+
+def ditto_global(folder: Path, global_: Tensors, files: tuple[str, ...]) -> Tensors:
+    """Ditto's personal copy where the mode serves one, else `global_`; a copy that does not
+    have the global's tensors (another adapter config) is refused, naming the file."""
+    ditto = _load(folder / DITTO_FILE) if DITTO_FILE in files else None
+    if ditto is None:
+        return global_
+    if set(ditto) != set(global_) or any(ditto[k].shape != global_[k].shape for k in global_):
+        raise AdapterLoadError(
+            f"{folder / DITTO_FILE} does not have the global adapter's tensors; "
+            "it belongs to another adapter config"
+        )
+    return ditto
 
 
 def installed_version(folder: Path) -> int | None:
@@ -137,9 +186,9 @@ def keep_round_global(folder: str | Path, tensors: Tensors) -> None:
 def after_evaluation(folder: str | Path, global_: Tensors, figures: dict) -> None:
     """After an evaluation on a deployed device: the round's global, the personalized file,
     and what torch measured (numbers only), so the device can show ORT against torch."""
-    folder = Path(folder)
-    keep_round_global(folder, global_)
+    folder = Path(folder)  # the figures first: they name the mode the personalized file serves
     atomic_write_text(folder / EVALUATION_FILE, json.dumps(figures, indent=2) + "\n")
+    keep_round_global(folder, global_)
 
 
 def refresh(folder: str | Path) -> Path | None:
@@ -160,5 +209,8 @@ def refresh(folder: str | Path) -> Path | None:
     stack, sha = meta.get("stack"), meta["base_sha256"]
     if version == 0:
         write_onnx_adapter(folder / GLOBAL_ONNX, graph_tensors(global_, None, stack), 0, sha)
-    tensors = graph_tensors(global_, personal_part(folder), stack)
+    files = served_files(folder)
+    tensors = graph_tensors(
+        ditto_global(folder, global_, files), personal_part(folder, files), stack
+    )
     return write_onnx_adapter(folder / PERSONALIZED_ONNX, tensors, version, sha)

@@ -26,7 +26,22 @@ from fedadapt.errors import ConfigError
 # and SecAgg+, which yields only the mean, can feed them.
 LINEAR_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 STRATEGIES = (*LINEAR_STRATEGIES, "trimmed-mean", "median")
-PERSONALIZATIONS = ("head-bias", "fedrep", "finetune")
+PERSONALIZATIONS = ("head-bias", "fedrep", "fedrep-head-bias", "ditto", "finetune")
+# Modes with a personal adapter stacked on the global one (FedRep, top `personal_layers`), and
+# modes that fit a head bias on top of what they evaluate (fedadapt/head_bias.py).
+PERSONAL_ADAPTER_MODES = ("fedrep", "fedrep-head-bias")
+HEAD_BIAS_MODES = ("head-bias", "fedrep-head-bias")
+
+
+def full_model_personalization(personalization: str) -> str:
+    """How the full-model FedAvg baseline is personalized, to compare with `personalization`.
+
+    A full model has no adapter to stack or copy, so only two ways apply to it: the head bias
+    (no training, the strong cheap one on rt-full) for every adapter mode, and fine-tuning for
+    "finetune". One way for all adapter modes makes their rt-full comparisons share one
+    baseline column, which a run can then take from another run (`full_model_from`).
+    """
+    return "finetune" if personalization == "finetune" else "head-bias"
 # Adapter methods a federated run can train (clients/device.py builds these); extend here.
 FEDERATED_METHODS = ("bottleneck", "lora")
 DATASETS = ("rotten_tomatoes", "bbc", "rotten_tomatoes_dirichlet")
@@ -68,6 +83,8 @@ class SimConfig:
     # global head fitted to local data, fedadapt/head_bias.py), "fedrep" (a personal adapter
     # + head stacked on the global one) or "finetune" (the global adapter k steps before
     # evaluating)
+    # "fedrep-head-bias" (FedRep's personal adapter, then a head bias fitted on top) or "ditto"
+    # (a personal copy of the global adapter and head pulled towards it, fedadapt/ditto.py)
     personalization: str = "head-bias"
     head_bias_l2: float = 0.1
     personal_reduction_factor: int = 32
@@ -75,6 +92,7 @@ class SimConfig:
     personal_epochs: int = 6
     personal_lr: float = 5e-3
     finetune_steps: int = 6
+    ditto_lambda: float = 0.1  # Ditto's pull lambda/2 |personal - global|^2; 0: local fine-tuning
     # aggregation
     strategy: str = "fedavg"
     server_lr: float = 0.01  # FedAdam / FedYogi eta
@@ -104,6 +122,10 @@ class SimConfig:
     full_model_lr: float = 1e-4
     full_model_epochs: int = 2
     local_only_epochs: int = 8
+    # take the full-model FedAvg baseline from an earlier run's folder (its report.json) instead
+    # of training it again: it depends only on the data, clients, seed and rounds, which are
+    # checked to match (server/full_model_reuse.py); "" trains it here
+    full_model_from: str = ""
     # signed updates: publish the global adapter every N rounds and at the end (0: off)
     publish_every: int = 0
     publish_registry: str = ""
@@ -260,6 +282,7 @@ RULES: dict[str, Range | Choice | NonEmpty] = {
     "personal_epochs": Range(1),
     "personal_lr": Range(0, low_open=True),
     "finetune_steps": Range(0),
+    "ditto_lambda": Range(0),
     "strategy": Choice(STRATEGIES),
     "server_lr": Range(0, low_open=True),
     "server_momentum": Range(0, 1, high_open=True),

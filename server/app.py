@@ -37,7 +37,7 @@ from fedadapt.model_setup import (
 )
 from fedadapt.ray_nodes import peak_rss_mb, workers_of
 from fedadapt.records import record_to_state, state_to_record, wire_bytes
-from fedadapt.server import checkpoint, report, secagg
+from fedadapt.server import checkpoint, full_model_reuse, report, secagg
 from fedadapt.server.claims import secagg_rejections
 from fedadapt.server.combine import ROBUST_RULES
 from fedadapt.server.evaluation import evaluate_all, round_sample
@@ -315,6 +315,10 @@ class FederatedRun:
         atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         if not cfg.resume:  # a later resume must not pick up an older run's checkpoints
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        reused = None  # the full-model baseline of another run, checked before any round
+        if cfg.baselines and cfg.full_model_baseline and cfg.full_model_from:
+            reused = full_model_reuse.load(cfg)
+            full_model_reuse.check_clients(reused, self.partition_of.values())
         global_state, rows = self._run_phase("adapter", build_fresh_global(cfg))
 
         nodes = self.grid.get_node_ids()
@@ -329,7 +333,11 @@ class FederatedRun:
         )
         full_rows: list[dict] = []
         full_model = build_model(cfg, full_model=True)
-        if cfg.baselines and cfg.full_model_baseline:
+        if reused is not None:
+            full_model_reuse.merge(per_client, reused)
+            full_rows = reused.rounds
+            print(f"the full-model FedAvg baseline is taken from {reused.report}", flush=True)
+        elif cfg.baselines and cfg.full_model_baseline:
             full_state, full_rows = self._run_phase("full", full_model_state(full_model))
             full = evaluate_all(
                 self.grid, nodes, state_to_record(full_state), cfg, cfg.rounds, "full"
