@@ -76,6 +76,20 @@ def wait_healthy(
     raise FedAdaptError(f"the SuperLink did not come up within {timeout:.0f}s; see {log}")
 
 
+def end_processes(procs: list, grace: float = 15) -> None:
+    """End these `psutil.Process`es by PID: TERM, `grace` seconds, then KILL those left."""
+    import psutil
+
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace)
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a process started with `start_new_session=True` and everything it started.
 
@@ -91,13 +105,7 @@ def stop(proc: subprocess.Popen) -> None:
         family = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    for p in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(family, timeout=15)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
+    end_processes(family)
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:

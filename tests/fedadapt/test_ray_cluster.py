@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from fedadapt.simulate import free_port
+from fedadapt.simulate import end_processes, free_port
 from tests.fedadapt.test_simulate import _simulate
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -49,18 +50,9 @@ def _cluster_pids(temp_dir: str) -> set[int]:
 def _stop(pids: set[int]) -> None:
     procs = []
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            continue
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(alive, timeout=10)
+    end_processes(procs)
 
 
 @pytest.fixture
@@ -109,3 +101,16 @@ def test_run_on_a_two_node_ray_cluster_equals_the_single_node_run(
     assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
     single = json.loads((uninterrupted_ci_run / "report.json").read_text())
     assert report["final"] == single["final"]
+
+
+def test_end_processes_kills_what_ignores_term_after_the_grace():
+    """What stops the cluster (and a simulation's SuperLink tree): a raylet that ignores
+    TERM must still be gone."""
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    procs = [subprocess.Popen([sys.executable, "-c", stubborn]) for _ in range(2)]
+    polite = subprocess.Popen(["sleep", "60"])
+    time.sleep(1.0)  # the handlers are installed
+    watched = [psutil.Process(p.pid) for p in (*procs, polite)]
+    end_processes(watched, grace=1)
+    assert [w.returncode for w in watched] == [-9, -9, -15]  # reaped here, by psutil
+    assert not any(w.is_running() for w in watched)
