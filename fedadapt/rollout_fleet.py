@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -101,10 +102,11 @@ class Fleet:
         self.stop.wait(rng.uniform(0, self.poll_s))
         while not self.stop.is_set():
             try:
-                w.rejected |= agent.poll().action == "local-rollback"
+                agent.poll()
             except FedAdaptError as e:
                 w.errors.append(str(e))
             on = store.state().version
+            w.rejected = CANDIDATE in agent.local()["rejected"]
             newly = not w.exposed and store.version_file(CANDIDATE).exists()
             w.exposed |= newly
             w.outside |= newly and w.point >= self.offered
@@ -221,10 +223,15 @@ def _figures(fleet: Fleet, seconds: float) -> dict[str, Any]:
         "paired_difference": [s.mean_diff, s.low, s.high],
         "running_candidate_at_end": sum(1 for w in fleet.watch if w.on == CANDIDATE),
         "device_errors": sum(len(w.errors) for w in fleet.watch),
-        "device_error_kinds": sorted({e.split(":")[0][:60] for w in fleet.watch for e in w.errors}),
+        "device_error_kinds": sorted({_kind(e) for w in fleet.watch for e in w.errors}),
         "poll_interval_s": fleet.poll_s,
         "seconds_total": round(seconds, 2),
     }
+
+
+def _kind(error: str) -> str:
+    """An error's kind, without the URL and port that make every message different."""
+    return re.sub(r"https?://\S+", "URL", error)[:100]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,6 +172,7 @@ _BUSY = (
 
 class UpdateServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a fleet polling at once got resets at the default 5
 
     def __init__(
         self,
