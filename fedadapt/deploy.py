@@ -21,6 +21,7 @@ from pathlib import Path
 import tomli_w
 
 from fedadapt import runlock, supervise
+from fedadapt.base_cache import BASE_CACHE_ENV
 from fedadapt.certs import make_certs
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig
@@ -52,6 +53,8 @@ class Cluster:
         bin_dir = Path(sys.executable).parent
         path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
         self.env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(self.home), "PATH": path}
+        # the quantized base cached once for every process, as `fedadapt device run` does
+        self.env[BASE_CACHE_ENV] = str(self.folder / "cache")
 
     @property
     def address(self) -> str:
