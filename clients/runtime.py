@@ -107,6 +107,12 @@ class EdgeRuntime:
     def labels(self) -> list[str]:
         return self.meta["labels"]
 
+    def task_labels(self, task: int | None = None) -> list[str]:
+        """Task `task`'s labels: the tasks of one graph may have different ones (continual
+        learning; their heads are padded to the widest, and the padding never wins)."""
+        per_task = self.meta.get("task_labels")
+        return per_task[task or 0] if per_task else self.labels
+
     def activate(self, path: str | Path) -> int:
         """Make the adapter at `path` the active one, on the live session; returns its version."""
         version, _ = check_fits(path, self.meta["base_sha256"], self.slots)
@@ -132,14 +138,15 @@ class EdgeRuntime:
         return np.concatenate(out)
 
     def predict(self, texts: list[str], task: int | None = None) -> list[Prediction]:
-        z = self.logits(texts, task)
+        labels = self.task_labels(task)
+        z = self.logits(texts, task)[:, : len(labels)]
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         return [
             Prediction(
                 t,
-                self.labels[int(row.argmax())],
-                dict(zip(self.labels, map(float, row), strict=True)),
+                labels[int(row.argmax())],
+                dict(zip(labels, map(float, row), strict=True)),
             )
             for t, row in zip(texts, p, strict=True)
         ]

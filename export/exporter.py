@@ -23,6 +23,7 @@ from fedadapt.adapter_files import load_adapter, read_adapter
 from fedadapt.adapters.model import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base_model import base_sha256, load_base, load_tokenizer, model_dir, tokenize
+from fedadapt.continual import pad_head
 from fedadapt.errors import AdapterLoadError
 from fedadapt.export import measure
 from fedadapt.export.decompose import decompose
@@ -70,14 +71,20 @@ def load_model(adapter_dirs: list[Path]) -> tuple[AdapterModel, list[str], dict[
         if not config.get("num_labels"):
             raise AdapterLoadError(f"{d} has no task head; export needs one for logits")
         configs.append(config)
-    layout = [(c["method"], c["config"], c["num_labels"]) for c in configs]
+    layout = [(c["method"], c["config"]) for c in configs]
     if any(x != layout[0] for x in layout):
-        raise AdapterLoadError("stacked adapters must share method, config and label count")
+        raise AdapterLoadError("stacked adapters must share method and config")
     model = AdapterModel(load_base("none"))
     names = [load_adapter(model, d, name=f"task{i}") for i, d in enumerate(adapter_dirs)]
+    widest = max(c["num_labels"] for c in configs)
+    for n in names:  # tasks of fewer labels (continual learning): one head shape for all
+        pad_head(model, n, widest)
     model.set_active(names[0])
     model.eval()
-    return model, names, configs[0]
+    labels = [
+        c.get("label_names") or [f"label_{i}" for i in range(c["num_labels"])] for c in configs
+    ]
+    return model, names, {**configs[0], "task_labels": labels}
 
 
 def _graph_dtype(model: AdapterModel, opts: ExportOptions) -> torch.dtype:
@@ -153,6 +160,7 @@ def export(
             "precision": "fp16" if dtype == torch.float16 else opts.quantize,
             "fixed_shape": list(opts.fixed_shape) if opts.fixed_shape else None,
             "tasks": [str(d) for d in dirs] if stacked is not None else None,
+            "task_labels": config["task_labels"] if stacked is not None else None,
         }
         atomic_write_text(out / RUNTIME_FILE, json.dumps(runtime, indent=2) + "\n")
         report: dict[str, Any] = {

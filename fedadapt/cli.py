@@ -46,14 +46,18 @@ DEFAULT_CONFIG, DEFAULT_OUT = "simulations/quick.toml", "out/quick"
 
 def _simulate(args: argparse.Namespace) -> None:
     """Run a federated simulation on Flower's Simulation Engine and write its report."""
-    from fedadapt import simulate
+    from fedadapt import continual, simulate
     from fedadapt.simconfig import SimConfig
 
     overrides = {k: getattr(args, k) for k in SIMULATE_KEYS}
     overrides["baselines"] = False if args.no_baselines else None
     overrides.update(_parse_sets(args.set))
     if args.resume:
-        for flag, value in (("--config", args.config), ("--out", args.out)):
+        for flag, value in (
+            ("--config", args.config),
+            ("--out", args.out),
+            ("--continue-from", args.continue_from),
+        ):
             if value is not None:
                 raise FedAdaptError(
                     f"--resume continues the run in {args.resume} with its own config and "
@@ -64,8 +68,17 @@ def _simulate(args: argparse.Namespace) -> None:
         out = str(Path(args.out or DEFAULT_OUT).resolve())
         config = args.config or Path(__file__).resolve().parents[1] / DEFAULT_CONFIG
         cfg = SimConfig.load(config, **overrides, out=out)
+    earlier = None  # --continue-from: the earlier run's tasks, checked before this run starts
+    if args.continue_from is not None:
+        earlier = continual.check_continuation(Path(args.continue_from), cfg.dataset, cfg.method)
     out = simulate.run(cfg)
     print(f"report: {out / 'report.json'}  plots: {out / 'plots'}  adapter: {out / 'adapter'}")
+    if earlier is not None:
+        tasks = [t["adapter"] for t in earlier] + [str(out / "adapter")]
+        print(
+            f"tasks: {continual.write_tasks(out, earlier, cfg.dataset)}; one graph for all: "
+            f"fedadapt export {' '.join(f'--adapter {t}' for t in tasks)} --out {out / 'device'}"
+        )
 
 
 def _deploy_demo(args: argparse.Namespace) -> None:
@@ -204,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="continue the run in DIR from its checkpoint (with its config; flags and --set "
         "may change only what is safe, such as rounds or baselines)",
+    )
+    d.add_argument(
+        "--continue-from",
+        metavar="DIR",
+        help="continual learning: a new task (this run's data set) beside the tasks of the run "
+        "in DIR, on the same base; DIR's adapters stay as they are, and OUT/tasks.json lists "
+        "every task's adapter for one task-indexed export",
     )
     d.add_argument("--rounds", type=int)  # ranges: SimConfig names the key when it refuses
     d.add_argument("--clients", dest="num_clients", type=int, help="number of clients")

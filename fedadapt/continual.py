@@ -22,6 +22,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from fedadapt.adapters import AdapterModel, Fuse
 from fedadapt.adapters.fusion import FusionConfig
 from fedadapt.adapters.inject import AdapterConfig
@@ -29,6 +32,7 @@ from fedadapt.atomic import atomic_write_text
 from fedadapt.errors import FedAdaptError
 
 TASKS_FILE = "tasks.json"
+PAD_LOGIT = -1e4  # a padded head's extra outputs (see `pad_head`)
 
 
 def add_task(model: AdapterModel, name: str, cfg: AdapterConfig, num_labels: int) -> None:
@@ -55,6 +59,24 @@ def add_fusion(
         raise FedAdaptError(f"cannot fuse {tasks}: {e}") from None
     model.train_fusion(fuse)
     return key
+
+
+def pad_head(model: AdapterModel, name: str, num_labels: int) -> None:
+    """Widen head `name` to `num_labels` outputs for a graph that stacks every task's head
+    (one shape for all): the extra rows have zero weights and a bias of -1e4, so they never
+    win an argmax and take no softmax mass; the task's own logits are unchanged."""
+    head = model.heads[name]
+    extra = num_labels - head.out_features
+    if extra <= 0:
+        return
+    wide = nn.Linear(head.in_features, num_labels)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[: head.out_features] = head.weight
+        wide.bias.fill_(PAD_LOGIT)
+        wide.bias[: head.out_features] = head.bias
+    wide.requires_grad_(head.weight.requires_grad)
+    model.heads[name] = wide
 
 
 # -- runs continued from runs: the task list ----------------------------------------------------

@@ -110,3 +110,26 @@ def test_a_continued_run_lists_every_task_and_refuses_a_mismatch(fresh_model, tm
     (run_b / "tasks.json").write_text('{"tasks": [{"name": "x"}]}')
     with pytest.raises(FedAdaptError, match=r"is not a task list: each task needs"):
         continual.read_tasks(run_b)
+
+
+def test_a_padded_head_keeps_its_logits_and_never_predicts_the_padding(fresh_model, batch):
+    model = fresh_model()
+    continual.add_task(model, "a", BottleneckConfig(), num_labels=2)
+    model.set_active("a")
+    with torch.no_grad():
+        before = model(*batch)
+        continual.pad_head(model, "a", 5)
+        after = model(*batch)
+    assert after.shape == (4, 5)
+    assert torch.equal(after[:, :2], before)
+    assert (after[:, 2:] == continual.PAD_LOGIT).all()
+
+
+def test_continue_from_a_folder_that_is_no_run_is_refused_before_running(tmp_path, capsys):
+    from fedadapt.cli import main
+
+    out = tmp_path / "out"
+    argv = ["simulate", "--continue-from", str(tmp_path / "nowhere"), "--out", str(out)]
+    assert main(argv) == 2
+    assert "no config.json there; name a finished simulate run folder" in capsys.readouterr().err
+    assert not out.exists()
