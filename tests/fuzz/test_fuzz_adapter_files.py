@@ -143,7 +143,7 @@ def _write(folder: Path, config: object, blob: bytes, missing: str | None) -> No
         (folder / WEIGHTS_FILE).write_bytes(blob)
 
 
-@fuzz(1)
+@fuzz(0.75)
 @given(data=st.data(), missing=st.sampled_from([None] * 8 + [CONFIG_FILE, WEIGHTS_FILE]))
 def test_read_adapter_reads_or_refuses(folder, data, missing) -> None:
     config, blob = data.draw(damaged())

@@ -57,7 +57,7 @@ def _read(data: bytes, installed: int | None) -> dict | None:
     return pick(parse_index(data), installed)
 
 
-@fuzz(3)
+@fuzz(1.5)
 @given(indexes, installed_versions)
 @example({"versions": [{"version": 3, "full": BUNDLE}]}, None)  # no deltas: KeyError in pick
 @example({"versions": [{"version": 3, "full": BUNDLE, "deltas": [BUNDLE]}]}, 2)  # no from_version
@@ -67,7 +67,7 @@ def test_index_of_any_shape_is_picked_or_refused(index, installed: int | None) -
         _read(dumps(index), installed)
 
 
-@fuzz(1)
+@fuzz(3)
 @given(st.one_of(st.binary(max_size=200), mutated_bytes(INDEX)), installed_versions)
 def test_index_bytes_are_picked_or_refused(data: bytes, installed: int | None) -> None:
     count("index:bytes")
@@ -75,7 +75,7 @@ def test_index_bytes_are_picked_or_refused(data: bytes, installed: int | None) -
         _read(data, installed)
 
 
-@fuzz(2)
+@fuzz(1.5)
 @given(st.data(), st.one_of(st.none(), st.integers(1, 9)))
 def test_no_tampered_timestamp_verifies(data: st.DataObject, seen: int | None) -> None:
     ts = data.draw(st.one_of(st.just(TS), mutated_bytes(TS)))
