@@ -41,6 +41,7 @@ from fedadapt.rollout_pool import HeadScorer, Pool, cached_pool
 from fedadapt.server.publish import publish
 from fedadapt.server.rollout import Guardrail, Rollouts, summarize
 from fedadapt.server.rollout_reports import ReportSink, load_device_keys
+from fedadapt.server.rollout_status import plot
 from fedadapt.server.update_service import UpdateServer
 
 CHANNEL, STABLE, CANDIDATE = "main", 1, 2
@@ -248,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         root = work / f"{kind}-{int(time.time())}"
         results[kind] = run_scenario(kind, pool, root, args.devices, args.poll)
         print(kind, json.dumps(results[kind]), flush=True)
+        rollouts = Rollouts(root / "registry")
+        png = Path(args.out).parent / f"{kind}-paired.png"
+        plot(
+            rollouts.rollout_reports(CHANNEL),
+            0.02,
+            png,
+            f"{kind} candidate, {args.devices} devices",
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.out), json.dumps({"scenarios": results}, indent=1) + "\n")
     print(f"wrote {args.out}")
