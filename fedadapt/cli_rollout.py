@@ -10,6 +10,7 @@ table and plots the candidate's paired difference with its 95% interval.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from fedadapt.cli_args import existing_folder, folder, port, positive_int
@@ -98,6 +99,36 @@ def _serve(args: argparse.Namespace) -> None:
         server.server_close()
 
 
+def _poll(args: argparse.Namespace) -> None:
+    """On a device: read the channel, run the version it names for this device, score both
+    versions on the held-out split of the device's own data and report (one poll)."""
+    from fedadapt.cli_updates import _device_base
+    from fedadapt.clients.rollout_agent import OrtScorer, RolloutAgent
+    from fedadapt.clients.runtime import EdgeRuntime
+    from fedadapt.data import local_files
+    from fedadapt.keys import load_public
+
+    device = Path(args.device_dir)
+    labels = EdgeRuntime(device, personalized=False).labels  # no graph: one line, here
+    local = local_files.load(
+        Path(args.data_dir), labels, args.test_fraction, args.split_key, min_examples=2
+    )
+    scorer = OrtScorer(device, local.data.test_texts, local.data.test_labels)
+    trusted = [load_public(p) for p in args.trust]
+    agent = RolloutAgent(
+        device, args.url, args.channel, trusted, _device_base(device), scorer, args.local_bound
+    )
+    r = agent.poll()
+    print(
+        f"device {agent.device_id}: channel version {r.channel_version}, runs v{r.target} "
+        f"({r.action})"
+    )
+    if r.report:
+        print(json.dumps(r.report, sort_keys=True))
+    if r.halted:
+        print(f"the service halted the rollout: {r.halted}")
+
+
 def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
     """Register the `rollout` subcommands on `sub`."""
     r = sub.add_parser("rollout", help="staged rollout of an adapter version on a channel")
@@ -125,6 +156,20 @@ def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
     command("halt", _halt)
     command("finish", _finish)
     command("status", _status, signs=False).add_argument("--plot", help="PNG path for the plot")
+    d = actions.add_parser("poll", help=_poll.__doc__.splitlines()[0], description=_poll.__doc__)
+    d.add_argument("--device-dir", required=True, type=existing_folder)
+    d.add_argument("--url", required=True, help="the update service's URL")
+    d.add_argument("--trust", required=True, action="append", help="trusted public key (repeat)")
+    d.add_argument("--data-dir", required=True, type=existing_folder, help="the device's data")
+    d.add_argument("--channel", default="main")
+    d.add_argument(
+        "--local-bound", type=_fraction, default=0.1, help="accuracy drop that rolls back"
+    )
+    d.add_argument(
+        "--test-fraction", type=_fraction, default=0.3, help="held-out share (the run's)"
+    )
+    d.add_argument("--split-key", default="0", help="held-out split key (the run's seed)")
+    d.set_defaults(func=_poll)
     v = command("serve", _serve)
     v.add_argument("--devices", required=True, type=existing_folder, help="folder of device *.pub")
     v.add_argument("--host", default="127.0.0.1")

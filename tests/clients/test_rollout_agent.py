@@ -147,3 +147,17 @@ def test_a_report_from_an_unregistered_device_is_refused(setup, tmp_path):
     with pytest.raises(FedAdaptError, match=r"refused the report: .* is not registered"):
         a.poll()
     assert rollouts.rollout_reports("main") == []
+
+
+def test_rollout_poll_on_a_device_without_a_graph_is_one_line(tmp_path, capsys):
+    from fedadapt.cli import main
+
+    (tmp_path / "data").mkdir()
+    args = ["rollout", "poll", "--device-dir", str(tmp_path), "--url", "http://127.0.0.1:9"]
+    args += ["--trust", "k.pub", "--data-dir", str(tmp_path / "data")]
+    assert main([*args, "--local-bound", "2"]) == 2
+    assert "argument --local-bound: a fraction is in (0, 1], got '2'" in capsys.readouterr().err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has no runtime.json: install an exported model first" in err
+    assert len(err.strip().splitlines()) == 1
