@@ -161,3 +161,18 @@ def test_rollout_poll_on_a_device_without_a_graph_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no runtime.json: install an exported model first" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_expired_channel_file_is_refused_as_stale(setup):
+    import datetime as dt
+    import time
+
+    from fedadapt.cohort import Channel
+
+    reg, keys, device, rollouts, _ = setup
+    rollouts.write_channel("main", Channel(1, 2, 1.0, "ab" * 8), keys.key, dt.timedelta(seconds=1))
+    time.sleep(1.2)
+    with pytest.raises(BundleError, match="expired at") as e:
+        agent(setup, TableScorer(reg, STABLE_RIGHT)).poll()
+    assert e.value.reason == "stale-channel"
+    assert not DeviceStore(device).version_file(2).exists()
