@@ -179,28 +179,28 @@ def test_a_restarted_service_still_refuses_replayed_reports(registry, tmp_path) 
         again.accept("main", *signed)
 
 
+def start_args(base: list[str], key: str, fraction: str) -> list[str]:
+    """`rollout start` of version 2 over stable 1 (a new channel)."""
+    return [
+        "rollout",
+        "start",
+        *base,
+        "--key",
+        key,
+        "--version",
+        "2",
+        "--stable",
+        "1",
+        "--fraction",
+        fraction,
+    ]
+
+
 def test_cli_start_promote_status_halt(registry, tmp_path, capsys) -> None:
     reg, _ = registry
     key = str(tmp_path / "keys" / "signing_key.pem")
     base = ["--registry", str(reg), "--channel", "beta"]
-    assert (
-        main(
-            [
-                "rollout",
-                "start",
-                *base,
-                "--key",
-                key,
-                "--version",
-                "2",
-                "--stable",
-                "1",
-                "--fraction",
-                "0.1",
-            ]
-        )
-        == 0
-    )
+    assert main(start_args(base, key, "0.1")) == 0
     assert "v2 to 10%, stable v1" in capsys.readouterr().out
     assert main(["rollout", "promote", *base, "--key", key, "--fraction", "0.05"]) == 2
     assert "promote only raises the fraction" in capsys.readouterr().err
@@ -229,24 +229,7 @@ def test_cli_errors_are_one_line_naming_the_problem(registry, tmp_path, capsys) 
     base = ["--registry", str(reg), "--channel", "main"]
     assert main(["rollout", "halt", *base, "--key", key]) == 2
     assert "channel 'main' has no candidate rolling out" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "rollout",
-                "start",
-                *base,
-                "--key",
-                key,
-                "--version",
-                "2",
-                "--stable",
-                "1",
-                "--fraction",
-                "0",
-            ]
-        )
-        == 2
-    )
+    assert main(start_args(base, key, "0")) == 2
     assert "a fraction is in (0, 1], got '0'" in capsys.readouterr().err
     Rollouts(reg).start("main", 2, 0.1, keys.key, stable=1)
     reports = Rollouts(reg).folder("main") / "reports.jsonl"
