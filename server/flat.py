@@ -139,11 +139,14 @@ class FlatReader:
             self._seen[key] = (codec, header.get("__metadata__", {}))
         return codec, header.get("__metadata__", {}), start
 
-    def read(self, blob: memoryview) -> np.ndarray:
+    def read(self, blob: memoryview, check: bool = True) -> np.ndarray:
         """The reply's delta as one float32 vector in layout order, checked finite.
 
         fp32 is a read-only view of the reply's own bytes; fp16 and int8 cost one conversion.
-        Raises `DeltaError` with a reason, or `NotFlat` for a layout to decode the general way.
+        With `check=False` an fp32 view is returned unchecked, for a caller that checks many
+        replies in one pass (`server.fold`); a converted vector is always checked here, so
+        that nobody holds on to unchecked copies. Raises `DeltaError` with a reason, or
+        `NotFlat` for a layout to decode the general way.
         """
         layout = self.layout
         codec, meta, start = self._checked_header(blob)
@@ -157,11 +160,19 @@ class FlatReader:
             flat = raw.astype(np.float32)
         else:
             flat = raw * np.repeat(_scales(meta, layout), layout.sizes())
-        # a float32 sum is finite when every value is (one fast pass); only when it is not
-        # (a NaN/Inf, or finite values summing past 3e38) is each value looked at
-        if not np.isfinite(flat.sum()) and not np.isfinite(flat).all():
-            raise DeltaError(f"{layout.first_bad(flat)}: holds NaN or Inf", reason="non-finite")
+        if check or codec != "fp32":
+            check_finite(flat, layout)
         return flat
+
+
+def check_finite(flat: np.ndarray, layout: Layout) -> None:
+    """`DeltaError` naming the first tensor with a NaN or Inf, if any.
+
+    A float32 sum is finite when every value is (one fast pass); only when it is not (a
+    NaN/Inf, or finite values summing past 3e38) is each value looked at.
+    """
+    if not np.isfinite(flat.sum()) and not np.isfinite(flat).all():
+        raise DeltaError(f"{layout.first_bad(flat)}: holds NaN or Inf", reason="non-finite")
 
 
 def flat_delta(blob: memoryview, layout: Layout) -> np.ndarray:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -38,6 +38,7 @@ from fedadapt.records import DELTA_KEY, state_to_record, wire_bytes
 from fedadapt.server.claims import Claims, read_claims
 from fedadapt.server.combine import FlatMean, FlatStack, combined_reply, mean_reply  # noqa: F401
 from fedadapt.server.flat import FlatReader, Layout, NotFlat, flatten, l2
+from fedadapt.server.fold import BlockFold
 
 log = logging.getLogger("fedadapt.server")
 T = TypeVar("T")
@@ -94,12 +95,15 @@ def _delta_meta(content: RecordDict, rules: Rules, size: int) -> None:
         raise DeltaError(f"{size} bytes exceeds the {rules.max_bytes}-byte cap", reason="oversize")
 
 
-def _flat_of(payload: memoryview, reader: FlatReader, global_state: State) -> np.ndarray:
-    """The delta as a checked flat vector: in place for the canonical layout, else decoded
-    the general way (which also names exactly what is wrong with a bad payload)."""
+def _flat_of(
+    payload: memoryview, reader: FlatReader, global_state: State, check: bool = True
+) -> np.ndarray:
+    """The delta as a flat vector: in place for the canonical layout, else decoded the
+    general way (which also names exactly what is wrong with a bad payload). Checked finite
+    unless `check=False` and it is a view of the payload (`FlatReader.read`)."""
     layout = reader.layout
     try:
-        return reader.read(payload)
+        return reader.read(payload, check)
     except NotFlat:
         pass
     delta = decode(bytes(payload))
@@ -230,25 +234,38 @@ def screen(
     layout = Layout.of(global_state, trainable)
     reader = FlatReader(layout)
 
+    # folding unclipped replies: their finite check is paid once per block (`server.fold`)
+    defer = fold_by is not None and clip_norm <= 0
+
     def check(msg: Message, size: int | None) -> tuple[np.ndarray, Claims]:
         claims = read_claims(msg.content, rules.max_examples, rules.dp)
         _delta_meta(msg.content, rules, _serializable(size))
-        return _flat_of(_payload(msg.content), reader, global_state), claims
+        return _flat_of(_payload(msg.content), reader, global_state, not defer), claims
 
     out = Screened()
-    acc: FlatMean | FlatStack | None = None
-    if fold_by is not None:
-        acc = FlatMean(layout.size)
-    elif robust is not None:
-        acc = FlatStack(*robust)
+    fold = BlockFold(layout) if fold_by is not None else None
+    stack = FlatStack(*robust) if fold is None and robust is not None else None
+
+    def refuse(bad: list[tuple[Hashable, DeltaError]]) -> None:
+        for node, e in bad:
+            out.clients -= 1
+            out.rejected[e.reason] += 1
+            log.warning("rejected reply from node %s (%s): %s", node, e.reason, e)
+
     for msg, (flat, claims) in _passing(replies, out, check, "reply"):
         if clip_norm > 0 and (norm := l2(flat)) > clip_norm:
             flat = flat * np.float32(clip_norm / norm)
         out.clients += 1
-        if acc is not None:
-            acc.add(flat, claims.weight(fold_by or "num-examples"), claims.train_loss)
+        if fold is not None:
+            node, checked = msg.metadata.src_node_id, not defer or flat.flags.owndata
+            refuse(fold.add(node, flat, claims.weight(fold_by), claims.train_loss, checked))
+        elif stack is not None:
+            stack.add(flat, claims.weight("num-examples"), claims.train_loss)
         else:
             out.accepted.append(_rebuilt(msg, global_state, layout.unflatten(flat), claims, dp))
+    if fold is not None:
+        refuse(fold.flush())
+    acc = fold.total if fold is not None else stack
     if acc is not None and out.clients:
         out.accepted = [combined_reply(global_state, layout, acc)]
     return out
