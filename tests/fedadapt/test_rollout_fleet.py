@@ -38,4 +38,3 @@ def test_a_bad_candidate_is_halted_within_its_cohort(pool, tmp_path) -> None:
     assert r["seconds_halt_to_all_rolled_back"] is not None  # every exposed device is back
     assert r["running_candidate_at_end"] == 0
     assert r["paired_difference"][2] < -GUARD.threshold
-
