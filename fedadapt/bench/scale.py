@@ -1,7 +1,7 @@
 """Bench section `scale`: what a round costs as the fleet grows from 100 to 1000 clients.
 
 Each fleet is `simulations/fleet-1000.toml` resized (10% of the clients train and are
-evaluated each round, all of them after the last) and run for a few rounds through
+evaluated every round, all of them after the last) and run for a few rounds through
 `fedadapt simulate` in its own process. Its report's round rows hold the server's own laps
 (`server.timing`: sampling, client work, aggregation, evaluation), its peak RSS and the
 largest ClientApp actor's peak RSS (`fedadapt.ray_nodes`); figures are of the first round,
@@ -30,7 +30,8 @@ def command(clients: int, rounds: int, out: Path) -> list[str]:
     return [
         *(sys.executable, "-m", "fedadapt", "simulate", "--config", str(CONFIG)),
         *("--clients", str(clients), "--clients-per-round", tenth, "--rounds", str(rounds)),
-        *("--set", f"evaluate_sample={tenth}", "--no-baselines", "--out", str(out)),
+        *("--set", f"evaluate_sample={tenth}", "--set", "evaluate_every=1"),
+        *("--no-baselines", "--out", str(out)),
     ]
 
 

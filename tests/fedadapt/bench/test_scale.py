@@ -40,7 +40,7 @@ def test_each_fleet_trains_and_evaluates_a_tenth_of_its_clients(tmp_path):
     flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert Path(flags["--config"]).name == "fleet-1000.toml"
     assert flags["--clients"] == "1000" and flags["--clients-per-round"] == "100"
-    assert "evaluate_sample=100" in cmd and "--no-baselines" in cmd
+    assert "evaluate_sample=100" in cmd and "evaluate_every=1" in cmd and "--no-baselines" in cmd
     fleet = SimConfig.load(scale.CONFIG)
     assert fleet.num_clients >= 1000 and fleet.clients_per_round == 100
     assert fleet.dataset == "rotten_tomatoes_dirichlet" and fleet.evaluate_sample == 100
