@@ -8,7 +8,7 @@ device folder:
 - `personal.safetensors`, adapter tensors and a head (FedRep): a personal branch stacked on
   the global one. A device
   graph is exported with `Stack(global, personal)` (`runtime.json` names the stack), its
-  tensors as `global:<name>` and `personal:<name>`; the personal defaults baked into the
+  tensors as `shared:<name>` (global) and `personal:<name>`; the personal defaults baked in
   graph are a fresh personal adapter, which is the identity, so the global file leaves them
   out;
 - `ditto.safetensors` (Ditto): the device's own copy of the global adapter and head, same
