@@ -13,7 +13,8 @@ from functools import cache
 
 import torch
 
-from fedadapt.adapters import AdapterModel, BottleneckConfig, LoraConfig
+from fedadapt.adapters import METHODS, AdapterModel, BottleneckConfig, LoraConfig
+from fedadapt.adapters.inject import AdapterConfig
 from fedadapt.base_model import load_base
 from fedadapt.deltas import State
 from fedadapt.errors import ConfigError
@@ -44,14 +45,18 @@ def num_labels(cfg: SimConfig) -> int:
     return len(label_names(cfg.dataset))
 
 
-def global_adapter_config(cfg: SimConfig) -> BottleneckConfig | LoraConfig:
+def global_adapter_config(cfg: SimConfig) -> AdapterConfig:
     if cfg.method == "bottleneck":
         return BottleneckConfig(reduction_factor=cfg.reduction_factor)
     if cfg.method == "lora":
         return LoraConfig(
             r=cfg.lora_r, lora_alpha=lora_alpha(cfg), freeze_a=cfg.freeze_a, init_seed=cfg.seed
         )
-    raise ConfigError(f"federated runs support method 'bottleneck' or 'lora', not {cfg.method!r}")
+    if cfg.method in ("ia3", "bitfit"):
+        return METHODS[cfg.method]()
+    if cfg.method in ("prefix", "prompt"):  # their initial vectors drawn from the run's seed
+        return METHODS[cfg.method](init_seed=cfg.seed)
+    raise ConfigError(f"federated runs support methods {sorted(METHODS)}, not {cfg.method!r}")
 
 
 def personal_adapter_config(cfg: SimConfig, num_layers: int) -> BottleneckConfig:

@@ -43,7 +43,7 @@ def full_model_personalization(personalization: str) -> str:
     """
     return "finetune" if personalization == "finetune" else "head-bias"
 # Adapter methods a federated run can train (clients/device.py builds these); extend here.
-FEDERATED_METHODS = ("bottleneck", "lora")
+FEDERATED_METHODS = ("bottleneck", "lora", "ia3", "bitfit", "prefix", "prompt")
 DATASETS = ("rotten_tomatoes", "bbc", "rotten_tomatoes_dirichlet")
 QUANTIZATIONS = ("none", "int8", "int4")  # fedadapt.quantize.QUANTIZATIONS (that one needs torch)
 CODECS = ("fp32", "fp16", "int8")  # fedadapt.codecs.CODECS (that one needs torch)

@@ -19,7 +19,7 @@ from torch import nn
 
 from fedadapt.adapters.composition import Fuse, Parallel
 from fedadapt.adapters.fusion import fusion_key
-from fedadapt.adapters.layer import AdapterControl, AdapterLayer
+from fedadapt.adapters.layer import AdapterControl, AdapterLayer, linear_dims
 
 PLACEMENTS = {
     "pfeiffer": [r"encoder\.layer\.\d+\.output"],
@@ -103,5 +103,5 @@ class BottleneckConfig:
             raise TypeError(
                 f"bottleneck adapters wrap residual output blocks, not {type(base_layer).__name__}"
             )
-        d = base_layer.dense.out_features
+        d = linear_dims(base_layer.dense)[1]  # dense may itself be wrapped (IA³, BitFit)
         return Bottleneck(d, self.hidden_size or max(1, d // self.reduction_factor), self)

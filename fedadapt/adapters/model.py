@@ -16,7 +16,7 @@ from fedadapt.adapters.bottleneck import BottleneckBlock
 from fedadapt.adapters.composition import Fuse, Setup, as_block
 from fedadapt.adapters.fusion import Fusion, FusionConfig, fusion_key
 from fedadapt.adapters.inject import AdapterConfig, inject, remove
-from fedadapt.adapters.layer import AdapterControl, AdapterLayer, logical_name
+from fedadapt.adapters.layer import AdapterControl, AdapterLayer, linear_dims, logical_name
 from fedadapt.base_model import BaseModel
 from fedadapt.bert import mean_pool
 from fedadapt.errors import AdapterLoadError
@@ -68,7 +68,8 @@ class AdapterModel(nn.Module):
         if not blocks:
             raise ValueError(f"no block holds all of {fuse.names} as bottleneck adapters")
         for block in blocks:
-            block.fusions[key] = Fusion(block.base_layer.dense.out_features, cfg or FusionConfig())
+            width = linear_dims(block.base_layer.dense)[1]
+            block.fusions[key] = Fusion(width, cfg or FusionConfig())
         if num_labels is not None:
             self.add_head(key, num_labels)
         return key

@@ -24,7 +24,7 @@ from fedadapt.simulate import resume_config
         ({"lr": True}, "config: lr = True is not a number"),
         ({"lr": float("nan")}, "config: lr = nan is not a finite number"),
         ({"test_fraction": 1.0}, "config: test_fraction = 1.0 is not a number in (0, 1)"),
-        ({"method": "prefix"}, "config: method = 'prefix' is not one of bottleneck, lora"),
+        ({"method": "dora"}, "config: method = 'dora' is not one of bottleneck, lora, ia3, bitfit"),
         ({"clients_per_round": 30}, "config: clients_per_round = 30 exceeds num_clients = 20"),
         ({"rounds_typo": 3}, "config: unknown key 'rounds_typo' (did you mean 'rounds'?)"),
         ({"evaluate_sample": -1}, "config: evaluate_sample = -1 is not an integer >= 0"),
