@@ -28,13 +28,14 @@ clients' example counts, costs precision.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import ServerConfig
 from flwr.server.client_manager import SimpleClientManager
@@ -45,7 +46,9 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
 from fedadapt.deltas import State
+from fedadapt.errors import DeltaError
 from fedadapt.records import wire_bytes
+from fedadapt.server.claims import _train_loss, check_num_examples
 from fedadapt.simconfig import SimConfig
 
 log = logging.getLogger("fedadapt.server")
@@ -89,10 +92,70 @@ class SecAggRound:
     train_loss: float
     upload_bytes: int
     download_bytes: int
+    skipped_metrics: Counter = field(default_factory=Counter)  # left out of train_loss
 
     @property
     def clients(self) -> int:
         return len(self.num_examples)
+
+
+def round_metrics(results: list[tuple[Any, Any]]) -> tuple[list[Any], float, Counter]:
+    """`(every num-examples, their weighted mean train_loss, skipped metrics by reason)`.
+
+    Flower calls this inside its SecAgg+ workflow, where an exception ends the run, so no
+    reply's metrics may raise here. A reply whose `train_loss` is missing or not a finite
+    number >= 0, or whose `num-examples` is not a positive integer, is left out of the
+    loss mean and counted (its delta is already in the masked sum; `num-examples` is judged
+    by `claims.secagg_rejections` from the list returned, bad values included).
+    """
+    counts: list[Any] = []
+    skipped: Counter = Counter()
+    total = weighted = 0.0
+    for n, metrics in results:
+        counts.append(n)
+        try:
+            if not isinstance(metrics, dict):
+                raise DeltaError("metrics are not a dict", reason="metrics")
+            loss = _train_loss(metrics)
+            weight = check_num_examples(n, 0)
+        except DeltaError as e:
+            skipped[e.reason] += 1
+            log.warning("SecAgg+ reply's metrics left out of the loss (%s): %s", e.reason, e)
+            continue
+        total += weight
+        weighted += weight * loss
+    return counts, weighted / total if total else float("nan"), skipped
+
+
+class _UnmaskedFedAvg(LegacyFedAvg):
+    """Legacy FedAvg over SecAgg+ results: the workflow hands every result the one unmasked
+    mean, so re-weighting it by the claimed `num-examples` is the identity at best, and a
+    division by zero inside the workflow when the claims sum to 0 (hostile or empty)."""
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[Any, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Any]]:
+        if not results:
+            return None, {}
+        metrics = self.fit_metrics_aggregation_fn or (lambda _: {})
+        return results[0][1].parameters, metrics([(r.num_examples, r.metrics) for _, r in results])
+
+
+def legacy_strategy(names: list[str], clients: int, seen: dict[str, Any]) -> LegacyFedAvg:
+    """The legacy FedAvg that SecAgg+ drives; its metrics land in `seen`."""
+
+    def fit_metrics(results: list[tuple[int, dict]]) -> dict:
+        seen["num_examples"], seen["train_loss"], seen["skipped"] = round_metrics(results)
+        return {}
+
+    return _UnmaskedFedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=clients,
+        min_available_clients=clients,
+        on_fit_config_fn=lambda r: {"server-round": r, "names": "\n".join(names)},
+        fit_metrics_aggregation_fn=fit_metrics,
+    )
 
 
 def run_round(
@@ -110,22 +173,8 @@ def run_round(
     for nid in node_ids:
         manager.register(GridClientProxy(node_id=nid, grid=metered, run_id=grid.run.run_id))
     seen: dict[str, Any] = {}
-
-    def fit_metrics(results: list[tuple[int, dict]]) -> dict:
-        seen["num_examples"] = [n for n, _ in results]
-        total = sum(seen["num_examples"])
-        seen["train_loss"] = sum(n * float(m["train_loss"]) for n, m in results) / total
-        return {}
-
     names = sorted(global_state)
-    legacy = LegacyFedAvg(
-        fraction_fit=1.0,
-        fraction_evaluate=0.0,
-        min_fit_clients=len(node_ids),
-        min_available_clients=len(node_ids),
-        on_fit_config_fn=lambda r: {"server-round": r, "names": "\n".join(names)},
-        fit_metrics_aggregation_fn=fit_metrics,
-    )
+    legacy = legacy_strategy(names, len(node_ids), seen)
     ctx = LegacyContext(
         Context(
             run_id=context.run_id,
@@ -167,4 +216,5 @@ def run_round(
         train_loss=seen.get("train_loss", float("nan")),
         upload_bytes=metered.received,
         download_bytes=metered.sent,
+        skipped_metrics=seen.get("skipped", Counter()),
     )

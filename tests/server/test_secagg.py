@@ -76,3 +76,44 @@ def test_secagg_mean_matches_plain_fedavg_within_quantization_error(tmp_path):
     err = max((plain[k] - secure[k]).abs().max().item() for k in plain if k.startswith("global/"))
     assert moved > 100 * bound  # the round changed the adapter far beyond the quantization
     assert 0 < err <= bound  # quantized and masked, yet the same mean
+
+
+def test_bad_metrics_in_a_secagg_reply_are_skipped_inside_flowers_own_aggregate_fit():
+    """The legacy FedAvg that SecAgg+ drives calls our metrics function inside Flower's
+    workflow, where an exception ends the run: a missing or malformed train_loss (or
+    num-examples) is left out of the loss mean and counted, never raised."""
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from fedadapt.server.secagg import legacy_strategy
+
+    params = ndarrays_to_parameters([np.ones(2, dtype=np.float32)])  # the unmasked mean
+    replies = [
+        (10, {"train_loss": 0.5}),
+        (5, {}),  # no train_loss: a KeyError before
+        (3, {"train_loss": "low"}),
+        (4, {"train_loss": float("nan")}),
+        (6, {"train_loss": -1.0}),
+        (0, {"train_loss": 9.0}),  # no weight to give its loss
+        (2, {"train_loss": 1.0}),
+    ]
+    results = [(None, FitRes(Status(Code.OK, ""), params, n, metrics)) for n, metrics in replies]
+    seen: dict = {}
+    params_out, _ = legacy_strategy(["w"], len(results), seen).aggregate_fit(1, results, [])
+    assert params_out is not None
+    assert seen["num_examples"] == [n for n, _ in replies]  # judged by secagg_rejections
+    assert seen["train_loss"] == pytest.approx((10 * 0.5 + 2 * 1.0) / 12)
+    assert dict(seen["skipped"]) == {"train-loss": 4, "num-examples": 1}
+
+    zero = [(None, FitRes(Status(Code.OK, ""), params, 0, {"train_loss": 0.1}))] * 2
+    params_out, _ = legacy_strategy(["w"], 2, seen).aggregate_fit(1, zero, [])
+    assert params_out is params  # claims summing to 0: no division inside the workflow
+    assert seen["num_examples"] == [0, 0] and dict(seen["skipped"]) == {"num-examples": 2}
+
+
+def test_a_secagg_round_with_no_valid_loss_reports_nan_not_an_error():
+    from fedadapt.server.secagg import round_metrics
+
+    counts, loss, skipped = round_metrics([(3, {"loss": 0.2}), (4, None)])
+    assert counts == [3, 4] and loss != loss  # NaN: nothing to average
+    assert dict(skipped) == {"train-loss": 1, "metrics": 1}
