@@ -11,7 +11,7 @@ adapter-sized sums; the pending replies are views of bytes the server holds anyw
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -20,20 +20,21 @@ from fedadapt.server.combine import FlatMean
 from fedadapt.server.flat import Layout, check_finite
 
 BLOCK = 32
+Tag = TypeVar("Tag")  # what names a reply to its caller (the server passes the Message)
 
 
-class BlockFold:
+class BlockFold(Generic[Tag]):
     """`total` is the weighted sum of every accepted reply once `flush()` has run."""
 
     def __init__(self, layout: Layout, block: int = BLOCK) -> None:
         self.layout, self.block = layout, block
         self.total = FlatMean(layout.size)
         self._sum = FlatMean(layout.size)
-        self._pending: list[tuple[Hashable, np.ndarray, float, float]] = []
+        self._pending: list[tuple[Tag, np.ndarray, float, float]] = []
 
     def add(
-        self, tag: Hashable, flat: np.ndarray, weight: float, loss: float, checked: bool
-    ) -> list[tuple[Hashable, DeltaError]]:
+        self, tag: Tag, flat: np.ndarray, weight: float, loss: float, checked: bool
+    ) -> list[tuple[Tag, DeltaError]]:
         """Fold one reply in; returns `(tag, why)` for each earlier-pending reply found bad."""
         if checked:
             self.total.add(flat, weight, loss)
@@ -42,9 +43,9 @@ class BlockFold:
         self._pending.append((tag, flat, weight, loss))
         return self.flush() if len(self._pending) >= self.block else []
 
-    def flush(self) -> list[tuple[Hashable, DeltaError]]:
+    def flush(self) -> list[tuple[Tag, DeltaError]]:
         """Check the pending block and move it into `total`; `(tag, why)` per bad reply."""
-        bad: list[tuple[Hashable, DeltaError]] = []
+        bad: list[tuple[Tag, DeltaError]] = []
         block = self._sum
         if not self._pending:
             return bad

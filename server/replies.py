@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -238,18 +238,20 @@ def screen(
     defer = fold_by is not None and clip_norm <= 0
 
     def check(msg: Message, size: int | None) -> tuple[np.ndarray, Claims]:
-        claims = read_claims(msg.content, rules.max_examples, rules.dp)
-        _delta_meta(msg.content, rules, _serializable(size))
-        return _flat_of(_payload(msg.content), reader, global_state, not defer), claims
+        content = msg.content
+        claims = read_claims(content, rules.max_examples, rules.dp)
+        _delta_meta(content, rules, _serializable(size))
+        return _flat_of(_payload(content), reader, global_state, not defer), claims
 
     out = Screened()
     fold = BlockFold(layout) if fold_by is not None else None
     stack = FlatStack(*robust) if fold is None and robust is not None else None
 
-    def refuse(bad: list[tuple[Hashable, DeltaError]]) -> None:
-        for node, e in bad:
+    def refuse(bad: list[tuple[Message, DeltaError]]) -> None:
+        for msg, e in bad:
             out.clients -= 1
             out.rejected[e.reason] += 1
+            node = msg.metadata.src_node_id
             log.warning("rejected reply from node %s (%s): %s", node, e.reason, e)
 
     for msg, (flat, claims) in _passing(replies, out, check, "reply"):
@@ -257,8 +259,8 @@ def screen(
             flat = flat * np.float32(clip_norm / norm)
         out.clients += 1
         if fold is not None:
-            node, checked = msg.metadata.src_node_id, not defer or flat.flags.owndata
-            refuse(fold.add(node, flat, claims.weight(fold_by), claims.train_loss, checked))
+            checked = not defer or flat.flags.owndata
+            refuse(fold.add(msg, flat, claims.weight(fold_by), claims.train_loss, checked))
         elif stack is not None:
             stack.add(flat, claims.weight("num-examples"), claims.train_loss)
         else:
