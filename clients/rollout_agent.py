@@ -95,8 +95,14 @@ def switch_to(store: DeviceStore, version: int) -> None:
 class OrtScorer:
     """A version scored with the device's exported ONNX graph on its held-out texts."""
 
-    def __init__(self, device_dir: str | Path, texts: list[str], labels: list[int]) -> None:
-        self.runtime = EdgeRuntime(device_dir, personalized=False)
+    def __init__(
+        self,
+        device_dir: str | Path,
+        texts: list[str],
+        labels: list[int],
+        runtime: EdgeRuntime | None = None,
+    ) -> None:
+        self.runtime = runtime or EdgeRuntime(device_dir, personalized=False)
         self.texts, self.labels = texts, np.asarray(labels)
 
     def __call__(self, store: DeviceStore, version: int) -> Scores:
@@ -111,6 +117,8 @@ class OrtScorer:
 
 
 class RolloutAgent:
+    """One device's polls of one channel (see the module docstring)."""
+
     def __init__(
         self,
         device_dir: str | Path,
@@ -260,3 +268,31 @@ class RolloutAgent:
         state["pending"] = None
         self._save(state)
         return r.json().get("halted")
+
+
+def device_agent(
+    device_dir: str | Path,
+    url: str,
+    channel: str,
+    trust: list[Path],
+    data_dir: str | Path,
+    local_bound: float = 0.1,
+    test_fraction: float = 0.3,
+    split_key: str = "0",
+    timeout: float = 30.0,
+) -> RolloutAgent:
+    """The agent of a real device: its ONNX graph (whose `runtime.json` names the base) scores
+    both versions on the held-out split of its own data folder (the split the ClientApp keeps
+    out of training, with the run's `test_fraction` and seed). `rollout poll` and
+    `device run --channel` both use it, so a poll by hand and the service's polls score alike."""
+    from fedadapt.data import local_files
+    from fedadapt.keys import load_public
+
+    runtime = EdgeRuntime(device_dir, personalized=False)  # no graph: one line, here
+    trusted = [load_public(p) for p in trust]
+    local = local_files.load(
+        Path(data_dir), runtime.labels, test_fraction, split_key, min_examples=2
+    )
+    scorer = OrtScorer(device_dir, local.data.test_texts, local.data.test_labels, runtime)
+    base = str(runtime.meta["base_sha256"])
+    return RolloutAgent(device_dir, url, channel, trusted, base, scorer, local_bound, timeout)

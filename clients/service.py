@@ -5,7 +5,11 @@ It runs three things and owns their lifetime:
   by the node key), whose node config names the device folder and its data folder, so each
   round trains on the device's own data and keeps the personal state in the device folder;
 - the signed-update loop (`clients/updater.fetch`) every `update_interval` seconds, when an
-  update URL and a trusted key are given: each install rewrites the personalized file;
+  update URL and a trusted key are given: each install rewrites the personalized file. With a
+  rollout `channel`, each turn is instead one poll of the rollout agent
+  (`clients/rollout_agent.device_agent`): the version the channel names for this device
+  (switched to without a download when still kept), both versions scored on the held-out split
+  of the device's data folder, the signed report, and the local rollback past its bound;
 - the personalized ORT model: the ClientApp rewrites it after each round, each fetch and
   rollback rewrites it, and the service rewrites it at start, so a restarted device serves its
   personal state at once.
@@ -61,6 +65,8 @@ class ServiceOptions:
     trust: tuple[Path, ...] = ()
     update_interval: float = 3600.0
     fetch_timeout: float = 60.0
+    channel: str | None = None  # follow this rollout channel instead of the newest version
+    local_bound: float = 0.1  # the candidate's accuracy drop that rolls it back on the device
     supernode_exe: str = field(
         default_factory=lambda: str(Path(sys.executable).parent / "flower-supernode")
     )
@@ -74,6 +80,17 @@ class ServiceOptions:
             raise FedAdaptError(f"the data folder {self.data_dir} does not exist")
         if bool(self.update_url) != bool(self.trust):
             raise FedAdaptError("updates need both --update-url and --trust (or neither)")
+        if self.channel is not None:
+            from fedadapt.cohort import check_channel_name
+
+            check_channel_name(self.channel)
+            if not self.update_url:
+                raise FedAdaptError("--channel needs --update-url and --trust")
+            if self.data_dir is None:
+                raise FedAdaptError(
+                    "--channel needs the device's data folder (--data-dir, or DEVICE_DIR/data) "
+                    "to score both versions on its held-out split"
+                )
         if self.update_interval <= 0:
             raise FedAdaptError(f"--update-interval must be > 0 s, got {self.update_interval}")
 
@@ -175,7 +192,11 @@ class DeviceService:
             _log(f"personalized model: {path}")
 
     def update_once(self) -> None:
-        """One fetch; a failure is logged and retried at the next interval, never fatal."""
+        """One fetch (or one rollout poll, on a channel); a failure is logged and retried at
+        the next interval, never fatal."""
+        if self.opts.channel is not None:
+            self.poll_channel()
+            return
         from fedadapt.clients.updater import fetch
         from fedadapt.keys import load_public
 
@@ -192,6 +213,32 @@ class DeviceService:
             _log("update check: already up to date")
         else:
             _log(f"installed {m.adapter_name} version {m.version} ({m.kind})")
+
+    def poll_channel(self) -> None:
+        """One poll of the rollout agent; installs and switches rewrite the personalized file
+        (`DeviceStore.install`, `rollout_agent.switch_to`), so it serves the version run."""
+        from fedadapt.clients.rollout_agent import device_agent
+
+        opts, channel = self.opts, self.opts.channel
+        assert channel is not None and opts.update_url and opts.data_dir is not None
+        try:
+            agent = device_agent(
+                self.folder, opts.update_url, channel, list(opts.trust), opts.data_dir,
+                opts.local_bound, timeout=opts.fetch_timeout,
+            )  # fmt: skip
+            r = agent.poll()
+        except (FedAdaptError, OSError, RuntimeError) as e:  # ORT raises RuntimeError's kin
+            _log(f"rollout poll of channel {channel!r} failed: {e}")
+            return
+        _log(f"channel {channel} version {r.channel_version}: runs v{r.target} ({r.action})")
+        if r.report:
+            _log(
+                f"reported v{r.report['stable']} {r.report['stable_accuracy']:.3f} vs "
+                f"v{r.report['candidate']} {r.report['candidate_accuracy']:.3f} on "
+                f"{r.report['examples']} held-out examples"
+            )
+        if r.halted:
+            _log(f"the update service halted the rollout: {r.halted}")
 
     def base_sha256(self) -> str:
         """The installed graph names its base (no torch needed); else this machine's base."""

@@ -16,8 +16,9 @@ from fedadapt.cli_args import positive_int as positive
 
 def _device_run(args: argparse.Namespace) -> None:
     """Run this device: its SuperNode (TLS, node key, the device's own data), the signed-update
-    loop, and the personalized ONNX model, until SIGTERM. A restart resumes with the personal
-    state kept in the device folder."""
+    loop (or, with --channel, the staged rollout of that channel), and the personalized ONNX
+    model, until SIGTERM. A restart resumes with the personal state kept in the device
+    folder."""
     from fedadapt.clients.service import DeviceService, ServiceOptions
 
     device = Path(args.device_dir)
@@ -34,6 +35,7 @@ def _device_run(args: argparse.Namespace) -> None:
         update_url=args.update_url,
         trust=tuple(Path(p) for p in args.trust),
         update_interval=args.update_interval,
+        channel=args.channel,
     )
     code = DeviceService(opts).run()
     if code:
@@ -68,5 +70,12 @@ def add_device_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--trust", action="append", default=[], help="update-signing public key")
     r.add_argument(
         "--update-interval", type=positive_float, default=3600.0, help="seconds between checks"
+    )
+    r.add_argument(
+        "--channel",
+        metavar="NAME",
+        help="follow this rollout channel instead of the newest version: each interval, run "
+        "the version it names for this device, score it and the stable one on the held-out "
+        "split of the data folder, report, roll back past the local bound",
     )
     r.set_defaults(func=_device_run)

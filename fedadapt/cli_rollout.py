@@ -102,22 +102,12 @@ def _serve(args: argparse.Namespace) -> None:
 def _poll(args: argparse.Namespace) -> None:
     """On a device: read the channel, run the version it names for this device, score both
     versions on the held-out split of the device's own data and report (one poll)."""
-    from fedadapt.cli_updates import _device_base
-    from fedadapt.clients.rollout_agent import OrtScorer, RolloutAgent
-    from fedadapt.clients.runtime import EdgeRuntime
-    from fedadapt.data import local_files
-    from fedadapt.keys import load_public
+    from fedadapt.clients.rollout_agent import device_agent
 
-    device = Path(args.device_dir)
-    labels = EdgeRuntime(device, personalized=False).labels  # no graph: one line, here
-    local = local_files.load(
-        Path(args.data_dir), labels, args.test_fraction, args.split_key, min_examples=2
-    )
-    scorer = OrtScorer(device, local.data.test_texts, local.data.test_labels)
-    trusted = [load_public(p) for p in args.trust]
-    agent = RolloutAgent(
-        device, args.url, args.channel, trusted, _device_base(device), scorer, args.local_bound
-    )
+    agent = device_agent(
+        Path(args.device_dir), args.url, args.channel, [Path(p) for p in args.trust],
+        Path(args.data_dir), args.local_bound, args.test_fraction, args.split_key,
+    )  # fmt: skip
     r = agent.poll()
     print(
         f"device {agent.device_id}: channel version {r.channel_version}, runs v{r.target} "
