@@ -1,6 +1,6 @@
 """Continual learning, measured centrally (not federated, CPU-cheap): RT sentiment, then BBC.
 
-    .venv/bin/python simulations/continual.py [--steps 100] [--train 400] [--test 300]
+    .venv/bin/python simulations/continual.py [--steps 60] [--train 480] [--test 300]
 
 Rows written to simulations/results/continual/ (results.json, table.md):
 
@@ -46,6 +46,10 @@ def _pooled(clients, n_train: int, n_test: int, seed: int) -> tuple[tuple, tuple
     return ([t for t, _ in tr], [y for _, y in tr]), ([t for t, _ in te], [y for _, y in te])
 
 
+def _phase(name: str, t0: float) -> None:
+    print(f"[continual] {name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def _acc(model: AdapterModel, tok, setup, data, cols: slice = slice(None)) -> float:
     model.set_active(setup)
     return round(accuracy(predict(model, tok, data[0])[:, cols], data[1]), 4)
@@ -53,8 +57,8 @@ def _acc(model: AdapterModel, tok, setup, data, cols: slice = slice(None)) -> fl
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--train", type=int, default=400)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--train", type=int, default=480)
     p.add_argument("--test", type=int, default=300)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
@@ -77,6 +81,7 @@ def main() -> None:
     a_after = _acc(model, tok, "rt", a_test)
     identical = torch.equal(predict(model, tok, a_test[0]), logits_a)
     b_own = _acc(model, tok, "bbc", b_test)
+    _phase("adapters per task", t0)
 
     # naive: one shared adapter and head, A's labels then B's
     continual.add_task(model, "shared", BottleneckConfig(), n_a + n_b)
@@ -88,6 +93,7 @@ def main() -> None:
     naive_after = _acc(model, tok, "shared", a_test, slice(0, n_a))
     naive_identical = torch.equal(predict(model, tok, a_test[0])[:, :n_a], naive_logits_a)
     naive_b = _acc(model, tok, "shared", b_test, slice(n_a, None))
+    _phase("naive sequential", t0)
 
     # target task B: A's frozen adapter with a new head (a probe on its features)
     model.set_active("rt")
@@ -100,6 +106,7 @@ def main() -> None:
     continual.add_fusion(model, ["rt", "bbc"], n_b)
     train(model, tok, *b_train, run)
     fusion = _acc(model, tok, Fuse("rt", "bbc"), b_test)
+    _phase("fusion", t0)
 
     rows = {
         "adapters_per_task": {"a_before": a_before, "a_after": a_after, "bit_identical": identical},
