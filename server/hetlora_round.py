@@ -45,7 +45,8 @@ def reply_rank(msg: Message, ranks: tuple[int, ...]) -> int | None:
         return None
     meta = msg.content.get("delta-meta")
     rank = meta.get(RANK_KEY) if isinstance(meta, ConfigRecord) else None
-    return rank if isinstance(rank, int) and rank in ranks else None
+    is_int = isinstance(rank, int) and not isinstance(rank, bool)
+    return rank if is_int and rank in ranks else None
 
 
 def _padded(reply: Message, cut: State, global_state: State) -> Message:
