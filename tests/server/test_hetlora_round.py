@@ -4,6 +4,7 @@ the global adapter's dense change equals the weighted mean of the clients' dense
 
 from __future__ import annotations
 
+import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
@@ -56,6 +57,7 @@ def _dense(state: dict, rank: int, scaling: float) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow  # three short trainings on the real base
 def test_mixed_rank_round_equals_the_dense_mean(fresh_model, batch):
     model = fresh_model()
     for r in TIERS:  # one base, one adapter per tier (frozen A drawn from the same seed)
@@ -112,3 +114,20 @@ def test_each_node_downloads_its_tier_slice():
     assert all(m.content["config"]["phase"] == "a" for m in msgs)
     sizes = [wire_bytes(m.content) for m in msgs]
     assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_a_reply_whose_tensors_do_not_have_its_named_rank_is_rejected():
+    g = {"x.lora_A.weight": torch.ones(8, 6), "x.lora_B.weight": torch.zeros(6, 8)}
+    trainable = {"x.lora_B.weight"}
+    replies = [
+        _reply({"x.lora_B.weight": torch.ones(6, 4)}, 2, 10),  # rank 4 tensors, says 2
+        _reply({"x.lora_B.weight": torch.ones(6, 4)}, True, 10),  # a bool is no rank
+        _reply({"x.lora_B.weight": torch.ones(6, 4)}, 4, 10),
+    ]
+    s = screen_tiers(
+        replies, g, trainable, TIERS, base_sha256=SHA, max_bytes=10_000, fold_by="num-examples"
+    )
+    assert dict(s.rejected) == {"shape": 1, "lora-rank": 1}
+    (accepted,) = s.accepted
+    b = record_to_state(accepted.content["arrays"])["x.lora_B.weight"]
+    assert torch.equal(b[:, :4], torch.ones(6, 4)) and not b[:, 4:].any()
