@@ -80,11 +80,12 @@ def screen_tiers(
     out = Screened()
     for msg in replies:
         r = reply_rank(msg, ranks)
-        if r is None and not msg.has_error():
+        if r is None and msg.has_content() and not msg.has_error():
             out.rejected[RANK_KEY] += 1
             log.warning("rejected reply from node %s: no tier rank", msg.metadata.src_node_id)
             continue
-        groups[r if r is not None else ranks[0]].append(msg)  # errors are counted by screen
+        # an error or an empty reply is counted by `screen` with its own reason
+        groups[r if r is not None else ranks[0]].append(msg)
     for r in sorted(groups):
         cut = hetlora.truncate(global_state, r)
         part = screen(groups[r], cut, trainable, **rules)
