@@ -176,3 +176,55 @@ def test_an_expired_channel_file_is_refused_as_stale(setup):
         agent(setup, TableScorer(reg, STABLE_RIGHT)).poll()
     assert e.value.reason == "stale-channel"
     assert not DeviceStore(device).version_file(2).exists()
+
+
+# -- `rollout poll` on real devices: the exported graph scores both versions -------------------
+
+
+def _held_out_labels(device) -> np.ndarray:
+    from fedadapt.data import local_files
+    from fedadapt.model_setup import label_names
+    from tests.clients.conftest import GRAPH_CFG
+
+    names = label_names(GRAPH_CFG.dataset)
+    return np.asarray(local_files.load(device / "data", names, 0.3, "0", 2).data.test_labels)
+
+
+def _poll_cli(world, device) -> list[str]:
+    from fedadapt.cli import main
+
+    argv = ["rollout", "poll", "--device-dir", str(device), "--url", world.url]
+    argv += ["--trust", str(world.pub_file), "--data-dir", str(device / "data")]
+    assert main(argv) == 0
+    return argv
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rollout_poll_on_real_devices_installs_scores_and_reports(rollout_world, capsys):
+    """Version 1 always answers label 1, version 2 label 0: the device's graph must give each
+    exactly the share of its label on the held-out split, and the server must record that."""
+    from fedadapt.clients.runtime import EdgeRuntime
+
+    world = rollout_world
+    _poll_cli(world, world.inside)
+    out = capsys.readouterr().out
+    assert "runs v2 (fetched)" in out
+    labels = _held_out_labels(world.inside)
+    (stored,) = world.rollouts.rollout_reports("main")
+    assert stored["device"] == key_id(device_key(world.inside).public_key())
+    assert (stored["stable"], stored["candidate"], stored["running"]) == (1, 2, 2)
+    assert stored["examples"] == labels.size >= 4
+    assert stored["stable_accuracy"] == pytest.approx(float((labels == 1).mean()))
+    assert stored["candidate_accuracy"] == pytest.approx(float((labels == 0).mean()))
+    assert (stored["stable_failures"], stored["candidate_failures"]) == (0, 0)
+    assert stored["stable_latency_ms"] > 0 and stored["rolled_back"] == 0
+    runtime = EdgeRuntime(world.inside)  # the personalized file follows the installed version
+    assert (runtime.adapter_version, runtime.personalized) == (2, True)
+    assert runtime.logits(["a film"]).argmax() == 0
+
+    _poll_cli(world, world.outside)
+    assert "runs v1 (none)" in capsys.readouterr().out
+    assert DeviceStore(world.outside).state().version == 1
+    assert not DeviceStore(world.outside).version_file(2).exists()
+    assert len(world.rollouts.rollout_reports("main")) == 1
