@@ -125,6 +125,11 @@ def _wire_size(msg: Message) -> int | None:
         return None
 
 
+def _node(msg: Message) -> object:
+    """The sender, looked up only to name it in a log line."""
+    return msg.metadata.src_node_id
+
+
 def _passing(
     replies: list[Message], out: Screened, check: Callable[[Message, int | None], T], what: str
 ) -> Iterator[tuple[Message, T]]:
@@ -132,10 +137,9 @@ def _passing(
     counted in `out.rejected` by reason and logged. Nothing a reply holds escapes as an
     exception: the run goes on."""
     for msg in replies:
-        node = msg.metadata.src_node_id
         if msg.has_error():
             out.rejected["client-error"] += 1
-            log.warning("node %s failed: %s", node, msg.error.reason)
+            log.warning("node %s failed: %s", _node(msg), msg.error.reason)
             continue
         try:
             size = _wire_size(msg)
@@ -145,11 +149,11 @@ def _passing(
             result = check(msg, size)
         except DeltaError as e:
             out.rejected[e.reason] += 1
-            log.warning("rejected %s from node %s (%s): %s", what, node, e.reason, e)
+            log.warning("rejected %s from node %s (%s): %s", what, _node(msg), e.reason, e)
             continue
         except Exception as e:  # a last resort: one odd reply must not end the run
             out.rejected["unreadable"] += 1
-            log.warning("rejected %s from node %s (unreadable): %r", what, node, e)
+            log.warning("rejected %s from node %s (unreadable): %r", what, _node(msg), e)
             continue
         yield msg, result
 
@@ -251,8 +255,7 @@ def screen(
         for msg, e in bad:
             out.clients -= 1
             out.rejected[e.reason] += 1
-            node = msg.metadata.src_node_id
-            log.warning("rejected reply from node %s (%s): %s", node, e.reason, e)
+            log.warning("rejected reply from node %s (%s): %s", _node(msg), e.reason, e)
 
     for msg, (flat, claims) in _passing(replies, out, check, "reply"):
         if clip_norm > 0 and (norm := l2(flat)) > clip_norm:
