@@ -1,8 +1,11 @@
 """A device's local work: deltas over adapter tensors only, personal state kept apart."""
 
+import dataclasses
+
 import pytest
 import torch
 
+from fedadapt.adapters import Stack
 from fedadapt.clients.device import Device
 from fedadapt.head_bias import fit_head_bias
 from fedadapt.model_setup import GLOBAL, PERSONAL, build_fresh_global, trainable_global_keys
@@ -96,3 +99,75 @@ def test_a_kept_personal_part_that_no_longer_fits_is_replaced(device):
     key = next(k for k in fresh if k.endswith("adapter_down.weight"))
     reshaped = {**fresh, key: torch.zeros(3, 3)}
     assert device.usable_personal(reshaped) is None
+
+
+# -- Ditto and FedRep with a head bias ------------------------------------------------------
+def _ditto_device(ditto_lambda: float) -> Device:
+    """Enough personal steps (~10) for the pull to show through Adam's per-step jitter."""
+    changes = {"personalization": "ditto", "ditto_lambda": ditto_lambda, "personal_epochs": 5}
+    return Device.create(SimConfig(**{**CFG.to_dict(), **changes}), partition_id=1)
+
+
+def _distance(a: dict, b: dict) -> float:
+    return float(sum(((a[k] - v) ** 2).sum() for k, v in b.items()) ** 0.5)
+
+
+def test_dittos_pull_keeps_the_personal_copy_near_the_global():
+    """lambda = 0 is plain local fine-tuning of the copy; a large lambda holds it near the
+    global (Adam still moves it by about a step's size, so "near", not "at")."""
+    g = build_fresh_global(CFG)
+    free = _ditto_device(0.0).train_ditto(g, None, server_round=1)
+    pulled = _ditto_device(1e4).train_ditto(g, None, server_round=1)
+    assert set(free) == set(g)  # a copy of the global adapter and its head
+    assert _distance(free, g) > 0
+    assert _distance(pulled, g) < 0.25 * _distance(free, g)
+
+
+def test_ditto_trains_on_from_the_kept_copy_and_leaves_the_global_slot_alone():
+    dev = _ditto_device(0.0)  # one epoch is enough here: the same model, a shorter schedule
+    dev = dataclasses.replace(dev, cfg=SimConfig(**{**dev.cfg.to_dict(), "personal_epochs": 1}))
+    g = build_fresh_global(dev.cfg)
+    first = dev.train_ditto(g, None, server_round=1)
+    on = dev.train_ditto(g, first, server_round=2)
+    assert all(torch.equal(dev.model.adapter_state(GLOBAL)[k], g[k]) for k in g)
+    afresh = dev.train_ditto(g, None, server_round=2)  # same seed: differs only by its start
+    assert _distance(on, afresh) > 0
+    misfit = {k: v for k, v in first.items() if not k.startswith("head.")}
+    assert dev.usable_personal(misfit, g) is None  # a copy without the head starts afresh
+
+
+def test_ditto_evaluates_the_personal_copy_with_its_own_head():
+    """A copy whose head votes for the test split's rarest label scores that label's share."""
+    dev = _ditto_device(0.0)
+    g = build_fresh_global(dev.cfg)
+    labels = dev.data.test_labels
+    rare = min(set(labels), key=labels.count)
+    bias = torch.full_like(g["head.bias"], -100.0)
+    bias[rare] = 100.0
+    copy = {**g, "head.bias": bias}
+    out, kept = dev.evaluate(g, copy, server_round=1)
+    assert kept is copy
+    assert out["personalized_accuracy"] == pytest.approx(labels.count(rare) / len(labels), abs=1e-6)
+    assert out["global_accuracy"] != out["personalized_accuracy"]
+    assert all(torch.equal(dev.model.adapter_state(GLOBAL)[k], g[k]) for k in g)
+
+
+def test_fedrep_head_bias_stacks_a_top_layer_adapter_and_fits_a_bias_on_it():
+    cfg = SimConfig(**{**CFG.to_dict(), "personalization": "fedrep-head-bias"})
+    dev = Device.create(cfg, partition_id=1)
+    g = build_fresh_global(cfg)
+    out, personal = dev.evaluate(g, None, server_round=1)
+    layers = {k.split(".")[2] for k in personal if k.startswith("encoder.layer.")}
+    assert layers == {"4", "5"}  # personal_layers = 2 of MiniLM's 6
+    assert {k for k in personal if k.startswith("head.")} == {"head.weight", "head.bias"}
+    assert dev.head_bias is not None and dev.head_bias.abs().max() > 0
+
+    m, d = dev.model, dev.data  # what it says: the personal stack's logits plus that bias
+    m.load_adapter_state(GLOBAL, g)
+    m.load_adapter_state(PERSONAL, personal)
+    m.set_active(Stack(GLOBAL, PERSONAL))
+    train, test = dev._logits(d.train_texts), dev._logits(d.test_texts)
+    bias = fit_head_bias(train, torch.tensor(d.train_labels), cfg.head_bias_l2)
+    assert torch.equal(bias, dev.head_bias)
+    want = float(((test + bias).argmax(-1) == torch.tensor(d.test_labels)).float().mean())
+    assert out["personalized_accuracy"] == want

@@ -14,6 +14,8 @@ import pytest
 import safetensors.numpy
 
 from fedadapt.clients.personalized import (
+    DITTO_FILE,
+    EVALUATION_FILE,
     GLOBAL_ONNX,
     HEAD_BIAS_FILE,
     PERSONAL_FILE,
@@ -134,19 +136,18 @@ def test_a_torn_personal_file_is_named(tmp_path) -> None:
         keep_round_global(device, _global())
 
 
-def test_the_clientapp_keeps_its_head_bias_and_writes_the_personalized_file(tmp_path) -> None:
-    """An evaluation on a deployed device leaves, in its folder, the fitted head bias, the
-    personalized file (global head bias + that offset) and torch's figures: numbers only."""
+def _on_device(tmp_path: Path, mode: str, *kinds: str):
+    """Send a deployed ClientApp (node config with a device folder) messages of `kinds`,
+    round 3, in personalization `mode`; returns (folder, global adapter, last reply)."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
     from fedadapt.clients.app import app
-    from fedadapt.clients.personalized import EVALUATION_FILE
     from fedadapt.model_setup import build_fresh_global
     from fedadapt.records import state_to_record
     from fedadapt.simconfig import SimConfig
     from tests.clients import SMALL
 
-    cfg = SimConfig(**{**SMALL.to_dict(), "personalization": "head-bias"})
+    cfg = SimConfig(**{**SMALL.to_dict(), "personalization": mode})
     device = _device(tmp_path / "dev")
     context = Context(
         run_id=1,
@@ -156,18 +157,110 @@ def test_the_clientapp_keeps_its_head_bias_and_writes_the_personalized_file(tmp_
         run_config=cfg.to_dict(),
     )
     global_ = build_fresh_global(cfg)
-    content = RecordDict(
-        {
-            "arrays": state_to_record(global_),
-            "config": ConfigRecord({"server-round": 3, "phase": "adapter", "baselines": False}),
-        }
-    )
-    reply = app(Message(content, dst_node_id=7, message_type="evaluate"), context)
+    for kind in kinds:
+        content = RecordDict(
+            {
+                "arrays": state_to_record(global_),
+                "config": ConfigRecord({"server-round": 3, "phase": "adapter", "baselines": False}),
+            }
+        )
+        reply = app(Message(content, dst_node_id=7, message_type=kind), context)
+        assert not reply.has_error(), reply.error
+    return device, global_, reply
+
+
+def test_the_clientapp_keeps_its_head_bias_and_writes_the_personalized_file(tmp_path) -> None:
+    """An evaluation on a deployed device leaves, in its folder, the fitted head bias, the
+    personalized file (global head bias + that offset) and torch's figures: numbers only."""
+    device, global_, reply = _on_device(tmp_path, "head-bias", "evaluate")
     metrics = reply.content["metrics"]
     figures = json.loads((device / EVALUATION_FILE).read_text())
     assert figures["round"] == 3
+    assert figures["personalization"] == "head-bias"
     assert figures["personalized_accuracy"] == metrics["personalized_accuracy"]
     bias = safetensors.numpy.load_file(str(device / HEAD_BIAS_FILE))["head_bias"]
     assert np.abs(bias).max() > 0  # a fitted offset, not zeros
     _, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
     np.testing.assert_allclose(tensors["head.bias"], global_["head.bias"].numpy() + bias)
+
+
+def test_a_ditto_device_keeps_its_copy_and_serves_it(tmp_path) -> None:
+    """Training keeps Ditto's copy in ditto.safetensors (not personal.safetensors); the
+    evaluation serves that copy in the global's place."""
+    device, global_, _ = _on_device(tmp_path, "ditto", "train", "evaluate")
+    assert not (device / PERSONAL_FILE).exists()
+    copy = safetensors.numpy.load_file(str(device / DITTO_FILE))
+    assert set(copy) == set(global_)
+    assert any(not np.array_equal(copy[k], global_[k].numpy()) for k in copy)  # trained
+    _, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
+    for k, v in copy.items():
+        np.testing.assert_array_equal(tensors[k if k.startswith("head.") else f"shared:{k}"], v)
+
+
+def _record_mode(device: Path, mode: str) -> None:
+    (device / EVALUATION_FILE).write_text(json.dumps({"round": 1, "personalization": mode}))
+
+
+def _save(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    path.write_bytes(safetensors.numpy.save(tensors))
+
+
+def test_a_ditto_copy_takes_the_globals_place_with_its_own_head(tmp_path) -> None:
+    device = _device(tmp_path)
+    copy = {k: v + 1.0 for k, v in _global().items()}
+    _save(device / DITTO_FILE, copy)
+    _save(device / PERSONAL_FILE, _personal())  # left over from a FedRep run
+    _record_mode(device, "ditto")
+    keep_round_global(device, _global())
+    _, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
+    assert set(tensors) == {
+        "shared:encoder.layer.0.output.adapter_down.weight",
+        "head.weight",
+        "head.bias",
+    }  # the personal branch keeps its identity defaults
+    np.testing.assert_array_equal(
+        tensors["shared:encoder.layer.0.output.adapter_down.weight"], np.full((4, 8), 1.5)
+    )
+    np.testing.assert_array_equal(tensors["head.bias"], [1.25, 0.75])
+    _, _, shared = read_onnx_adapter(device / GLOBAL_ONNX)  # --global still serves the global
+    np.testing.assert_array_equal(shared["head.bias"], _global()["head.bias"])
+
+
+def test_the_recorded_mode_decides_which_kept_parts_are_served(tmp_path) -> None:
+    device = _device(tmp_path)
+    _save(device / PERSONAL_FILE, _personal())
+    _save(device / HEAD_BIAS_FILE, {"head_bias": np.array([1.0, -1.0], np.float32)})
+    _save(device / DITTO_FILE, {k: v + 1.0 for k, v in _global().items()})
+    served = {}
+    for mode in ("head-bias", "fedrep", "fedrep-head-bias", "finetune"):
+        _record_mode(device, mode)
+        keep_round_global(device, _global())
+        _, _, served[mode] = read_onnx_adapter(device / PERSONALIZED_ONNX)
+    np.testing.assert_array_equal(served["head-bias"]["head.bias"], [1.25, -1.25])
+    assert not any(k.startswith("personal:") for k in served["head-bias"])
+    np.testing.assert_array_equal(served["fedrep"]["head.bias"], [1.0, 2.0])
+    np.testing.assert_array_equal(served["fedrep-head-bias"]["head.bias"], [2.0, 1.0])
+    assert "personal:encoder.layer.5.output.adapter_down.weight" in served["fedrep-head-bias"]
+    np.testing.assert_array_equal(served["finetune"]["head.bias"], _global()["head.bias"])
+    np.testing.assert_array_equal(  # no Ditto copy outside the ditto mode
+        served["fedrep"]["shared:encoder.layer.0.output.adapter_down.weight"],
+        _global()["encoder.layer.0.output.adapter_down.weight"],
+    )
+
+
+def test_a_ditto_copy_of_another_adapter_config_is_refused(tmp_path) -> None:
+    device = _device(tmp_path)
+    _save(device / DITTO_FILE, _personal())
+    _record_mode(device, "ditto")
+    with pytest.raises(AdapterLoadError, match=r"ditto\.safetensors does not have the global"):
+        keep_round_global(device, _global())
+
+
+def test_an_unreadable_evaluation_record_is_named(tmp_path) -> None:
+    device = _device(tmp_path)
+    (device / EVALUATION_FILE).write_text("{torn")
+    with pytest.raises(AdapterLoadError, match=r"evaluation\.json is not a readable evaluation"):
+        keep_round_global(device, _global())
+    _record_mode(device, "federated-magic")
+    with pytest.raises(AdapterLoadError, match="unknown personalization 'federated-magic'"):
+        keep_round_global(device, _global())

@@ -3,8 +3,9 @@
 One device graph (`Stack(global, personal)` over the dequantized int8 base, as trained) is
 exported for the module. On a device's held-out split, the ORT logits of the personalized
 file match torch's personalized logits to 1e-4, and the accuracy through ORT equals the
-personalized accuracy the device reports to the run, for FedRep and for the head bias. The
-updater's installs and rollbacks keep the personalized file on the installed version.
+personalized accuracy the device reports to the run, for FedRep, the head bias, Ditto and
+FedRep with a head bias. The updater's installs and rollbacks keep the personalized file on
+the installed version.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedadapt.base_model import load_tokenizer
 from fedadapt.cli import main
 from fedadapt.clients.device import Device
 from fedadapt.clients.personalized import (
+    DITTO_FILE,
     HEAD_BIAS_FILE,
     PERSONAL_FILE,
     after_evaluation,
@@ -160,3 +162,57 @@ def test_installs_and_rollbacks_keep_the_personalized_file_on_the_installed_vers
     assert "(adapter version 1, global)" in capsys.readouterr().err
     assert main(["infer", "--device-dir", str(device), *texts]) == 0
     assert "(adapter version 1, personalized)" in capsys.readouterr().err
+
+
+def _figures(d: Device, reported: dict, mode: str) -> dict:
+    """What the ClientApp records beside an evaluation, with the mode the file serves."""
+    return {
+        **reported,
+        "personalization": mode,
+        "examples_train": len(d.data.train_labels),
+        "examples_heldout": len(d.data.test_labels),
+    }
+
+
+def _assert_ort_serves(device, d: Device, want: torch.Tensor, reported: dict) -> None:
+    """ORT's personalized logits on `d`'s held-out split are torch's `want`, to 1e-4, and
+    give the accuracy the device reported."""
+    got = EdgeRuntime(device).logits(d.data.test_texts)
+    assert np.abs(got - want.numpy()).max() < 1e-4
+    assert accuracy(torch.from_numpy(got), d.data.test_labels) == reported["personalized_accuracy"]
+
+
+def test_ditto_personalized_ort_equals_torch(device):
+    """Ditto's copy of the global adapter and head takes the global's place in the graph."""
+    cfg = SimConfig(**{**CFG.to_dict(), "personalization": "ditto"})
+    d = Device.create(cfg, 2)
+    global_ = _trained_global(d, 3)
+    copy = d.train_ditto(global_, None, server_round=1)
+    reported, _ = d.evaluate(global_, copy, server_round=1)
+    (device / DITTO_FILE).write_bytes(safetensors.torch.save(copy))
+    (device / PERSONAL_FILE).write_bytes(  # left over from another mode: must not be served
+        safetensors.torch.save(d.model.adapter_state(PERSONAL))
+    )
+    after_evaluation(device, _np(global_), _figures(d, reported, "ditto"))
+
+    d.model.load_adapter_state(GLOBAL, copy)
+    d.model.set_active(GLOBAL)
+    _assert_ort_serves(device, d, _torch_logits(d, d.data.test_texts), reported)
+
+
+def test_fedrep_with_head_bias_personalized_ort_equals_torch(device):
+    """The personal branch and head, with the bias fitted on top folded into the head."""
+    cfg = SimConfig(**{**CFG.to_dict(), "personalization": "fedrep-head-bias"})
+    d = Device.create(cfg, 1)
+    global_ = _trained_global(d, 4)
+    personal = d.train_personal(global_, None, server_round=1)
+    reported, _ = d.evaluate(global_, personal, server_round=1)
+    (device / PERSONAL_FILE).write_bytes(safetensors.torch.save(personal))
+    (device / HEAD_BIAS_FILE).write_bytes(safetensors.torch.save({"head_bias": d.head_bias}))
+    after_evaluation(device, _np(global_), _figures(d, reported, "fedrep-head-bias"))
+
+    d.model.load_adapter_state(GLOBAL, global_)
+    d.model.load_adapter_state(PERSONAL, personal)
+    d.model.set_active(Stack(GLOBAL, PERSONAL))
+    want = _torch_logits(d, d.data.test_texts) + d.head_bias
+    _assert_ort_serves(device, d, want, reported)
