@@ -118,6 +118,9 @@ def run(cfg: SimConfig) -> Path:
     """Run `cfg` to completion; returns the run folder (with report.json). The folder is
     locked for the run's life: a second run or a `--resume` into it is refused."""
     out = Path(cfg.out).resolve()
+    from fedadapt.server.full_model_reuse import resolved
+
+    cfg = resolved(cfg)  # a full-model baseline to reuse: checked before anything starts
     if cfg.ray_address:  # refused before the run folder is touched
         ray_nodes.check_address(cfg.ray_address)
     with runlock.hold(out) as lock:
