@@ -59,6 +59,12 @@ def test_no_data_folder_keeps_the_demo_partition(tmp_path):
         ({"root_cert": Path("/nonexistent/ca.crt")}, "the CA certificate /nonexistent/ca.crt"),
         ({"update_url": "http://127.0.0.1:9"}, "updates need both --update-url and --trust"),
         ({"data_dir": Path("/nonexistent/data")}, "the data folder /nonexistent/data"),
+        ({"channel": "main"}, "--channel needs --update-url and --trust"),
+        (
+            {"channel": "main", "update_url": "http://127.0.0.1:9", "trust": (Path("k.pub"),)},
+            r"--channel needs the device's data folder \(--data-dir, or DEVICE_DIR/data\)",
+        ),
+        ({"channel": "Main!"}, "a channel name is 1-32 of a-z, 0-9"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(tmp_path, change, message):
@@ -79,6 +85,73 @@ def test_a_failed_update_check_is_logged_and_retried_at_the_next_interval(tmp_pa
     assert "update check failed" in capsys.readouterr().err
     service.step(now=120.0)  # not due yet: no second attempt
     assert "update check" not in capsys.readouterr().err
+
+
+def test_device_run_channel_without_updates_is_one_line(tmp_path, capsys):
+    from fedadapt.cli import main
+
+    opts = _opts(tmp_path)
+    argv = ["device", "run", "--device-dir", str(opts.device_dir), "--superlink", "127.0.0.1:9"]
+    argv += ["--root-cert", str(opts.root_cert), "--node-key", str(opts.node_key)]
+    assert main([*argv, "--channel", "main"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "fedadapt: error: --channel needs --update-url and --trust"
+
+
+def test_a_failed_rollout_poll_is_logged_and_retried_at_the_next_interval(tmp_path, capsys):
+    """On a channel, a device without a graph cannot score: logged, the loop goes on."""
+    from fedadapt.keys import keygen
+
+    _, pub = keygen(tmp_path / "keys")
+    (tmp_path / "data").mkdir()
+    url = f"http://127.0.0.1:{free_port()}"
+    service = DeviceService(
+        _opts(tmp_path, update_url=url, trust=(pub,), channel="main", data_dir=tmp_path / "data")
+    )
+    service.step(now=10.0)
+    err = capsys.readouterr().err
+    assert "rollout poll of channel 'main' failed: " in err
+    assert "has no runtime.json: install an exported model first" in err
+    assert service.next_update == 10.0 + service.opts.update_interval
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_device_run_on_a_channel_installs_the_candidate_reports_and_follows_a_halt(
+    rollout_world, tmp_path, capsys
+):
+    """`device run --channel main` turns, without its SuperNode: the cohort device fetches
+    version 2 and reports it scored by its graph; after a halt it switches back to version 1
+    with nothing downloadable, and its personalized file serves version 1 again."""
+    from fedadapt.clients.runtime import EdgeRuntime
+    from fedadapt.clients.updater import DeviceStore
+    from fedadapt.keys import load_private
+
+    world = rollout_world
+    device = world.inside
+    opts = _opts(
+        tmp_path, device_dir=device, data_dir=device / "data", update_url=world.url,
+        trust=(world.pub_file,), channel="main", update_interval=60,
+    )  # fmt: skip
+    service = DeviceService(opts)
+    service.step(now=0.0)
+    assert "channel main version 1: runs v2 (fetched)" in capsys.readouterr().err
+    (stored,) = world.rollouts.rollout_reports("main")
+    assert (stored["running"], stored["rolled_back"]) == (2, 0)
+    assert stored["candidate_accuracy"] == pytest.approx(1 - stored["stable_accuracy"])
+    assert stored["candidate_accuracy"] > stored["stable_accuracy"]
+    assert EdgeRuntime(device).adapter_version == 2
+
+    world.rollouts.halt("main", load_private(world.key_file))
+    for payload in world.registry.glob("v*/*.payload"):
+        payload.unlink()  # a switch back must not download
+    service.step(now=30.0)  # not due: nothing happens
+    assert DeviceStore(device).state().version == 2
+    service.step(now=60.0)
+    assert "channel main version 2: runs v1 (switched)" in capsys.readouterr().err
+    runtime = EdgeRuntime(device)
+    assert (runtime.adapter_version, runtime.personalized) == (1, True)
+    assert runtime.logits(["a film"]).argmax() == 1
 
 
 # -- against a real SuperLink --------------------------------------------------------------------
