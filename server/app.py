@@ -203,6 +203,8 @@ class FederatedRun:
             reply = mean_reply(global_state, res.mean_delta, sum(res.num_examples), res.train_loss)
             arrays, _ = strategy.aggregate_train(server_round, [reply])
             global_state = record_to_state(arrays)
+        # metrics left out of the loss mean (a bad num-examples is already counted in bad)
+        rejected.update({k: rejected.get(k, 0) + n for k, n in (res.skipped_metrics - bad).items()})
         row = _round_row(
             server_round,
             clients,

@@ -78,7 +78,9 @@ def secagg_rejections(num_examples: list[object], cap: int, max_weight: float) -
     return out
 
 
-def _train_loss(metrics: MetricRecord) -> float:
+def check_train_loss(metrics: MetricRecord) -> float:
+    """The reply's `train_loss` as a finite number >= 0, or `DeltaError` (a NaN or negative
+    loss would poison the round's mean loss, plain or SecAgg+)."""
     loss = metrics.get("train_loss")
     if not _number(loss) or not math.isfinite(loss) or loss < 0:
         raise DeltaError(
@@ -94,7 +96,7 @@ def read_claims(content: RecordDict, cap: int, dp: bool) -> Claims:
     if not isinstance(metrics, MetricRecord):
         got = "none" if metrics is None else type(metrics).__name__
         raise DeltaError(f"'metrics' must be a MetricRecord, got {got}", reason="metrics")
-    claims = Claims(check_num_examples(metrics.get("num-examples"), cap), _train_loss(metrics))
+    claims = Claims(check_num_examples(metrics.get("num-examples"), cap), check_train_loss(metrics))
     w = metrics.get("dp-weight")
     if dp and (not _number(w) or w != 1):
         raise DeltaError(

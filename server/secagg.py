@@ -48,7 +48,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from fedadapt.deltas import State
 from fedadapt.errors import DeltaError
 from fedadapt.records import wire_bytes
-from fedadapt.server.claims import _train_loss, check_num_examples
+from fedadapt.server.claims import check_num_examples, check_train_loss
 from fedadapt.simconfig import SimConfig
 
 log = logging.getLogger("fedadapt.server")
@@ -116,7 +116,7 @@ def round_metrics(results: list[tuple[Any, Any]]) -> tuple[list[Any], float, Cou
         try:
             if not isinstance(metrics, dict):
                 raise DeltaError("metrics are not a dict", reason="metrics")
-            loss = _train_loss(metrics)
+            loss = check_train_loss(metrics)
             weight = check_num_examples(n, 0)
         except DeltaError as e:
             skipped[e.reason] += 1
