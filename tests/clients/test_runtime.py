@@ -1,11 +1,11 @@
 """The personalized model on ONNX Runtime gives the predictions torch gave on the device.
 
 One device graph (`Stack(global, personal)` over the dequantized int8 base, as trained) is
-exported for the module. On a device's held-out split, the ORT logits of the personalized
-file match torch's personalized logits to 1e-4, and the accuracy through ORT equals the
-personalized accuracy the device reports to the run, for FedRep, the head bias, Ditto and
-FedRep with a head bias. The updater's installs and rollbacks keep the personalized file on
-the installed version.
+exported once for the session (`tests/clients/conftest.py`). On a device's held-out split,
+the ORT logits of the personalized file match torch's personalized logits to 1e-4, and the
+accuracy through ORT equals the personalized accuracy the device reports to the run, for
+FedRep, the head bias, Ditto and FedRep with a head bias. The updater's installs and
+rollbacks keep the personalized file on the installed version.
 """
 
 from __future__ import annotations
@@ -30,33 +30,20 @@ from fedadapt.clients.personalized import (
 from fedadapt.clients.runtime import EdgeRuntime
 from fedadapt.clients.updater import DeviceStore
 from fedadapt.device_report import device_row
-from fedadapt.export.device_graph import install_device_graphs
 from fedadapt.head_bias import fit_head_bias
 from fedadapt.model_setup import GLOBAL, PERSONAL
 from fedadapt.simconfig import SimConfig
 from fedadapt.train import accuracy, predict
+from tests.clients.conftest import GRAPH_CFG, link_graph
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-CFG = SimConfig(
-    num_clients=4, clients_per_round=4, personalization="fedrep", personal_epochs=2, seed=3
-)
-
-
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("graph")
-    install_device_graphs(CFG, [folder])
-    return folder
+CFG = GRAPH_CFG  # the run of the session's exported graph (tests/clients/conftest.py)
 
 
 @pytest.fixture
 def device(graph, tmp_path):
-    """A device folder holding the module's graph (hard links: no copy of 90 MB)."""
-    folder = tmp_path / "device"
-    folder.mkdir()
-    for f in graph.iterdir():
-        (folder / f.name).hardlink_to(f)
-    return folder
+    """A device folder holding the session's graph (hard links: no copy of 90 MB)."""
+    return link_graph(graph, tmp_path / "device")
 
 
 def _trained_global(d: Device, seed: int) -> dict[str, torch.Tensor]:
