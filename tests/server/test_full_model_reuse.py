@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,57 @@ def test_each_rt_full_personalization_config_takes_the_recorded_rt_full_baseline
     rt_full = SimConfig.load(ROOT / "simulations" / "rt-full.toml")
     differing = {k for k, v in cfg.to_dict().items() if v != getattr(rt_full, k)}
     assert differing - {"out", "full_model_from"} <= {"personalization", "ditto_lambda"}
+
+
+def _simulate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedadapt", "simulate", "--config", "simulations/ci.toml", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_a_mismatched_source_is_refused_before_the_run_starts(tmp_path) -> None:
+    ci = SimConfig.load(ROOT / "simulations" / "ci.toml")
+    src = _write_report(tmp_path / "src", dataclasses.replace(ci, seed=1), clients=range(4))
+    res = _simulate("--out", str(tmp_path / "run"), "--set", f"full_model_from={src}")
+    assert res.returncode != 0
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"full_model_from: {src / 'report.json'} is not this run's full-model baseline: "
+            "seed = 1 there, 0 here"
+        )
+    )
+    assert not (tmp_path / "run" / "report.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_ditto_run_takes_the_full_model_baseline_instead_of_training_it(tmp_path) -> None:
+    """ci.toml in Ditto mode on Flower's Simulation Engine, its full-model figures read from
+    another run's report: no full-model round runs, and the comparisons use those figures."""
+    ci = SimConfig.load(ROOT / "simulations" / "ci.toml")
+    src = _write_report(tmp_path / "src", ci, clients=range(4))
+    out = tmp_path / "run"
+    res = _simulate(
+        "--out", str(out), "--set", f"full_model_from={src}", "--set", "personalization=ditto"
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"the full-model FedAvg baseline is taken from {src / 'report.json'}" in res.stdout
+    assert "[full-model FedAvg] round" not in res.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["personalization"] == "ditto"
+    assert report["per_client"]["3"]["full_model_personalized_accuracy"] == 0.8 + 3 / 100
+    assert report["full_model_fedavg_rounds"][0]["upload_bytes"] == 10
+    paired = report["comparisons"]["personalized_vs_full_model_fedavg_personalized"]
+    assert paired["clients"] == 4
+    mean = sum(
+        m["personalized_accuracy"] - m["full_model_personalized_accuracy"]
+        for m in report["per_client"].values()
+    )
+    assert paired["mean_diff"] == pytest.approx(mean / 4)
