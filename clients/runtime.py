@@ -115,7 +115,9 @@ class EdgeRuntime:
 
     def activate(self, path: str | Path) -> int:
         """Make the adapter at `path` the active one, on the live session; returns its version."""
-        version, _ = check_fits(path, self.meta["base_sha256"], self.slots)
+        # a stacked device graph's personal branch (the stack's last) may be left out whole
+        optional = (self.meta.get("stack") or [])[1:]
+        version, _ = check_fits(path, self.meta["base_sha256"], self.slots, optional)
         self._adapter, self.run_options = load_adapter_options(path)
         self.adapter_version = version
         return version

@@ -7,14 +7,16 @@ files, and the device runtime reads and activates them; neither imports the othe
 ORT stores an adapter version and a model version but never compares them with anything.
 Here the model version is the first 28 bits of the base model's SHA-256 (the format holds a
 31-bit integer), and `check_fits` compares it, and every tensor's name and shape, with the
-exported graph before a session may use the adapter. This module needs only numpy and
-onnxruntime, so it runs on devices without torch.
+exported graph before a session may use the adapter; it also refuses a file that leaves out
+some of the graph's adapter inputs, for which ORT would silently run the export's defaults.
+This module needs only numpy and onnxruntime, so it runs on devices without torch.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +76,40 @@ def read_onnx_adapter(path: str | Path) -> tuple[int, int, dict[str, np.ndarray]
     return fmt.get_adapter_version(), fmt.get_model_version(), tensors
 
 
+def adapter_of(name: str) -> str:
+    """The adapter a graph input belongs to: `<adapter>:<name>` in a graph of several
+    adapters (`shared:`/`personal:` in a device graph, `fusion:`), "" for the unprefixed
+    names (a single adapter's tensors, and the head every graph has)."""
+    return name.split(":", 1)[0] if ":" in name else ""
+
+
+def missing_slots(
+    tensors: Collection[str], slots: Collection[str], optional: Collection[str] = ()
+) -> list[str]:
+    """The slots a file should fill but does not: every slot, except those of an `optional`
+    adapter the file leaves out entirely (a stacked device graph's personal branch, whose
+    defaults are the identity); part of an adapter is never enough."""
+    given = {adapter_of(k) for k in tensors}
+    return sorted(
+        k
+        for k in slots
+        if k not in tensors and not (adapter_of(k) in optional and adapter_of(k) not in given)
+    )
+
+
 def check_fits(
-    path: str | Path, base_sha256: str, slots: dict[str, tuple[int, ...]]
+    path: str | Path,
+    base_sha256: str,
+    slots: dict[str, tuple[int, ...]],
+    optional: Collection[str] = (),
 ) -> tuple[int, dict[str, np.ndarray]]:
     """Check an adapter file against a graph's base and overridable inputs; returns
-    (version, tensors). ORT would accept a wrong base silently and a wrong name or shape only
-    at run time."""
+    (version, tensors). ORT would accept a wrong base silently, run the export's defaults
+    for a missing tensor silently, and refuse a wrong name or shape only at run time.
+
+    `optional` names the adapters (input prefixes, see `adapter_of`) a file may leave out
+    as a whole: their defaults are meant to run.
+    """
     version, mv, tensors = read_onnx_adapter(path)
     if mv != model_version(base_sha256):
         raise AdapterLoadError(
@@ -99,6 +129,13 @@ def check_fits(
     ]
     if bad:
         raise AdapterLoadError(f"{path} has mis-shaped tensors: {bad[:5]}")
+    missing = missing_slots(tensors, slots, optional)
+    if missing:
+        raise AdapterLoadError(
+            f"{path} lacks {len(missing)} of the graph's {len(slots)} adapter tensors: "
+            f"{missing[:5]}{' …' if len(missing) > 5 else ''} (ORT would silently run the "
+            "export's defaults for them; a partial file, or one for another adapter layout?)"
+        )
     return version, tensors
 
 

@@ -50,3 +50,47 @@ def test_damaged_file_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(AdapterLoadError, match="not a readable"):
         read_onnx_adapter(path)
+
+
+def test_a_file_missing_a_tensor_is_refused_naming_it(tmp_path):
+    t = _tensors()
+    del t["head.bias"]
+    path = write_onnx_adapter(tmp_path / "m.onnx_adapter", t, 1, SHA)
+    with pytest.raises(AdapterLoadError, match=r"lacks 1 of the graph's 2 .*\['head.bias'\]"):
+        check_fits(path, SHA, SLOTS)
+
+
+# A device graph: Stack(global, personal) (export/device_graph.py), its head unprefixed.
+STACKED = {"shared:a": (4, 3), "shared:b": (3,), "personal:a": (4, 3), "head.bias": (2,)}
+
+
+def _stacked(*leave_out: str) -> dict[str, np.ndarray]:
+    return {k: np.zeros(s, np.float32) for k, s in STACKED.items() if k not in leave_out}
+
+
+def test_an_optional_adapter_may_be_left_out_whole_never_in_part(tmp_path):
+    """The global file of a device graph leaves the personal branch at its identity
+    defaults; the personalized file fills it. Anything else must be complete."""
+    optional = ["personal"]
+    for name, tensors in (("global", _stacked("personal:a")), ("personalized", _stacked())):
+        path = write_onnx_adapter(tmp_path / f"{name}.onnx_adapter", tensors, 3, SHA)
+        assert set(check_fits(path, SHA, STACKED, optional)[1]) == set(tensors)
+    for gone in ("shared:b", "head.bias"):
+        path = write_onnx_adapter(tmp_path / "p.onnx_adapter", _stacked(gone), 3, SHA)
+        with pytest.raises(AdapterLoadError, match=rf"lacks 1 .*\['{gone}'\]"):
+            check_fits(path, SHA, STACKED, optional)
+    global_file = write_onnx_adapter(tmp_path / "g.onnx_adapter", _stacked("personal:a"), 3, SHA)
+    with pytest.raises(AdapterLoadError, match=r"\['personal:a'\]"):
+        check_fits(global_file, SHA, STACKED)  # the personal branch is optional only if named
+
+
+def test_many_missing_tensors_are_one_line_naming_a_few(tmp_path):
+    slots = {f"layer.{i}.lora_B": (2, 2) for i in range(12)}
+    path = write_onnx_adapter(
+        tmp_path / "x.onnx_adapter", {"layer.0.lora_B": np.ones((2, 2))}, 1, SHA
+    )
+    with pytest.raises(AdapterLoadError) as e:
+        check_fits(path, SHA, slots)
+    message = str(e.value)
+    assert "\n" not in message and "lacks 11 of the graph's 12" in message
+    assert message.count("lora_B") == 5 and "…" in message

@@ -3,11 +3,10 @@
 Files are written by ORT's own writer and then truncated, bit-flipped or spliced, or written
 with missing, extra or mis-shaped tensors, another base's model version, or odd dtypes and
 values; the graph's slots may disagree with them. `check_fits` either returns tensors that
-fit the slots (each named by a slot, with its shape) or raises a `FedAdaptError`.
-
-A file may leave slots out (a global file leaves a stacked graph's `personal:` slots at
-their identity defaults, see `fedadapt.clients.personalized`), so a missing tensor is not
-asserted on here.
+fit the slots (one for each slot, with its shape) or raises a `FedAdaptError`: a file that
+leaves a slot out is refused (ORT would silently run the export's default for it). Only an
+adapter the caller names optional may be left out, and only whole (a stacked graph's
+`personal:` slots, see `fedadapt.clients.personalized`); these slots name none.
 """
 
 from __future__ import annotations
@@ -79,6 +78,7 @@ def test_check_fits_returns_fitting_tensors_or_refuses(folder, data, slots) -> N
     except FedAdaptError:
         return
     assert all(v.shape == tuple(slots[k]) for k, v in tensors.items()), "a misfit was accepted"
+    assert set(tensors) == set(slots), f"missing tensors accepted: {set(slots) - set(tensors)}"
 
 
 @fuzz(3)
