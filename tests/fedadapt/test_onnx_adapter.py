@@ -1,4 +1,5 @@
-"""`.onnx_adapter` files carry what ORT does not check: the base and every tensor's shape."""
+"""`.onnx_adapter` files carry what ORT does not check: the base, and every tensor's
+presence and shape."""
 
 from __future__ import annotations
 
