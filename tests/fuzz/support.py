@@ -25,7 +25,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 PROFILE = os.environ.get("FEDADAPT_FUZZ_PROFILE", "ci")
 # Inputs per unit of weight: a target of weight 1 runs this many examples
 # (FEDADAPT_FUZZ_EXAMPLES overrides it, to size a run).
-BASE_EXAMPLES = {"ci": 100, "long": 3800}
+BASE_EXAMPLES = {"ci": 100, "long": 3300}
 if os.environ.get("FEDADAPT_FUZZ_EXAMPLES"):
     BASE_EXAMPLES[PROFILE] = int(os.environ["FEDADAPT_FUZZ_EXAMPLES"])
 _SLOW_CHECKS = [

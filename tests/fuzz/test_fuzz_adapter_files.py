@@ -143,7 +143,7 @@ def _write(folder: Path, config: object, blob: bytes, missing: str | None) -> No
         (folder / WEIGHTS_FILE).write_bytes(blob)
 
 
-@fuzz(0.75)
+@fuzz(0.5)
 @given(data=st.data(), missing=st.sampled_from([None] * 8 + [CONFIG_FILE, WEIGHTS_FILE]))
 def test_read_adapter_reads_or_refuses(folder, data, missing) -> None:
     config, blob = data.draw(damaged())
@@ -153,7 +153,7 @@ def test_read_adapter_reads_or_refuses(folder, data, missing) -> None:
         read_adapter(folder)
 
 
-@fuzz(0.4)
+@fuzz(0.3)
 @given(data=st.data())
 def test_load_adapter_loads_or_refuses_cleanly(model, folder, data) -> None:
     config, blob = data.draw(damaged())

@@ -69,7 +69,7 @@ def _check_all(data: bytes, signature: bytes, installed: int | None, payload: by
     check_payload(m, payload)
 
 
-@fuzz(6)
+@fuzz(9)
 @given(st.binary(max_size=300))
 def test_random_bytes_are_refused_cleanly(data: bytes) -> None:
     count("manifest:bytes")

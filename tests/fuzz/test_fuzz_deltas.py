@@ -152,7 +152,7 @@ def replies(draw: st.DrawFn) -> Message:
     return msg
 
 
-@fuzz(0.75)
+@fuzz(0.5)
 @given(
     st.lists(replies(), min_size=1, max_size=3),
     st.sampled_from([None, "num-examples"]),

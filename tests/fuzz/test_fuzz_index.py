@@ -57,7 +57,7 @@ def _read(data: bytes, installed: int | None) -> dict | None:
     return pick(parse_index(data), installed)
 
 
-@fuzz(1.5)
+@fuzz(1)
 @given(indexes, installed_versions)
 @example({"versions": [{"version": 3, "full": BUNDLE}]}, None)  # no deltas: KeyError in pick
 @example({"versions": [{"version": 3, "full": BUNDLE, "deltas": [BUNDLE]}]}, 2)  # no from_version
@@ -67,7 +67,7 @@ def test_index_of_any_shape_is_picked_or_refused(index, installed: int | None) -
         _read(dumps(index), installed)
 
 
-@fuzz(3)
+@fuzz(4)
 @given(st.one_of(st.binary(max_size=200), mutated_bytes(INDEX)), installed_versions)
 def test_index_bytes_are_picked_or_refused(data: bytes, installed: int | None) -> None:
     count("index:bytes")
