@@ -17,20 +17,39 @@ import psutil
 import pytest
 
 from fedadapt.certs import node_key
-from fedadapt.deploy import Cluster
+from fedadapt.deploy import CONNECTION, Cluster
 from fedadapt.simconfig import SimConfig
 from fedadapt.simulate import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def _rogue(cluster: Cluster, *args: str) -> subprocess.Popen:
+def _rogue(cluster: Cluster, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    """A SuperNode started by hand, not by the start script, logging to `rogue-<name>.log`
+    (a file, not a pipe: the SuperExec it starts would hold a pipe open after it exits)."""
     exe = str(Path(sys.executable).parent / "flower-supernode")
     cmd = [exe, "--superlink", cluster.address, "--max-retries", "2", "--max-wait-time", "15"]
     cmd += ["--port", str(free_port()), *args]
-    return subprocess.Popen(
-        cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    log = cluster.folder / f"rogue-{name}.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, env=cluster.env, stdout=f, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+# What each refused intruder logs (flwr 1.42). A plaintext client gets no HTTP answer from
+# the TLS port (without TLS it would reach node auth and be refused for its missing key);
+# a client that does not trust the CA fails the certificate check (without TLS: no
+# certificate to check). Exit code 305: it never connected, so it got no node id.
+REFUSALS = {
+    "plaintext": ("Starting insecure channel", "Server disconnected without sending a response"),
+    "no-ca": ("SSL/TLS handshake error detected", "CERTIFICATE_VERIFY_FAILED"),
+}
+
+
+def _nodes(cluster: Cluster) -> list[dict]:
+    """The SuperLink's node list (`flwr supernode list`): every node it ever created."""
+    res = cluster.flwr("supernode", "list", CONNECTION, "--format", "json", timeout=60)
+    return json.loads(res.stdout)["nodes"]
 
 
 def _wait_online(cluster: Cluster, n: int, timeout: float = 90) -> int:
@@ -43,19 +62,29 @@ def _wait_online(cluster: Cluster, n: int, timeout: float = 90) -> int:
 def test_tls_auth_and_a_deployed_run(tmp_path):
     cluster = Cluster(tmp_path / "cluster", nodes=3)
     pids = []
+    rogues: dict[str, tuple[subprocess.Popen, Path]] = {}
     try:
         cluster.start()
         intruder = node_key(tmp_path / "intruder")
-        refused = [
-            cluster.start_supernode(9, key=intruder),  # TLS fine, key never registered
-            _rogue(cluster, "--insecure"),  # plaintext against the TLS SuperLink
-            _rogue(cluster, "--auth-supernode-private-key", str(cluster.node_key(1))),  # no CA
-        ]
-        for proc in refused:
-            assert proc.wait(timeout=120) != 0
+        unregistered = cluster.start_supernode(9, key=intruder)  # TLS fine, key not registered
+        rogues = {
+            "plaintext": _rogue(cluster, "plaintext", "--insecure"),
+            # a registered key, but no CA: it cannot trust the SuperLink's certificate
+            "no-ca": _rogue(
+                cluster, "no-ca", "--auth-supernode-private-key", str(cluster.node_key(1))
+            ),
+        }
+        assert unregistered.wait(timeout=120) != 0
         assert "Failed to activate SuperNode" in (cluster.folder / "supernode-9.log").read_text()
         del cluster.supernodes[9]
-        assert cluster.online() == 0
+        for name, (proc, log) in rogues.items():
+            assert proc.wait(timeout=120) != 0, name
+            text = log.read_text()
+            for line in (*REFUSALS[name], "Exit Code: 305"):
+                assert line in text, f"{name}: {line!r} not in {text[-2000:]}"
+            assert "Receiving:" not in text and "Failed to activate" not in text, name
+        # only the three registered keys are nodes, and none has ever been online
+        assert sorted(n["status"] for n in _nodes(cluster)) == ["registered"] * 3
 
         cluster.start_supernodes()
         assert _wait_online(cluster, 3) == 3
@@ -78,6 +107,10 @@ def test_tls_auth_and_a_deployed_run(tmp_path):
         assert report["communication"]["upload_bytes_per_client_round"] > 0
         assert (out / "metrics.csv").exists() and (out / "adapter" / "adapter_config.json").exists()
     finally:
+        for proc, _ in rogues.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         cluster.stop()
     time.sleep(1)
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
