@@ -42,6 +42,8 @@ def full_model_personalization(personalization: str) -> str:
     baseline column, which a run can then take from another run (`full_model_from`).
     """
     return "finetune" if personalization == "finetune" else "head-bias"
+
+
 # Adapter methods a federated run can train (clients/device.py builds these); extend here.
 FEDERATED_METHODS = ("bottleneck", "lora", "ia3", "bitfit", "prefix", "prompt")
 DATASETS = ("rotten_tomatoes", "bbc", "rotten_tomatoes_dirichlet")

@@ -35,12 +35,12 @@ def _adapted(cfg, seed: int):
 def run(quick: bool = False) -> dict:
     from fedadapt.adapters import BottleneckConfig, LoraConfig
     from fedadapt.base_model import base_sha256, load_tokenizer, tokenize
-    from fedadapt.onnx_adapter import open_session
     from fedadapt.export import measure
     from fedadapt.export.exporter import held_out_sentences
     from fedadapt.export.graph import export_graph
     from fedadapt.export.merge import merge_lora
     from fedadapt.export.quantize import quantize_base
+    from fedadapt.onnx_adapter import open_session
 
     runs = 15 if quick else 80
     ids, mask = tokenize(load_tokenizer(128), held_out_sentences())
@@ -96,11 +96,11 @@ def _decompositions(tmp: Path, ids: torch.Tensor, mask: torch.Tensor, runs: int)
     """NNAPI coverage at a fixed 1×128 fp32 graph, exact and with each decomposition, with
     what each costs in parity and in CPU latency."""
     from fedadapt.adapters import BottleneckConfig
-    from fedadapt.onnx_adapter import open_session
     from fedadapt.export import measure
     from fedadapt.export.decompose import decompose
     from fedadapt.export.graph import export_graph
     from fedadapt.export.mobile import make_shape_fixed, mobile_summary
+    from fedadapt.onnx_adapter import open_session
 
     model = _adapted(BottleneckConfig(reduction_factor=32), seed=0)
     with torch.no_grad():

@@ -5,6 +5,7 @@ exactly its four fields."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import pytest
 
@@ -21,7 +22,7 @@ def cohort(fraction: float, salt: str = SALT) -> set[str]:
 
 def test_raising_the_fraction_only_adds_devices() -> None:
     steps = [cohort(f) for f in (0.0, 0.01, 0.1, 0.25, 0.5, 0.9, 1.0)]
-    for smaller, larger in zip(steps, steps[1:], strict=False):
+    for smaller, larger in itertools.pairwise(steps):
         assert smaller < larger  # a strict superset: devices added, none removed
     assert steps[0] == set() and steps[-1] == set(IDS)
 
