@@ -44,7 +44,10 @@ def figures(report: dict, wall_s: float) -> dict:
         "round_s": first["seconds"],
         "server_peak_rss_mb": max(r["server_peak_rss_mb"] for r in rows),
         "actor_rss_mb": max((r.get("actor_peak_rss_mb") or 0.0) for r in rows) or None,
-        "aggregate_ms": round(first["aggregate_s"] * 1e3, 1),
+        # the first round's aggregation also pays one-time imports and layouts (1.4 s of
+        # 1.41 s for 10 replies): the steady state is the fastest round's
+        "aggregate_ms": round(min(r["aggregate_s"] for r in rows) * 1e3, 1),
+        "aggregate_first_round_ms": round(first["aggregate_s"] * 1e3, 1),
         "evaluate_s": first["evaluate_s"],
         "split_s": {
             "sampling": first["sample_s"],
