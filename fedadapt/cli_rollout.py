@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedadapt.cli_args import existing_folder, folder, port, positive_int
+from fedadapt.cli_args import existing_folder, folder, library_errors, port, positive_int
 
 
 def _fraction(text: str) -> float:
@@ -87,16 +87,12 @@ def _serve(args: argparse.Namespace) -> None:
     from fedadapt.server.update_service import UpdateServer
 
     sink = ReportSink(_rollouts(args), load_device_keys(args.devices), _key(args))
-    server = UpdateServer(
-        Path(args.registry), args.host, args.port, args.max_connections, reports=sink
-    )
+    with library_errors(f"cannot serve on {args.host}:{args.port}"):
+        server = UpdateServer(
+            Path(args.registry), args.host, args.port, args.max_connections, reports=sink
+        )
     print(f"serving {server.root} with rollout reports at {server.url} (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve_until_interrupted()
 
 
 def _poll(args: argparse.Namespace) -> None:

@@ -102,12 +102,7 @@ def _serve_updates(args: argparse.Namespace) -> None:
             Path(args.registry), args.host, args.port, args.max_connections, args.timeout
         )
     print(f"serving {server.root} at {server.url} (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve_until_interrupted()
 
 
 def _device_base(device_dir: Path) -> str:

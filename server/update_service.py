@@ -250,3 +250,13 @@ class UpdateServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
+
+    def serve_until_interrupted(self) -> None:
+        """Serve until Ctrl-C or SIGTERM (the CLI turns both into KeyboardInterrupt), then
+        close the listening socket, so a restart can bind the port at once."""
+        try:
+            self.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.server_close()
