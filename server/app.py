@@ -361,59 +361,11 @@ class FederatedRun:
         trainable = sum(
             v.numel() for k, v in global_state.items() if k in trainable_global_keys(cfg)
         )
-        up = sum(r["upload_bytes"] for r in rows)
-        down = sum(r["download_bytes"] for r in rows)
-        client_rounds = sum(r["clients"] for r in rows)
         full_msg = wire_bytes(RecordDict({"arrays": state_to_record(full_model_state(full_model))}))
-        final = {
-            k: report.mean_of(per_client, k)
-            for k in (
-                "global_accuracy",
-                "personalized_accuracy",
-                "local_only_accuracy",
-                "zero_shot_accuracy",
-            )
-        }
-        final["full_model_fedavg_accuracy"] = report.mean_of(per_client, "full_model_accuracy")
-        final["full_model_fedavg_personalized_accuracy"] = report.mean_of(
-            per_client, "full_model_personalized_accuracy"
+        out = report.assemble(
+            cfg, base, trainable, rows, full_rows, per_client, full_msg, time.time() - t_start
         )
-        final["local_majority_accuracy"] = report.mean_of(per_client, "local_majority_accuracy")
-        out = {
-            "base_model": {k: v for k, v in base.describe().items() if k != "sha256"}
-            | {"sha256": base.sha256},
-            "adapter": {
-                "method": cfg.method,
-                "trainable_params": trainable,
-                "fraction_of_base": trainable / base.params,
-            },
-            "config": cfg.to_dict(),
-            "rounds": [
-                {k: r.get(k) for k in report.ROUND_FIELDS}
-                | {"rejected": r.get("rejected", {})}
-                | ({"dp_epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})
-                | ({"ray_nodes": r["ray_nodes"]} if "ray_nodes" in r else {})
-                for r in rows
-            ],
-            "final": final,
-            "comparisons": report.comparisons(per_client, cfg.seed),
-            "communication": {
-                "upload_bytes_total": up,
-                "download_bytes_total": down,
-                "upload_bytes_per_client_round": up / max(client_rounds, 1),
-                "full_model_bytes_per_client_round": full_msg,
-                "full_model_fedavg_bytes_equivalent": 2 * full_msg * client_rounds,
-                "full_model_fedavg_bytes_measured": sum(
-                    r["upload_bytes"] + r["download_bytes"] for r in full_rows
-                )
-                or None,
-            },
-            "full_model_fedavg_rounds": [
-                {k: r.get(k) for k in report.ROUND_FIELDS} for r in full_rows
-            ],
-            "per_client": {str(k): v for k, v in sorted(per_client.items())},
-            "wall_seconds": round(time.time() - t_start, 1),
-        }
+        final = out["final"]
         report.write_metrics_csv(self.out / "metrics.csv", rows)
         report.write_report(self.out, out)
         report.plot(self.out, rows, full_rows, final)

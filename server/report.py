@@ -66,6 +66,71 @@ def mean_of(per_client: dict[int, dict[str, float]], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def assemble(
+    cfg: Any,
+    base: Any,
+    trainable: int,
+    rows: list[dict[str, Any]],
+    full_rows: list[dict[str, Any]],
+    per_client: dict[int, dict[str, float]],
+    full_msg: int,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """report.json from a finished run's rows and per-client figures: a pure function, so the
+    ServerApp only gathers what went in (`base`: the frozen base, `full_msg`: the wire size of
+    one full-model message, for the bytes-equivalent of full-model FedAvg)."""
+    up = sum(r["upload_bytes"] for r in rows)
+    down = sum(r["download_bytes"] for r in rows)
+    client_rounds = sum(r["clients"] for r in rows)
+    final = {
+        k: mean_of(per_client, k)
+        for k in (
+            "global_accuracy",
+            "personalized_accuracy",
+            "local_only_accuracy",
+            "zero_shot_accuracy",
+        )
+    }
+    final["full_model_fedavg_accuracy"] = mean_of(per_client, "full_model_accuracy")
+    final["full_model_fedavg_personalized_accuracy"] = mean_of(
+        per_client, "full_model_personalized_accuracy"
+    )
+    final["local_majority_accuracy"] = mean_of(per_client, "local_majority_accuracy")
+    return {
+        "base_model": {k: v for k, v in base.describe().items() if k != "sha256"}
+        | {"sha256": base.sha256},
+        "adapter": {
+            "method": cfg.method,
+            "trainable_params": trainable,
+            "fraction_of_base": trainable / base.params,
+        },
+        "config": cfg.to_dict(),
+        "rounds": [
+            {k: r.get(k) for k in ROUND_FIELDS}
+            | {"rejected": r.get("rejected", {})}
+            | ({"dp_epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})
+            | ({"ray_nodes": r["ray_nodes"]} if "ray_nodes" in r else {})
+            for r in rows
+        ],
+        "final": final,
+        "comparisons": comparisons(per_client, cfg.seed),
+        "communication": {
+            "upload_bytes_total": up,
+            "download_bytes_total": down,
+            "upload_bytes_per_client_round": up / max(client_rounds, 1),
+            "full_model_bytes_per_client_round": full_msg,
+            "full_model_fedavg_bytes_equivalent": 2 * full_msg * client_rounds,
+            "full_model_fedavg_bytes_measured": sum(
+                r["upload_bytes"] + r["download_bytes"] for r in full_rows
+            )
+            or None,
+        },
+        "full_model_fedavg_rounds": [{k: r.get(k) for k in ROUND_FIELDS} for r in full_rows],
+        "per_client": {str(k): v for k, v in sorted(per_client.items())},
+        "wall_seconds": round(wall_seconds, 1),
+    }
+
+
 def _cell(value: Any) -> str:
     """A CSV cell: a list (a round's Ray node ids) space-separated, so no comma splits it."""
     if value is None:
