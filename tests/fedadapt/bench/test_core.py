@@ -52,6 +52,11 @@ def test_bench_quick_writes_every_section(tmp_path):
             "flower_fedavg_ms",
             "fedadapt_peak_mb",
             "flower_fedavg_peak_mb",
+            "floor_ms",
+            "fedadapt_trimmed_ms",
+            "flower_trimmed_ms",
+            "fedadapt_trimmed_peak_mb",
+            "flower_trimmed_peak_mb",
         }
     assert set(result["updates"]) >= {
         "base_download_bytes",
