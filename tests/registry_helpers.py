@@ -46,6 +46,18 @@ def make_keys(folder: Path) -> Keys:
     )
 
 
+def two_version_registry(tmp_path: Path) -> tuple[Path, Keys]:
+    """A registry holding versions 1 and 2 of a tiny adapter, signed by fresh keys: the
+    stable and the candidate of a rollout."""
+    from fedadapt.server.publish import publish
+
+    keys = make_keys(tmp_path / "keys")
+    reg = tmp_path / "registry"
+    for seed in (1, 2):
+        publish(tiny_adapter(tmp_path / f"a{seed}", seed), reg, keys.key)
+    return reg, keys
+
+
 @contextmanager
 def serving(server: ThreadingHTTPServer) -> Iterator[str]:
     """Run `server` in a thread; yields its URL and always stops and closes it."""

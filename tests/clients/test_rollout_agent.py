@@ -21,11 +21,10 @@ from fedadapt.clients.rollout_agent import RolloutAgent, Scores, device_key
 from fedadapt.clients.updater import DeviceStore, fetch
 from fedadapt.errors import FedAdaptError
 from fedadapt.keys import key_id
-from fedadapt.server.publish import publish
 from fedadapt.server.rollout import Rollouts
 from fedadapt.server.rollout_reports import ReportSink, load_device_keys
 from fedadapt.server.update_service import UpdateServer
-from tests.registry_helpers import BASE, make_keys, serving, tiny_adapter
+from tests.registry_helpers import BASE, serving, two_version_registry
 
 STABLE_RIGHT = np.array([1, 1, 1, 0, 1, 0, 1, 1, 0, 1], bool)  # 0.7
 
@@ -47,10 +46,7 @@ class TableScorer:
 
 @pytest.fixture
 def setup(tmp_path):
-    keys = make_keys(tmp_path / "keys")
-    reg = tmp_path / "registry"
-    for seed in (1, 2):
-        publish(tiny_adapter(tmp_path / f"a{seed}", seed), reg, keys.key)
+    reg, keys = two_version_registry(tmp_path)
     device = tmp_path / "device"
     pub = device_key(device).public_key()
     (tmp_path / "devices").mkdir()

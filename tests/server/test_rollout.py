@@ -17,21 +17,16 @@ from fedadapt.cohort import Channel, channel_files, channel_role
 from fedadapt.errors import FedAdaptError
 from fedadapt.keys import key_id
 from fedadapt.rollout_report import SIGNATURE_HEADER, sign_report
-from fedadapt.server.publish import publish
 from fedadapt.server.rollout import Guardrail, Rollouts, paired_interval, summarize, verdict
 from fedadapt.server.rollout_reports import ReportSink, load_device_keys
 from fedadapt.server.update_service import UpdateServer
 from fedadapt.signed_meta import verify_meta
-from tests.registry_helpers import make_keys, serving, tiny_adapter
+from tests.registry_helpers import serving, two_version_registry
 
 
 @pytest.fixture
 def registry(tmp_path):
-    keys = make_keys(tmp_path / "keys")
-    reg = tmp_path / "registry"
-    for seed in (1, 2):
-        publish(tiny_adapter(tmp_path / f"a{seed}", seed), reg, keys.key)
-    return reg, keys
+    return two_version_registry(tmp_path)
 
 
 def report(device: str, stable_acc: float, cand_acc: float, seq: int = 1, **kw) -> dict:
