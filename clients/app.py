@@ -1,166 +1,65 @@
-"""The Flower `ClientApp`: trains adapters and replies with deltas; personal state stays here.
+"""The Flower `ClientApp`, thin: Flower imports it for every message, so it imports no torch.
 
-Handlers, one per message type (Flower's Message API):
-- `query`: which data partition this node holds, so the server can sample by partition.
-- `train`: phase `adapter` replies with the encoded delta of the global adapter only; phase
-  `full` (the full-model FedAvg baseline) replies with every weight, as stock FedAvg expects.
-- `evaluate`: accuracies on this node's own test split; with `baselines`, also the
-  local-only, zero-shot and local-majority baselines.
+Flower 1.42's SuperNode starts a fresh `flwr-clientapp` process per message, which imports
+this module after Flower itself. The real handlers (`clients/handlers.py`: training, the
+personal state, the replies) import torch, 1-2 s on a 2-core device, so they are imported
+only where a message is run:
+- on a device started with `fedadapt device run` (node config `device-dir`), by its warm
+  worker (`clients/warm_worker.py`), which imported them once: each message and its context
+  go there over a Unix socket and the reply and the updated context come back
+  (`clients/warm_link.py`). The context's state is copied back onto Flower's own context
+  object, which Flower pushes to the SuperNode once the app returns;
+- anywhere else, in this process: a simulation (a Ray actor is long-lived, so it pays the
+  import once), a SuperNode started without a worker, a worker that is not up yet (its socket
+  appears once it has imported), or one that does not answer. A dead worker never loses a
+  round: the message runs here, with one line in the log.
 
-The personal adapter and head, and the int8 codec's error-feedback residual, live in
-`context.state` (this node's state) and never enter a reply. A deployed SuperNode started
-with `device-dir` in its node config also keeps them there (safetensors, written
-atomically), so a restarted SuperNode resumes with its personal adapter intact.
-
-A SuperNode whose node config names `data-dir` (absolute, or relative to `device-dir`)
-trains on the device's own files there (`fedadapt.data.local_files`); without it, on the demo
-partition `partition-id`. A device that cannot take part (too few usable examples, an
-unreadable file) replies with an error, which the server counts as a rejected reply.
+Flower's SecAgg+ mod runs here, around the forwarded handler, and keeps its own state in the
+same context.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common import recorddict_compat as compat
-from safetensors.torch import load_file, save
 
-from fedadapt import hetlora
-from fedadapt.atomic import atomic_write_bytes
-from fedadapt.clients.attacks import attack, claimed_examples, malicious_clients
-from fedadapt.clients.device import Device
-from fedadapt.clients.personalized import after_evaluation
-from fedadapt.codecs import ErrorFeedback
-from fedadapt.data import local_files
-from fedadapt.deltas import check_delta, clip
-from fedadapt.errors import FedAdaptError
-from fedadapt.model_setup import label_names
-from fedadapt.ray_nodes import worker_record
-from fedadapt.records import pack_delta, record_to_state, state_to_record
-from fedadapt.simconfig import PERSONAL_ADAPTER_MODES, SimConfig
+from fedadapt.clients import warm_link
 
 app = ClientApp()
 log = logging.getLogger("fedadapt.clients")
 
 
-def _setup(message: Message, context: Context) -> tuple[SimConfig, int, int, str]:
-    cfg = SimConfig.from_run_config(dict(context.run_config))
-    pid = _partition_id(context)
-    if cfg.lora_tier_ranks:  # HetLoRA: this device trains its tier's rank
-        cfg = hetlora.client_config(
-            cfg, hetlora.client_rank(cfg, pid, context.node_config.get("tier"))
-        )
-    conf = message.content["config"]
-    return cfg, pid, int(conf["server-round"]), str(conf["phase"])
-
-
-def _arrays(message: Message, cfg: SimConfig) -> dict[str, torch.Tensor]:
-    """The message's global state, cut to this device's rank under HetLoRA tiers."""
-    state = record_to_state(message.content["arrays"])
-    return hetlora.truncate(state, cfg.lora_r) if cfg.lora_tier_ranks else state
-
-
-def _partition_id(context: Context) -> int:
-    """The node config's `partition-id`: this device's number in the server's report."""
-    value = context.node_config.get("partition-id")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise FedAdaptError(f"node config: partition-id must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _data_dir(context: Context) -> Path | None:
-    """The node config's `data-dir`: absolute, or relative to `device-dir`."""
-    data = context.node_config.get("data-dir")
-    if not data:
-        return None
+def forward(message: Message, context: Context) -> Message | None:
+    """The warm worker's reply, with `context.state` updated in place; None when this
+    device has no worker answering (then the caller runs the message itself)."""
     device = context.node_config.get("device-dir")
-    return Path(str(device)) / str(data) if device else Path(str(data))
+    if not device:
+        return None
+    path = warm_link.socket_path(Path(str(device)))
+    if not path.exists():
+        return None
+    try:
+        reply, updated = warm_link.call(path, message, context)
+    except (OSError, warm_link.LinkError) as e:
+        log.warning("warm worker %s did not answer (%s); running the message here", path, e)
+        return None
+    context.state.clear()
+    context.state.update(updated.state)
+    return reply
 
 
-def _device(cfg: SimConfig, pid: int, context: Context, full_model: bool = False) -> Device:
-    """This node's device over its own data folder, re-read every round (only when a file
-    changed), or over the demo partition `partition-id` when the node config names none."""
-    folder = _data_dir(context)
-    if folder is None:
-        return Device.create(cfg, pid, full_model)
-    local = local_files.load(
-        folder, label_names(cfg.dataset), cfg.test_fraction, str(cfg.seed), cfg.min_examples
-    )
-    return Device.create(cfg, pid, full_model, data=local.data)
+def run(category: str, message: Message, context: Context) -> Message:
+    reply = forward(message, context)
+    if reply is not None:
+        return reply
+    from fedadapt.clients.handlers import HANDLERS
 
-
-def _error_reply(handler: Callable[[Message, Context], Message]):
-    """A `FedAdaptError` (too few examples, an unreadable data file) becomes an error reply,
-    which the server counts as a rejected reply; nothing escapes to stop the SuperNode."""
-
-    @functools.wraps(handler)
-    def wrapped(message: Message, context: Context) -> Message:
-        try:
-            return handler(message, context)
-        except FedAdaptError as e:
-            log.warning("%s: %s", message.metadata.message_type, e)
-            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(e)), reply_to=message)
-
-    return wrapped
-
-
-def _device_file(context: Context, key: str) -> Path | None:
-    folder = context.node_config.get("device-dir")
-    return Path(str(folder)) / f"{key}.safetensors" if folder else None
-
-
-def _load(context: Context, key: str):
-    if key in context.state:
-        return record_to_state(context.state[key])
-    path = _device_file(context, key)
-    if path is not None and path.exists():
-        state = load_file(path)
-        context.state[key] = state_to_record(state)
-        return state
-    return None
-
-
-def _keep(context: Context, key: str, state) -> None:
-    """Into the node's state and, on a device, its folder: never into a reply."""
-    context.state[key] = state_to_record(state)
-    path = _device_file(context, key)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
-
-
-def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int) -> None:
-    """On a deployed device: the round's global adapter, the personalized ORT file and the
-    accuracies torch measured, kept in the device folder (`clients/personalized.py`)."""
-    folder = context.node_config.get("device-dir")
-    if not folder:
-        return
-    figures = {
-        "round": rnd,
-        "personalization": device.cfg.personalization,  # which personal parts the file uses
-        "global_accuracy": out["global_accuracy"],
-        "personalized_accuracy": out["personalized_accuracy"],
-        "examples_train": len(device.data.train_labels),
-        "examples_heldout": len(device.data.test_labels),
-    }
-    after_evaluation(Path(str(folder)), {k: v.numpy() for k, v in arrays.items()}, figures)
-
-
-@app.query()
-@_error_reply
-def query(message: Message, context: Context) -> Message:
-    pid = _partition_id(context)
-    return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)
+    return HANDLERS[category](message, context)
 
 
 def secagg_when_asked(message: Message, context: Context, call_next) -> Message:
@@ -170,111 +69,16 @@ def secagg_when_asked(message: Message, context: Context, call_next) -> Message:
     return call_next(message, context)
 
 
-def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context):
-    """Train the global adapter (and the personal part); the delta is all that may leave."""
-    device = _device(cfg, pid, context)
-    delta, stats = device.train_global(arrays, rnd)
-    if pid in malicious_clients(cfg.num_clients, cfg.malicious_fraction, cfg.seed):
-        delta = attack(delta, cfg.attack, seed=rnd * 100_003 + pid)
-        stats = {**stats, "examples": claimed_examples(cfg.attack, stats["examples"])}
-    if cfg.personalization in PERSONAL_ADAPTER_MODES:
-        personal = device.train_personal(arrays, _load(context, "personal"), rnd)
-        _keep(context, "personal", personal)
-    elif cfg.personalization == "ditto":
-        _keep(context, "ditto", device.train_ditto(arrays, _load(context, "ditto"), rnd))
-    return device, delta, stats
-
-
-def _personal_key(cfg: SimConfig) -> str:
-    """Where the personal state is kept: Ditto's copy of the global adapter apart from
-    FedRep's branch, so neither is ever taken for the other (`clients/personalized.py`)."""
-    return "ditto" if cfg.personalization == "ditto" else "personal"
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    return run("query", message, context)
 
 
 @app.train(mods=[secagg_when_asked])
-@_error_reply
 def train(message: Message, context: Context) -> Message:
-    if RECORD_KEY_CONFIGS in message.content:
-        return _train_secagg(message, context)
-    cfg, pid, rnd, phase = _setup(message, context)
-    arrays = _arrays(message, cfg)
-    if phase == "full":
-        device = _device(cfg, pid, context, full_model=True)
-        state, stats = device.train_full(arrays, rnd)
-        metrics = {"num-examples": stats["examples"], "train_loss": stats["train_loss"]}
-        content = {"arrays": state_to_record(state), "metrics": MetricRecord(metrics)}
-        return Message(RecordDict(content), reply_to=message)
-
-    device, delta, stats = _train_adapter(cfg, pid, rnd, arrays, context)
-    feedback = ErrorFeedback(cfg.codec)
-    feedback.residual = _load(context, "ef-residual") or {}
-    blob = feedback.encode(delta)
-    if cfg.codec == "int8":
-        _keep(context, "ef-residual", feedback.residual)
-    metrics = MetricRecord(
-        {
-            "num-examples": stats["examples"],
-            "dp-weight": 1.0,  # accounted central DP needs equal weights
-            "train_loss": stats["train_loss"],
-            "partition-id": pid,
-        }
-    )
-    meta = {"base-sha256": device.model.base.sha256, "codec": cfg.codec}
-    if cfg.lora_tier_ranks:
-        meta[hetlora.RANK_KEY] = cfg.lora_r
-    content = RecordDict(
-        {"arrays": pack_delta(blob), "metrics": metrics, "delta-meta": ConfigRecord(meta)}
-        | worker_record()  # which Ray node trained, in a simulation
-    )
-    return Message(content, reply_to=message)
-
-
-def _train_secagg(message: Message, context: Context) -> Message:
-    """A SecAgg+ round's training step, in the legacy FitIns/FitRes shape the mod expects.
-
-    The delta is clipped here, on the device (the server never sees it alone), and checked
-    to be finite: one NaN would poison the masked sum of every client.
-    """
-    cfg = SimConfig.from_run_config(dict(context.run_config))
-    pid = _partition_id(context)
-    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
-    names = str(fitins.config["names"]).split("\n")
-    arrays = {
-        k: torch.from_numpy(a.copy())
-        for k, a in zip(names, parameters_to_ndarrays(fitins.parameters), strict=True)
-    }
-    rnd = int(fitins.config["server-round"])
-    _, delta, stats = _train_adapter(cfg, pid, rnd, arrays, context)
-    delta = clip(delta, cfg.clip_norm) if cfg.clip_norm > 0 else delta
-    check_delta(delta, arrays)
-    fitres = FitRes(
-        status=Status(code=Code.OK, message=""),
-        parameters=ndarrays_to_parameters([delta[k].numpy() for k in sorted(delta)]),
-        num_examples=int(stats["examples"]),
-        metrics={"train_loss": float(stats["train_loss"])},
-    )
-    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=message)
+    return run("train", message, context)
 
 
 @app.evaluate()
-@_error_reply
 def evaluate(message: Message, context: Context) -> Message:
-    cfg, pid, rnd, phase = _setup(message, context)
-    arrays = _arrays(message, cfg)
-    if phase == "full":
-        device = _device(cfg, pid, context, full_model=True)
-        out = device.evaluate_full(arrays, rnd)
-    else:
-        device = _device(cfg, pid, context)
-        key = _personal_key(cfg)
-        out, personal = device.evaluate(arrays, _load(context, key), rnd)
-        if personal is not None:
-            _keep(context, key, personal)
-        if device.head_bias is not None:
-            _keep(context, "head-bias", {"head_bias": device.head_bias})
-        _serve_locally(context, arrays, out, device, rnd)
-        if message.content["config"].get("baselines", False):
-            out.update(device.baselines())
-    n = len(device.data.test_labels)
-    metrics = MetricRecord({**out, "num-examples": n, "partition-id": pid})
-    return Message(RecordDict({"metrics": metrics}), reply_to=message)
+    return run("evaluate", message, context)

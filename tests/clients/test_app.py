@@ -68,7 +68,7 @@ def test_reply_metrics_have_the_same_keys_every_time():
 def test_a_restarted_node_finds_its_personal_state_in_its_device_dir(tmp_path):
     import torch
 
-    from fedadapt.clients.app import _load
+    from fedadapt.clients.handlers import _load
 
     def ctx():
         return Context(
@@ -187,3 +187,18 @@ def test_a_node_config_without_a_partition_id_is_an_error_reply():
     for msg in (query, _train_message()):
         reply = app(msg, ctx)
         assert reply.error.reason == "node config: partition-id must be an integer >= 0, got None"
+
+
+def test_the_app_flower_imports_per_message_imports_no_torch():
+    """Flower 1.42 imports the ClientApp in a fresh process for every message; torch (1-2 s
+    on a device) belongs to the warm worker and the handlers only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flwr.app, flwr.clientapp\n"
+        "import fedadapt.clients.app\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'fedadapt.clients.handlers' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -80,7 +80,8 @@ def test_everything_a_device_imports_is_installed_by_its_requirements():
     code = (
         "import sys, json\n"
         "from importlib.metadata import packages_distributions as pd\n"
-        "import fedadapt.clients.app, fedadapt.clients.service, fedadapt.clients.runtime\n"
+        "import fedadapt.clients.app, fedadapt.clients.warm_worker, fedadapt.clients.service\n"
+        "import fedadapt.clients.runtime\n"
         "import fedadapt.clients.updater, fedadapt.supervise, fedadapt.data.local_files\n"
         "from fedadapt.cli import build_parser; build_parser()\n"
         "tops = {m.split('.')[0] for m in sys.modules}\n"
