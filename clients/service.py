@@ -1,9 +1,12 @@
 """`fedadapt device run`: the one long-running command on a device.
 
-It runs three things and owns their lifetime:
+It runs four things and owns their lifetime:
 - the SuperNode (`flower-supernode`, TLS to the SuperLink with the CA certificate, authenticated
   by the node key), whose node config names the device folder and its data folder, so each
   round trains on the device's own data and keeps the personal state in the device folder;
+- the warm worker (`clients/warm_worker.py`): torch and the ClientApp's handlers imported
+  once, so the `flwr-clientapp` process Flower 1.42 starts for every message only forwards the
+  message to it over a Unix socket in the device folder instead of importing torch (1-2 s);
 - the signed-update loop (`clients/updater.fetch`) every `update_interval` seconds, when an
   update URL and a trusted key are given: each install rewrites the personalized file. With a
   rollout `channel`, each turn is instead one poll of the rollout agent
@@ -14,12 +17,12 @@ It runs three things and owns their lifetime:
   rollback rewrites it, and the service rewrites it at start, so a restarted device serves its
   personal state at once.
 
-SIGTERM or SIGINT stops all of it: the SuperNode's process group gets SIGTERM, then SIGKILL
-after a grace period, and the command exits 0. A device command killed outright (SIGKILL, the
-OOM killer) takes its SuperNode down too: the SuperNode runs under `fedadapt.supervise`,
+SIGTERM or SIGINT stops all of it: the SuperNode's and the worker's process groups get
+SIGTERM, then SIGKILL after a grace period, and the command exits 0. A device command killed
+outright (SIGKILL, the OOM killer) takes them down too: each runs under `fedadapt.supervise`,
 which holds `PR_SET_PDEATHSIG` and, as a child subreaper, ends the SuperNode and every
-ClientApp process it started. A SuperNode that dies on its own is restarted with a growing
-delay.
+ClientApp process it started. A SuperNode or worker that dies on its own is restarted with a
+growing delay; while the worker is down, messages run in the ClientApp process itself.
 A restart resumes: the node key keeps the node id, and the personal state is in the folder.
 """
 
@@ -49,6 +52,8 @@ OFFLINE_ENV = {
 }
 PID_FILE = "supernode.pid"
 LOG_FILE = "supernode.log"
+WORKER_PID_FILE = "worker.pid"
+WORKER_LOG_FILE = "worker.log"
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,13 @@ def supernode_command(opts: ServiceOptions) -> list[str]:
     ]
 
 
+def worker_command(opts: ServiceOptions) -> list[str]:
+    """The warm worker, on the device folder the node config names (the same resolved path,
+    so the ClientApp finds the same socket)."""
+    device = str(Path(opts.device_dir).resolve())
+    return [sys.executable, "-m", "fedadapt.clients.warm_worker", device]
+
+
 def _log(msg: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(f"[device {stamp}] {msg}", file=sys.stderr, flush=True)
@@ -144,26 +156,27 @@ class DeviceService:
         self.folder = Path(opts.device_dir)
         self.stopping = threading.Event()
         self.supernode: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
         self.next_update = 0.0
         self.restarts = 0
+        self.worker_restarts = 0
+        self.worker_due: float | None = None  # when a worker that died is started again
 
-    # -- the SuperNode ----------------------------------------------------------------------
-    def start_supernode(self) -> subprocess.Popen:
+    # -- the SuperNode and the warm worker ----------------------------------------------------
+    def _start(self, cmd: list[str], log_file: str, pid_file: str, what: str) -> subprocess.Popen:
         self.folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **OFFLINE_ENV}
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env[BASE_CACHE_ENV] = str(self.folder / "cache")  # the int8 base, built once
-        with open(self.folder / LOG_FILE, "ab") as log:
+        with open(self.folder / log_file, "ab") as log:
             # under a supervisor (own session, PR_SET_PDEATHSIG, child subreaper): the
-            # SuperNode and its ClientApp processes end with this command, however it ends
-            proc = supervise.popen(supernode_command(self.opts), env=env, stdout=log)
-        (self.folder / PID_FILE).write_text(f"{proc.pid}\n")
-        _log(f"SuperNode started (pid {proc.pid}), log {self.folder / LOG_FILE}")
-        self.supernode = proc
+            # process and what it starts end with this command, however it ends
+            proc = supervise.popen(cmd, env=env, stdout=log)
+        (self.folder / pid_file).write_text(f"{proc.pid}\n")
+        _log(f"{what} started (pid {proc.pid}), log {self.folder / log_file}")
         return proc
 
-    def stop_supernode(self) -> None:
-        proc, self.supernode = self.supernode, None
+    def _stop(self, proc: subprocess.Popen | None, pid_file: str, what: str) -> None:
         if proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -174,10 +187,28 @@ class DeviceService:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        with contextlib.suppress(ProcessLookupError):  # its ClientApps, if they outlived it
+        with contextlib.suppress(ProcessLookupError):  # its children, if they outlived it
             os.killpg(proc.pid, signal.SIGKILL)
-        (self.folder / PID_FILE).unlink(missing_ok=True)
-        _log(f"SuperNode stopped (pid {proc.pid})")
+        (self.folder / pid_file).unlink(missing_ok=True)
+        _log(f"{what} stopped (pid {proc.pid})")
+
+    def start_supernode(self) -> subprocess.Popen:
+        self.supernode = self._start(supernode_command(self.opts), LOG_FILE, PID_FILE, "SuperNode")
+        return self.supernode
+
+    def stop_supernode(self) -> None:
+        proc, self.supernode = self.supernode, None
+        self._stop(proc, PID_FILE, "SuperNode")
+
+    def start_worker(self) -> subprocess.Popen:
+        self.worker = self._start(
+            worker_command(self.opts), WORKER_LOG_FILE, WORKER_PID_FILE, "warm worker"
+        )
+        return self.worker
+
+    def stop_worker(self) -> None:
+        proc, self.worker = self.worker, None
+        self._stop(proc, WORKER_PID_FILE, "warm worker")
 
     # -- updates and the personalized file --------------------------------------------------
     def refresh_model(self) -> None:
@@ -255,7 +286,7 @@ class DeviceService:
 
     # -- the loop -------------------------------------------------------------------------------
     def step(self, now: float) -> None:
-        """One turn of the loop: keep the SuperNode up, fetch when due."""
+        """One turn of the loop: keep the SuperNode and the worker up, fetch when due."""
         proc = self.supernode
         if proc is not None and proc.poll() is not None:
             self.restarts += 1
@@ -265,6 +296,20 @@ class DeviceService:
             if self.stopping.wait(delay):
                 return
             self.start_supernode()
+        worker = self.worker
+        if worker is not None and worker.poll() is not None:
+            # no wait here: the ClientApp runs messages itself meanwhile; the growing gap
+            # between tries keeps a worker that cannot start from taking the CPU
+            self.worker_restarts += 1
+            self.worker_due = now + min(MAX_RESTART_DELAY_S, 2.0**self.worker_restarts)
+            _log(
+                f"warm worker exited with code {worker.returncode}; restarting in "
+                f"{self.worker_due - now:.0f} s"
+            )
+            self.worker = None
+        if self.worker is None and self.worker_due is not None and now >= self.worker_due:
+            self.worker_due = None
+            self.start_worker()
         if self.opts.update_url and now >= self.next_update:
             self.update_once()
             self.next_update = now + self.opts.update_interval
@@ -274,6 +319,7 @@ class DeviceService:
         restore = _stop_on_signals(self.stopping.set)
         try:
             self.refresh_model()
+            self.start_worker()
             self.start_supernode()
             while not self.stopping.is_set():
                 self.step(time.monotonic())
@@ -281,6 +327,7 @@ class DeviceService:
             _log("stopping")
         finally:
             self.stop_supernode()
+            self.stop_worker()
             restore()
         return 0
 

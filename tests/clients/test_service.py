@@ -15,11 +15,13 @@ import pytest
 
 from fedadapt.clients.service import (
     PID_FILE,
+    WORKER_PID_FILE,
     DeviceService,
     ServiceOptions,
     node_config,
     supernode_command,
 )
+from fedadapt.clients.warm_link import socket_path
 from fedadapt.errors import FedAdaptError
 from fedadapt.simulate import free_port
 
@@ -154,6 +156,48 @@ def test_device_run_on_a_channel_installs_the_candidate_reports_and_follows_a_ha
     assert runtime.logits(["a film"]).argmax() == 1
 
 
+def _answers(path: Path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def _until(check, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout  # a worker imports torch: slow on a busy machine
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {check}"
+        time.sleep(0.2)
+
+
+def test_a_warm_worker_that_dies_is_started_again(tmp_path, capsys):
+    service = DeviceService(_opts(tmp_path))
+    path = socket_path(service.folder)
+    try:
+        first = service.start_worker()
+        _until(lambda: _answers(path))
+        os.killpg(first.pid, signal.SIGKILL)  # no cleanup: its socket file stays behind
+        first.wait()
+        _until(lambda: not _answers(path), timeout=30)  # the worker, killed too, is gone
+        assert path.exists()
+        service.step(now=100.0)
+        assert service.worker is None
+        assert "warm worker exited with code -9; restarting in 2 s" in capsys.readouterr().err
+        service.step(now=101.0)
+        assert service.worker is None  # not yet: the delay grows with each death
+        service.step(now=102.0)
+        assert service.worker is not None and service.worker.pid != first.pid
+        _until(lambda: _answers(path))
+    finally:
+        service.stop_worker()
+    assert not (service.folder / WORKER_PID_FILE).exists()
+    assert not path.exists()  # a clean stop removes the socket
+
+
 # -- against a real SuperLink --------------------------------------------------------------------
 
 
@@ -179,6 +223,13 @@ def _start(cluster, device: Path) -> tuple[subprocess.Popen, list[int]]:
         assert time.monotonic() < deadline, "the device command started no SuperNode"
         time.sleep(0.2)
     return proc, tree
+
+
+def _worker_tree(device: Path) -> list[int]:
+    """The warm worker's supervisor and the worker below it, once it listens."""
+    _until(lambda: _answers(socket_path(device)))
+    top = psutil.Process(int((device / WORKER_PID_FILE).read_text()))
+    return [top.pid, *(p.pid for p in top.children(recursive=True))]
 
 
 def _supernode_tree(device: Path) -> list[int]:
@@ -229,12 +280,15 @@ def test_start_sigterm_restart_and_a_killed_device_command(tmp_path):
         proc, supernode = _start(cluster, device)
         procs.append(proc)
         assert _wait_online(cluster, 1) == 1  # TLS and the registered key: it joined
+        worker = _worker_tree(device)
+        assert len(worker) == 2
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        assert "SuperNode stopped" in proc.stderr.read()
-        assert _gone(supernode)
-        assert not (device / PID_FILE).exists()
+        err = proc.stderr.read()
+        assert "SuperNode stopped" in err and "warm worker stopped" in err
+        assert _gone(supernode) and _gone(worker)
+        assert not (device / PID_FILE).exists() and not (device / WORKER_PID_FILE).exists()
 
         proc, again = _start(cluster, device)  # a restart: same key, same folder
         procs.append(proc)
@@ -245,10 +299,11 @@ def test_start_sigterm_restart_and_a_killed_device_command(tmp_path):
         # the SuperNode may have come and gone: the tree is read again for the kill below)
         again = _supernode_tree(device)
         assert again[:1] == [supervisor] and proc.poll() is None
+        worker = _worker_tree(device)
 
         os.kill(proc.pid, signal.SIGKILL)  # no cleanup runs: the death signal must do it
         proc.wait(timeout=30)
-        assert _gone(again)
+        assert _gone(again) and _gone(worker)
     finally:
         for p in procs:
             if p.poll() is None:
