@@ -1,7 +1,10 @@
 """Bench section `core`: adapter training cost over fp32, int8 and int4 bases.
 
-Each (precision, method) runs in its own process, so its peak RSS is its own and no
-allocator state leaks between cases.
+Bottleneck and LoRA are measured at every precision (their historical shapes, see
+`fedadapt.bench.methods`); IA³, BitFit, prefix and prompt tuning over the int8 base only,
+the simulations' precision, at the simulations' shapes. Same batch for every case. Each
+(precision, method) runs in its own process, so its peak RSS is its own and no allocator
+state leaks between cases.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fedadapt.bench import run_case
+from fedadapt.bench.methods import CORE_LEGACY, METHODS, adapter_config
 
 PRECISIONS = {"fp32": "none", "int8": "int8", "int4": "int4"}
-METHODS = ("bottleneck", "lora")
+SIM_PRECISION = "int8"  # the simulations' base: every method is measured over it
 BATCH, SEQ = 16, 48
 PROBE = [
     "A three-hour cinema master class.",
@@ -29,10 +33,9 @@ PROBE = [
 ]
 
 
-def _adapter(method: str):
-    from fedadapt.adapters import BottleneckConfig, LoraConfig
-
-    return BottleneckConfig(reduction_factor=16) if method == "bottleneck" else LoraConfig(r=8)
+def cases() -> list[tuple[str, str]]:
+    """(precision, method) pairs: the legacy two at every precision, all six over int8."""
+    return [(p, m) for p in PRECISIONS for m in METHODS if m in CORE_LEGACY or p == SIM_PRECISION]
 
 
 def measure(precision: str, method: str, steps: int) -> dict:
@@ -57,7 +60,7 @@ def measure(precision: str, method: str, steps: int) -> dict:
         err = float((mean_pool(base.encoder.eval()(*probe), probe[1]) - ref_out).abs().max())
 
     model = AdapterModel(base)
-    model.add_adapter("a", _adapter(method), num_labels=2)
+    model.add_adapter("a", adapter_config(method, core_legacy=True), num_labels=2)
     model.train_adapter("a")
     texts = [t for c in rotten_tomatoes.load_clients(8) for t in c.train_texts][:BATCH]
     ids, mask = tokenize(tok, texts)
@@ -87,12 +90,10 @@ def measure(precision: str, method: str, steps: int) -> dict:
 def run(quick: bool = False) -> dict:
     steps = 5 if quick else 30
     out: dict = {}
-    cases = [(p, m) for p in PRECISIONS for m in METHODS]
-    for p, m in tqdm(cases, desc="bench core", unit="case"):
+    for p, m in tqdm(cases(), desc="bench core", unit="case"):
         out.setdefault(p, {})[m] = run_case("fedadapt.bench.core", p, m, steps)
-    for p in PRECISIONS:
-        for m in METHODS:
-            r = out[p][m]
+    for p, methods in out.items():
+        for m, r in methods.items():
             tqdm.write(
                 f"core {p:>4} {m:<10} step {r['train_step_ms']:7.1f} ms  "
                 f"rss {r['peak_rss_mb']:6.0f} MB  base {r['base_bytes'] / 1e6:5.1f} MB  "

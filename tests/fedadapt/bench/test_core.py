@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from fedadapt.bench.methods import METHODS
+
 KEYS = {
     "trainable_params",
     "trainable_fraction",
@@ -37,12 +39,19 @@ def test_bench_quick_writes_every_section(tmp_path):
     core = result["core"]
     assert set(core) == {"fp32", "int8", "int4"}
     for precision, methods in core.items():
-        assert set(methods) == {"bottleneck", "lora"}
+        # every method over the simulations' int8 base; the historical two at every precision
+        assert set(methods) == (set(METHODS) if precision == "int8" else {"bottleneck", "lora"})
         for m in methods.values():
             assert set(m) == KEYS
             assert m["train_step_ms"] > 0 and m["peak_rss_mb"] > 100
         assert (methods["bottleneck"]["forward_max_abs_err"] == 0) == (precision == "fp32")
     assert core["int8"]["lora"]["base_bytes"] <= 0.3 * core["fp32"]["lora"]["base_bytes"]
+    # prompt tuning trains 10 input vectors; bottleneck (reduction 16) far more
+    assert (
+        0
+        < core["int8"]["prompt"]["trainable_params"]
+        < core["int8"]["bottleneck"]["trainable_params"]
+    )
     assert core["fp32"]["lora"]["trainable_fraction"] < 0.01
     agg = result["aggregate"]
     assert set(agg) == {"10", "100", "1000"}
@@ -76,6 +85,14 @@ def test_bench_quick_writes_every_section(tmp_path):
                 "overhead_pct",
                 "merged_lora_overhead_pct",
             }
+        assert set(row["methods"]) == set(METHODS)
+        for m, entry in row["methods"].items():
+            assert entry["parity_max_abs"] < 0.5, m  # logits match torch within int4 error
+            for seq in ("seq128", "seq32"):
+                assert set(entry[seq]) == {"base_ms", "adapter_ms", "overhead_pct"}
+                assert entry[seq]["adapter_ms"] > 0
+        # the top-level adapter figures are the bottleneck's, measured once
+        assert row["seq128"]["adapter_ms"] == row["methods"]["bottleneck"]["seq128"]["adapter_ms"]
     assert export["int8"]["size_bytes"] < export["fp32"]["size_bytes"]
     assert export["nnapi_decompositions"]["layernorm+gelu-tanh"]["blocking_ops"] == []
     row = result["secagg"]["3"]  # --quick: 3 nodes only
