@@ -9,7 +9,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: setup demo deploy-demo test lint bench rollout-demo fuzz
+.PHONY: setup demo deploy-demo test lint bench rollout-demo fuzz method-table hetlora-table
 
 setup: $(STAMP)
 
@@ -44,3 +44,34 @@ lint: setup
 
 bench: setup
 	$(BIN)/fedadapt bench --out out/bench.json
+
+# Issue #15's tables (README): one bbc-dirichlet.toml run per adapter method, full-model
+# FedAvg reused from the bottleneck's run (simulations/results/bbc-dirichlet), bench core and
+# export into simulations/results/bench.json, then simulations/results/methods/table.md.
+# Hours on a 2-core machine (the bottleneck's run took 78 min, its full-model baseline
+# included; five more runs, then the bench); a run whose report.json exists is skipped.
+# The bench figures are only worth keeping from an otherwise idle machine.
+METHOD_REPORTS := $(foreach m,lora ia3 bitfit prefix prompt,simulations/results/methods/$(m)/report.json)
+
+simulations/results/methods/%/report.json: | $(STAMP)
+	$(BIN)/fedadapt simulate --config simulations/bbc-dirichlet.toml --set method=$* \
+		--set full_model_from=simulations/results/bbc-dirichlet --out $(@D)
+
+method-table: $(METHOD_REPORTS) | $(STAMP)
+	$(BIN)/fedadapt bench --sections core export --out simulations/results/bench.json
+	$(BIN)/python simulations/method_table.py --out simulations/results/methods
+
+# HetLoRA tiers 2,4,8 against homogeneous r=2 and r=8 (the r=8 run is method-table's LoRA run:
+# the same config without tiers, with baselines on). Two more runs, each about an hour on
+# 2 cores.
+simulations/results/hetlora/bbc-het/report.json: | $(STAMP)
+	$(BIN)/fedadapt simulate --config simulations/bbc-hetlora.toml --out $(@D)
+
+simulations/results/hetlora/bbc-het-r2/report.json: | $(STAMP)
+	$(BIN)/fedadapt simulate --config simulations/bbc-hetlora.toml --set lora_tier_ranks=2 \
+		--out $(@D)
+
+hetlora-table: simulations/results/hetlora/bbc-het/report.json \
+		simulations/results/hetlora/bbc-het-r2/report.json \
+		simulations/results/methods/lora/report.json | $(STAMP)
+	$(BIN)/python simulations/hetlora_table.py --out simulations/results/hetlora
