@@ -38,6 +38,16 @@ def load_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the working directory where it lies below it (a committed
+    table.json then names repository paths, not one machine's), else as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def lookup(data: Any, dotted: str) -> Any:
     """`data["a"]["b"]` for `"a.b"`, or None where any step is absent."""
     for key in dotted.split("."):

@@ -36,6 +36,7 @@ from fedadapt.report_tables import (
     load_json,
     markdown,
     require,
+    shown,
     size,
     write,
 )
@@ -116,12 +117,12 @@ def _group(runs: dict[str, dict[int, dict]], pids: list[int], seed: int) -> dict
 
 def build(reports: dict[str, dict[str, Any]], where: dict[str, Path]) -> dict:
     """The table's data: per tier, over all clients, and per run."""
-    configs = {run: _config(r, str(where[run])) for run, r in reports.items()}
+    configs = {run: _config(r, shown(where[run])) for run, r in reports.items()}
     het = configs["het"]
     tiers = hetlora.parse_tiers(het.lora_tier_ranks)
     if len(tiers) < 2:
         raise FedAdaptError(f"{where['het']} has no device tiers (lora_tier_ranks)")
-    runs = {run: _clients(r, str(where[run])) for run, r in reports.items()}
+    runs = {run: _clients(r, shown(where[run])) for run, r in reports.items()}
     ranks = {run: hetlora.global_rank(cfg) for run, cfg in configs.items()}
     for run, want in (("r8", 8), ("r2", 2)):
         if ranks[run] != want or len(hetlora.parse_tiers(configs[run].lora_tier_ranks)) > 1:
@@ -140,7 +141,7 @@ def build(reports: dict[str, dict[str, Any]], where: dict[str, Path]) -> dict:
         "all_clients": overall,
         "runs": {
             run: {
-                "report": str(where[run]),
+                "report": shown(where[run]),
                 "ranks": configs[run].lora_tier_ranks or str(configs[run].lora_r),
                 "global_accuracy": require(reports[run], "final.global_accuracy", where[run]),
                 "personalized_accuracy": require(

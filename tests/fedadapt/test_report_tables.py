@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fedadapt.errors import FedAdaptError
@@ -8,6 +10,7 @@ from fedadapt.report_tables import (
     load_json,
     lookup,
     require,
+    shown,
     size,
 )
 
@@ -62,3 +65,9 @@ def test_config_differences_list_only_keys_that_differ_outside_ignore():
     }
     got = config_differences(reports, frozenset({"method"}))
     assert got == {"rounds": {"a": 20, "b": 5}}
+
+
+def test_shown_paths_are_relative_below_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shown(tmp_path / "results" / "report.json") == "results/report.json"
+    assert shown(Path("/elsewhere/report.json")) == "/elsewhere/report.json"
