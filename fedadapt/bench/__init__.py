@@ -57,6 +57,15 @@ def _dist_version(name: str) -> str:
     return version(name)
 
 
+def record(result: dict, section: str, figures: dict, where: dict) -> None:
+    """Put one section's figures into `result`. `machine` is the latest run's; `machines`
+    keeps each section's own, since sections merged from separate runs may come from
+    different machines (or the same one, busier)."""
+    result[section] = figures
+    result["machine"] = where
+    result.setdefault("machines", {})[section] = where
+
+
 def run(out: Path, quick: bool, sections: list[str]) -> dict:
     from fedadapt.bench import aggregate, core, deploy, export, scale, secagg, updates
 
@@ -74,8 +83,8 @@ def run(out: Path, quick: bool, sections: list[str]) -> dict:
         raise ValueError(f"unknown bench sections {sorted(unknown)}; have {sorted(runners)}")
     # Merge into an existing file so sections measured by separate runs stay together.
     result = json.loads(out.read_text()) if out.exists() else {}
-    result["machine"] = machine()
+    where = machine()
     for name in sections:
-        result[name] = runners[name](quick=quick)
+        record(result, name, runners[name](quick=quick), where)
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
