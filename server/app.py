@@ -317,8 +317,10 @@ class FederatedRun:
         atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         if not cfg.resume:  # a later resume must not pick up an older run's checkpoints
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
-        reused = None  # the full-model baseline of another run, checked before any round
-        if cfg.baselines and cfg.full_model_baseline and cfg.full_model_from:
+        # the full-model baseline of another run, checked before any round; reading it costs
+        # nothing, so it is taken even where this run skips its own (costly) baselines
+        reused = None
+        if cfg.full_model_baseline and cfg.full_model_from:
             reused = full_model_reuse.load(cfg)
             full_model_reuse.check_clients(reused, self.partition_of.values())
         global_state, rows = self._run_phase("adapter", build_fresh_global(cfg))

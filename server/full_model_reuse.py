@@ -73,7 +73,7 @@ def resolved(cfg: SimConfig, cwd: Path | None = None) -> SimConfig:
     source = Path(cfg.full_model_from)
     source = source if source.is_absolute() else (cwd or Path.cwd()) / source
     out = dataclasses.replace(cfg, full_model_from=str(source.resolve()))
-    if out.baselines and out.full_model_baseline:
+    if out.full_model_baseline:
         load(out)
     return out
 

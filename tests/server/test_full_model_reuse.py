@@ -126,6 +126,9 @@ def test_the_source_is_resolved_and_checked_before_the_run_starts(tmp_path) -> N
     assert cfg.full_model_from == str(tmp_path / "runs" / "src")
     with pytest.raises(FedAdaptError, match="seed = 0 there, 7 here"):
         resolved(_asking(Path("runs/src"), seed=7), cwd=tmp_path)
+    # without its own baselines a run still takes (so still checks) the reused one
+    with pytest.raises(FedAdaptError, match="seed = 0 there, 7 here"):
+        resolved(_asking(Path("runs/src"), seed=7, baselines=False), cwd=tmp_path)
     # a run without the full-model baseline does not need the source
     off = _asking(Path("runs/elsewhere"), full_model_baseline=False)
     assert resolved(off, cwd=tmp_path).full_model_from == str(tmp_path / "runs" / "elsewhere")
@@ -172,19 +175,24 @@ def test_a_mismatched_source_is_refused_before_the_run_starts(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_ditto_run_takes_the_full_model_baseline_instead_of_training_it(tmp_path) -> None:
-    """ci.toml in Ditto mode on Flower's Simulation Engine, its full-model figures read from
-    another run's report: no full-model round runs, and the comparisons use those figures."""
+    """ci.toml in Ditto mode on Flower's Simulation Engine without its own baselines, its
+    full-model figures read from another run's report: no full-model round runs, and the
+    comparisons use those figures."""
     ci = SimConfig.load(ROOT / "simulations" / "ci.toml")
     src = _write_report(tmp_path / "src", ci, clients=range(4))
     out = tmp_path / "run"
+    # --no-baselines: the reused figures cost nothing, so they come even without this run's
+    # own baselines (which would train every client locally at the end)
     res = _simulate(
-        "--out", str(out), "--set", f"full_model_from={src}", "--set", "personalization=ditto"
-    )
+        "--out", str(out), "--set", f"full_model_from={src}", "--set", "personalization=ditto",
+        "--no-baselines",
+    )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"the full-model FedAvg baseline is taken from {src / 'report.json'}" in res.stdout
     assert "[full-model FedAvg] round" not in res.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["personalization"] == "ditto"
+    assert report["final"]["local_only_accuracy"] is None  # this run's own baselines skipped
     assert report["per_client"]["3"]["full_model_personalized_accuracy"] == 0.8 + 3 / 100
     assert report["full_model_fedavg_rounds"][0]["upload_bytes"] == 10
     paired = report["comparisons"]["personalized_vs_full_model_fedavg_personalized"]
