@@ -100,6 +100,9 @@ def _device(cfg: SimConfig, pid: int, context: Context, full_model: bool = False
     local = local_files.load(
         folder, label_names(cfg.dataset), cfg.test_fraction, str(cfg.seed), cfg.min_examples
     )
+    device = context.node_config.get("device-dir")
+    if device:  # the rollout agent scores versions on this same held-out side
+        local_files.record_split(Path(str(device)), cfg.test_fraction, str(cfg.seed))
     return Device.create(cfg, pid, full_model, data=local.data)
 
 

@@ -277,22 +277,24 @@ def device_agent(
     trust: list[Path],
     data_dir: str | Path,
     local_bound: float = 0.1,
-    test_fraction: float = 0.3,
-    split_key: str = "0",
+    test_fraction: float | None = None,
+    split_key: str | None = None,
     timeout: float = 30.0,
 ) -> RolloutAgent:
     """The agent of a real device: its ONNX graph (whose `runtime.json` names the base) scores
-    both versions on the held-out split of its own data folder (the split the ClientApp keeps
-    out of training, with the run's `test_fraction` and seed). `rollout poll` and
-    `device run --channel` both use it, so a poll by hand and the service's polls score alike."""
+    both versions on the held-out split of its own data folder: by default the split the
+    ClientApp keeps out of training (the run's `test_fraction` and seed, which it records in
+    the device folder). `rollout poll` and `device run --channel` both use it, so a poll by
+    hand and the service's polls score alike."""
     from fedadapt.data import local_files
     from fedadapt.keys import load_public
 
     runtime = EdgeRuntime(device_dir, personalized=False)  # no graph: one line, here
     trusted = [load_public(p) for p in trust]
-    local = local_files.load(
-        Path(data_dir), runtime.labels, test_fraction, split_key, min_examples=2
-    )
+    recorded = local_files.recorded_split(Path(device_dir))
+    fraction = recorded[0] if test_fraction is None else test_fraction
+    key = recorded[1] if split_key is None else split_key
+    local = local_files.load(Path(data_dir), runtime.labels, fraction, key, min_examples=2)
     scorer = OrtScorer(device_dir, local.data.test_texts, local.data.test_labels, runtime)
     base = str(runtime.meta["base_sha256"])
     return RolloutAgent(device_dir, url, channel, trusted, base, scorer, local_bound, timeout)

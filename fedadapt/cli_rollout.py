@@ -152,9 +152,14 @@ def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
         "--local-bound", type=_fraction, default=0.1, help="accuracy drop that rolls back"
     )
     d.add_argument(
-        "--test-fraction", type=_fraction, default=0.3, help="held-out share (the run's)"
-    )
-    d.add_argument("--split-key", default="0", help="held-out split key (the run's seed)")
+        "--test-fraction", type=_fraction, default=None,
+        help="held-out share (default: the one the device trains with, DEVICE_DIR/split.json, "
+        "else 0.3)",
+    )  # fmt: skip
+    d.add_argument(
+        "--split-key", default=None,
+        help="held-out split key (default: the device's, as --test-fraction; else 0)",
+    )  # fmt: skip
     d.set_defaults(func=_poll)
     v = command("serve", _serve)
     v.add_argument("--devices", required=True, type=existing_folder, help="folder of device *.pub")

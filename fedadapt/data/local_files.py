@@ -76,6 +76,44 @@ def is_held_out(text: str, test_fraction: float, key: str) -> bool:
     return int.from_bytes(digest[:8], "big") < test_fraction * 2**64
 
 
+# The split a device trains with, kept in its device folder: the run config (test_fraction,
+# seed) reaches only the ClientApp, yet the rollout agent must score versions on the same
+# held-out side, or it would score examples the device trained on.
+SPLIT_FILE = "split.json"
+DEFAULT_SPLIT = (0.3, "0")  # SimConfig's defaults, for a device that has not trained yet
+
+
+def record_split(device_dir: Path, test_fraction: float, key: str) -> None:
+    """Keep the split this device trains with (written only when it changes)."""
+    path = Path(device_dir) / SPLIT_FILE
+    text = json.dumps({"test_fraction": test_fraction, "key": key}, sort_keys=True) + "\n"
+    try:
+        if path.exists() and path.read_text() == text:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise FedAdaptError(f"cannot record the data split in {path}: {e.strerror}") from None
+
+
+def recorded_split(device_dir: Path) -> tuple[float, str]:
+    """The split the device trains with; `DEFAULT_SPLIT` if it never trained (then no
+    example was trained on, so any split is held out)."""
+    path = Path(device_dir) / SPLIT_FILE
+    if not path.exists():
+        return DEFAULT_SPLIT
+    try:
+        raw = json.loads(path.read_text())
+        fraction, key = raw["test_fraction"], raw["key"]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise FedAdaptError(f"{path} is not a data split record ({e})") from None
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise FedAdaptError(f"{path}: test_fraction must be a number, got {fraction!r}")
+    if not 0.0 < fraction < 1.0 or not isinstance(key, str):
+        raise FedAdaptError(f"{path}: test_fraction must be in (0, 1) and key a string")
+    return float(fraction), key
+
+
 def parse_label(value: object, labels: list[str], from_csv: bool) -> int | None:
     """A label name or its integer id; in CSV every cell is text, so digits are an id."""
     if isinstance(value, str):

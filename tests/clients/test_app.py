@@ -139,6 +139,9 @@ def test_a_device_trains_on_its_own_files_and_no_text_crosses_the_wire(tmp_path)
     assert local.examples == 24 and not local.bad_rows
     trained = app(_train_message(), ctx)
     assert trained.content["metrics"]["num-examples"] == len(local.data.train_texts)
+    # the split it trained with is kept for the rollout agent's held-out scoring
+    split = (CFG.test_fraction, str(CFG.seed))
+    assert local_files.recorded_split(tmp_path / "dev") == split
     evaluated = app(_evaluate_message(), ctx)
     assert evaluated.content["metrics"]["num-examples"] == len(local.data.test_texts)
     assert 0.0 <= evaluated.content["metrics"]["personalized_accuracy"] <= 1.0

@@ -177,13 +177,13 @@ def test_an_expired_channel_file_is_refused_as_stale(setup):
 # -- `rollout poll` on real devices: the exported graph scores both versions -------------------
 
 
-def _held_out_labels(device) -> np.ndarray:
+def _held_out_labels(device, fraction: float = 0.3, key: str = "0") -> np.ndarray:
     from fedadapt.data import local_files
     from fedadapt.model_setup import label_names
     from tests.clients.conftest import GRAPH_CFG
 
     names = label_names(GRAPH_CFG.dataset)
-    return np.asarray(local_files.load(device / "data", names, 0.3, "0", 2).data.test_labels)
+    return np.asarray(local_files.load(device / "data", names, fraction, key, 2).data.test_labels)
 
 
 def _poll_cli(world, device) -> list[str]:
@@ -201,12 +201,16 @@ def test_rollout_poll_on_real_devices_installs_scores_and_reports(rollout_world,
     """Version 1 always answers label 1, version 2 label 0: the device's graph must give each
     exactly the share of its label on the held-out split, and the server must record that."""
     from fedadapt.clients.runtime import EdgeRuntime
+    from fedadapt.data.local_files import record_split
 
     world = rollout_world
+    # the device trained with another run's split: the poll must score on that held-out side
+    record_split(world.inside, 0.5, "7")
     _poll_cli(world, world.inside)
     out = capsys.readouterr().out
     assert "runs v2 (fetched)" in out
-    labels = _held_out_labels(world.inside)
+    labels = _held_out_labels(world.inside, 0.5, "7")
+    assert labels.size != _held_out_labels(world.inside).size  # the default split differs
     (stored,) = world.rollouts.rollout_reports("main")
     assert stored["device"] == key_id(device_key(world.inside).public_key())
     assert (stored["stable"], stored["candidate"], stored["running"]) == (1, 2, 2)

@@ -202,3 +202,26 @@ def test_a_partition_written_as_jsonl_reads_back_whole(tmp_path):
     local = read_folder(tmp_path / "data", LABELS, 0.3, key="0")
     assert _pairs(local) == {("good", 1), ("bad, really", 0), ('said "meh"', 0)}
     assert '"label": "fresh"' in path.read_text().splitlines()[0]
+
+
+# -- the split a device trains with, kept for its rollout agent -------------------------------
+
+
+def test_the_recorded_split_is_read_back_and_defaults_before_training(tmp_path):
+    assert local_files.recorded_split(tmp_path) == local_files.DEFAULT_SPLIT
+    local_files.record_split(tmp_path, 0.25, "7")
+    assert local_files.recorded_split(tmp_path) == (0.25, "7")
+    local_files.record_split(tmp_path, 0.4, "1")  # a later run with another split
+    assert local_files.recorded_split(tmp_path) == (0.4, "1")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{", "[]", '{"test_fraction": 0.3}', '{"test_fraction": "0.3", "key": "0"}',
+     '{"test_fraction": 1.5, "key": "0"}', '{"test_fraction": 0.3, "key": 0}',
+     '{"test_fraction": true, "key": "0"}'],
+)  # fmt: skip
+def test_a_corrupt_split_record_is_one_line_naming_it(tmp_path, text):
+    (tmp_path / local_files.SPLIT_FILE).write_text(text)
+    with pytest.raises(FedAdaptError, match=str(tmp_path / local_files.SPLIT_FILE)):
+        local_files.recorded_split(tmp_path)
