@@ -15,9 +15,10 @@ from fedadapt.cli_args import positive_int as positive
 
 
 def _device_run(args: argparse.Namespace) -> None:
-    """Run this device: its SuperNode (TLS, node key, the device's own data), the signed-update
-    loop (or, with --channel, the staged rollout of that channel), and the personalized ONNX
-    model, until SIGTERM. A restart resumes with the personal state kept in the device
+    """Run this device: its SuperNode (TLS, node key, the device's own data), the warm worker
+    that runs each message without importing torch again, the signed-update loop (or, with
+    --channel, the staged rollout of that channel), and the personalized ONNX model, until
+    SIGTERM. A restart resumes with the personal state kept in the device
     folder."""
     from fedadapt.clients.service import DeviceService, ServiceOptions
 
@@ -50,7 +51,7 @@ def add_device_commands(sub: argparse._SubParsersAction) -> None:
     actions = d.add_subparsers(dest="action", required=True)
     r = actions.add_parser(
         "run",
-        help="the SuperNode, signed updates and the personalized model, until SIGTERM",
+        help="the SuperNode, its warm worker, signed updates and the personalized model",
         description=_device_run.__doc__,
     )
     r.add_argument("--device-dir", required=True, type=folder, help="this device's folder")
