@@ -80,7 +80,10 @@ class Worker:
                     return
                 raise
             with conn:
-                self.answer(conn)
+                try:
+                    self.answer(conn)
+                except Exception:  # a reply Flower's serde cannot write: this client's loss
+                    log.exception("a request failed; serving on")
 
     def answer(self, conn: socket.socket) -> None:
         conn.settimeout(IO_TIMEOUT_S)

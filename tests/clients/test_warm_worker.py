@@ -146,6 +146,14 @@ def test_the_socket_is_private(worker):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
+def test_no_worker_is_no_message_lost_and_nothing_logged(tmp_path, caplog):
+    """A device without a worker (not started yet, or a plain SuperNode): run here, silently."""
+    with caplog.at_level("WARNING", logger="fedadapt.clients"):
+        reply = app(_message("query"), _context(tmp_path / "dev"))
+    assert reply.content["metrics"]["partition-id"] == 2
+    assert not [r for r in caplog.records if r.name == "fedadapt.clients"]
+
+
 def test_a_dead_worker_loses_no_message(tmp_path, caplog):
     """A worker killed outright leaves its socket file; the ClientApp runs the message."""
     device = tmp_path / "dev"
