@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,8 +115,9 @@ def round_metrics(results: list[tuple[Any, Any]]) -> tuple[list[Any], float, Cou
     for n, metrics in results:
         counts.append(n)
         try:
-            if not isinstance(metrics, dict):
-                raise DeltaError("metrics are not a dict", reason="metrics")
+            # Flower's recorddict_to_fitres hands a ConfigRecord, a Mapping but not a dict
+            if not isinstance(metrics, Mapping):
+                raise DeltaError("metrics are not a mapping", reason="metrics")
             loss = check_train_loss(metrics)
             weight = check_num_examples(n, 0)
         except DeltaError as e:

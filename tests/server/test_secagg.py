@@ -1,5 +1,6 @@
 """SecAgg+ on the Simulation Engine: the unmasked mean matches plain FedAvg within the bound."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,8 @@ def test_secagg_mean_matches_plain_fedavg_within_quantization_error(tmp_path):
     plain_out, _ = _run(tmp_path, "plain")
     secure_out, log = _run(tmp_path, "secagg", secagg=True)
     assert "Secure aggregation completed" in log
+    row = json.loads((secure_out / "report.json").read_text())["rounds"][0]
+    assert row["rejected"] == {} and 0 < row["train_loss"] < 10  # every reply's loss counted
 
     plain = load_file(plain_out / "checkpoints" / "round-0001.safetensors")
     secure = load_file(secure_out / "checkpoints" / "round-0001.safetensors")
@@ -109,6 +112,26 @@ def test_bad_metrics_in_a_secagg_reply_are_skipped_inside_flowers_own_aggregate_
     params_out, _ = legacy_strategy(["w"], 2, seen).aggregate_fit(1, zero, [])
     assert params_out is params  # claims summing to 0: no division inside the workflow
     assert seen["num_examples"] == [0, 0] and dict(seen["skipped"]) == {"num-examples": 2}
+
+
+def test_metrics_as_flowers_secagg_workflow_hands_them_are_read():
+    """The workflow converts each reply with Flower's own `recorddict_to_fitres`, whose
+    metrics are a ConfigRecord, not a dict: they must count, not be skipped as malformed."""
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    from fedadapt.server.secagg import round_metrics
+
+    params = ndarrays_to_parameters([np.ones(2, dtype=np.float32)])
+    sent = [FitRes(Status(Code.OK, ""), params, n, {"train_loss": loss}) for n, loss in
+            ((3, 0.5), (1, 0.1))]  # fmt: skip
+    wire = [compat.fitres_to_recorddict(f, keep_input=True) for f in sent]
+    received = [compat.recorddict_to_fitres(r, keep_input=True) for r in wire]
+    assert not isinstance(received[0].metrics, dict)  # what made every reply "malformed"
+    counts, loss, skipped = round_metrics([(f.num_examples, f.metrics) for f in received])
+    assert counts == [3, 1] and not skipped
+    assert loss == pytest.approx((3 * 0.5 + 1 * 0.1) / 4)
 
 
 def test_a_secagg_round_with_no_valid_loss_reports_nan_not_an_error():
