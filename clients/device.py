@@ -26,6 +26,7 @@ from fedadapt.model_setup import (
     PERSONAL,
     build_fresh_global,
     cached_model,
+    fresh_personal,
     full_model_state,
     load_full_model_state,
     mix_seed,
@@ -61,7 +62,7 @@ class Device:
     ) -> Device:
         """The device of partition `partition_id`: its own `data`, else the demo partition."""
         model = cached_model(cfg, full_model)
-        fresh = {} if full_model else model.adapter_state(PERSONAL)
+        fresh = {} if full_model else fresh_personal(cfg)
         data = data if data is not None else client_data(cfg, partition_id)
         return cls(cfg, partition_id, model, fresh, data)
 

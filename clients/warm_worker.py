@@ -15,7 +15,8 @@ ClientApp process would send.
 
 Models are cached per config (`model_setup.cached_model`): each run's first message builds
 its model over the cached int8 base, later messages of the run reuse it. A message of another
-run drops the cache, so a long-lived device does not keep one model per past run.
+run drops the cache (`clear_model_cache`), so a long-lived device does not keep one model
+per past run.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from flwr.common.constant import ErrorCode
 
 from fedadapt.clients import warm_link
 from fedadapt.clients.handlers import HANDLERS
-from fedadapt.model_setup import cached_model
+from fedadapt.model_setup import clear_model_cache
 
 IO_TIMEOUT_S = 60.0  # one frame, even 100 MB, crosses a local socket in well under a second
 log = logging.getLogger("fedadapt.clients.warm_worker")
@@ -98,7 +99,7 @@ class Worker:
             log.warning("a client left mid-request: %s", e)
             return
         if context.run_id != self.run_id:
-            cached_model.cache_clear()
+            clear_model_cache()
             self.run_id = context.run_id
         t0 = time.perf_counter()
         reply = run_handler(message, context)

@@ -94,9 +94,26 @@ def build_model(cfg: SimConfig, full_model: bool = False) -> AdapterModel:
 
 
 @cache
+def _built(cfg: SimConfig, full_model: bool) -> tuple[AdapterModel, State]:
+    model = build_model(cfg, full_model)
+    return model, ({} if full_model else model.adapter_state(PERSONAL))
+
+
 def cached_model(cfg: SimConfig, full_model: bool = False) -> AdapterModel:
-    """One model per process and config: a device reuses it every round."""
-    return build_model(cfg, full_model)
+    """One model per process and config: a device reuses it every round. Its tensors hold
+    whatever was trained or loaded last (in a simulation's Ray actor, another client's)."""
+    return _built(cfg, full_model)[0]
+
+
+def fresh_personal(cfg: SimConfig) -> State:
+    """The personal adapter as built, before any training: a client's new personal part
+    starts here, never from the cached model's, which may be another client's."""
+    return _built(cfg, False)[1]
+
+
+def clear_model_cache() -> None:
+    """Drop the cached models (a warm worker does when another run's messages arrive)."""
+    _built.cache_clear()
 
 
 @cache

@@ -8,7 +8,13 @@ import torch
 from fedadapt.adapters import Stack
 from fedadapt.clients.device import Device
 from fedadapt.head_bias import fit_head_bias
-from fedadapt.model_setup import GLOBAL, PERSONAL, build_fresh_global, trainable_global_keys
+from fedadapt.model_setup import (
+    GLOBAL,
+    PERSONAL,
+    build_fresh_global,
+    build_model,
+    trainable_global_keys,
+)
 from fedadapt.simconfig import SimConfig
 from tests.clients import SMALL
 
@@ -171,3 +177,19 @@ def test_fedrep_head_bias_stacks_a_top_layer_adapter_and_fits_a_bias_on_it():
     assert torch.equal(bias, dev.head_bias)
     want = float(((test + bias).argmax(-1) == torch.tensor(d.test_labels)).float().mean())
     assert out["personalized_accuracy"] == want
+
+
+def test_a_new_clients_personal_part_never_starts_from_another_clients():
+    """One process serves many clients (a Ray actor; a warm worker across runs): client 2's
+    first personal adapter must start from the built one, not from client 1's, which the
+    shared cached model still holds after client 1 trained."""
+    g = build_fresh_global(CFG)
+    first = Device.create(CFG, partition_id=1)
+    trained = first.train_personal(g, None, server_round=1)
+    second = Device.create(CFG, partition_id=2)
+    held = second.model.adapter_state(PERSONAL)  # the shared model: client 1's adapter
+    assert all(torch.equal(held[k], trained[k]) for k in trained)
+    built = build_model(CFG).adapter_state(PERSONAL)
+    assert set(second.fresh_personal) == set(built)
+    assert all(torch.equal(second.fresh_personal[k], built[k]) for k in built)
+    assert any(not torch.equal(second.fresh_personal[k], trained[k]) for k in trained)
