@@ -16,6 +16,7 @@ from fedadapt.atomic import atomic_write_text
 from fedadapt.errors import FedAdaptError
 
 NOT_MEASURED = "not measured"
+NOT_RECORDED = "not recorded"
 
 
 def check_present(inputs: Mapping[str, Path]) -> None:
@@ -72,11 +73,13 @@ def config_differences(
     `{key: {report label: value}}`. Tables compare runs; this says what else differed."""
     configs = {label: r.get("config") or {} for label, r in reports.items()}
     keys = sorted({k for c in configs.values() for k in c} - ignore)
-    return {
-        k: {label: c.get(k) for label, c in configs.items()}
-        for k in keys
-        if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1
-    }
+    out = {}
+    for k in keys:
+        # a key an older report does not record is named so, not shown as a value
+        values = {label: c.get(k, NOT_RECORDED) for label, c in configs.items()}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            out[k] = values
+    return out
 
 
 def interval(cmp: Mapping[str, Any] | None) -> str:

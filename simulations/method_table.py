@@ -100,12 +100,22 @@ def build(reports: dict[str, dict[str, Any]], bench: dict[str, Any], where: dict
             first, "communication.full_model_bytes_per_client_round"
         ),
         "config_differences": config_differences(reports, SAME_RUN),
-        "bench_machine": bench.get("machine"),
+        # each section's own machine (bench.json's `machines`; older files: `machine`)
+        "bench_machines": {
+            section: lookup(bench, f"machines.{section}") or bench.get("machine")
+            for section in ("core", "export")
+        },
         "merged_lora_overhead_pct": {
             seq: lookup(bench, f"export.{PRECISION}.{seq}.merged_lora_overhead_pct")
             for seq in ("seq128", "seq32")
         },
     }
+
+
+def _machine(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "machine not recorded"
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('date', 'date unknown')}"
 
 
 def _pct(value: float | None) -> str:
@@ -145,7 +155,7 @@ def render(table: dict[str, Any]) -> str:
         for r in table["rows"]
     ]
     full = sorted({round(v, 4) for v in table["full_model_fedavg_accuracy"].values()})
-    machine = table["bench_machine"] or {}
+    machines = table["bench_machines"]
     notes = [
         f"Runs: {table['config']}, one per method. Full-model FedAvg (the interval's "
         f"reference, paired over the same clients): accuracy {', '.join(map(str, full))}, "
@@ -153,12 +163,12 @@ def render(table: dict[str, Any]) -> str:
         "Trainable params: the adapter plus the head, as the report counts them. Upload: the "
         f"mean serialized reply per client-round ({table['codec']} codec).",
         "* the 95% interval (bootstrap over clients) excludes 0.",
-        f"Train step and ORT overhead: bench.json ({machine.get('cpu', '?')}, "
-        f"{machine.get('cores', '?')} cores, {machine.get('date', 'date unknown')}). Step: "
-        f"median AdamW step, batch 16 × 48 tokens, over the {PRECISION} base; bottleneck and "
-        "LoRA at the core section's fixed shapes (reduction factor 16; LoRA r 8 with A "
-        "trained), the other four at the runs' shapes. ORT: batch 1, each adapter as "
-        f"overridable inputs, against the {PRECISION} base graph with the same head.",
+        f"Train step: bench.json's core ({_machine(machines['core'])}); ORT overhead: its "
+        f"export ({_machine(machines['export'])}). Step: median AdamW step, batch 16 × 48 "
+        f"tokens, over the {PRECISION} base; bottleneck and LoRA at the core section's fixed "
+        "shapes (reduction factor 16; LoRA r 8 with A trained), the other four at the runs' "
+        "shapes. ORT: batch 1, each adapter as overridable inputs (the runs' shapes), "
+        f"against the {PRECISION} base graph with the same head.",
     ]
     merged = table["merged_lora_overhead_pct"]
     if any(v is not None for v in merged.values()):

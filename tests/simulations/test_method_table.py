@@ -163,3 +163,26 @@ def test_config_differences_beyond_the_method_are_noted(inputs, tmp_path):
     md = (tmp_path / "out" / "table.md").read_text()
     assert "Config differs in rounds" in md and "'prompt': 5" in md
     assert "Config differs in method" not in md  # the one difference the table is about
+
+
+def test_bench_figures_name_the_machine_of_their_own_section(inputs, tmp_path):
+    paths, _ = inputs
+    b = bench(per_method_export=True)
+    b["machine"] = {"cpu": "latest-run cpu", "cores": 2, "date": "2026-12-02T10:55"}
+    b["machines"] = {"core": {"cpu": "core cpu", "cores": 2, "date": "2026-12-02T08:15"}}
+    mt.main(_args(paths, write_json(tmp_path / "b.json", b), tmp_path / "out"))
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "core (core cpu, 2 cores, 2026-12-02T08:15)" in md
+    # export has no entry of its own in `machines`: the file's `machine` stands in
+    assert "export (latest-run cpu, 2 cores, 2026-12-02T10:55)" in md
+
+
+def test_a_config_key_an_older_report_lacks_is_named_not_recorded(inputs, tmp_path):
+    paths, bench_path = inputs
+    old = report("bottleneck")
+    del old["config"]["ditto_lambda"]
+    write_json(paths["bottleneck"], old)
+    mt.main(_args(paths, bench_path, tmp_path / "out"))
+    diff = json.loads((tmp_path / "out" / "table.json").read_text())["config_differences"]
+    assert diff["ditto_lambda"]["bottleneck"] == "not recorded"
+    assert diff["ditto_lambda"]["lora"] == 0.1
