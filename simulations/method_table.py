@@ -45,8 +45,10 @@ DEFAULT_REPORTS = {
 }
 COMPARISONS = ("global_vs_full_model_fedavg", "personalized_vs_full_model_fedavg")
 # Keys a method run may differ in from the bottleneck's without changing what is compared:
-# the method itself, where the full-model baseline came from, where the run wrote to.
-SAME_RUN = frozenset({"method", "full_model_from", "out", "resume"})
+# the method itself, where the full-model baseline came from (reused with or without the
+# run's own baselines, which add only local-only and zero-shot columns), how long the server
+# waits for a round, where the run wrote to.
+SAME_RUN = frozenset({"method", "full_model_from", "baselines", "round_timeout", "out", "resume"})
 PRECISION = "int8"  # the simulations' base; bench figures are read at this precision
 
 
@@ -63,11 +65,12 @@ def _report_row(method: str, report: dict[str, Any], where: str) -> dict[str, An
         ("personalized_accuracy", "final.personalized_accuracy"),
     ):
         row[key] = require(report, dotted, where)
+    hint = "run with baselines = true or full_model_from"
     row["full_model_fedavg_accuracy"] = require(
-        report, "final.full_model_fedavg_accuracy", where, "run with baselines = true"
+        report, "final.full_model_fedavg_accuracy", where, hint
     )
     for name in COMPARISONS:
-        row[name] = require(report, f"comparisons.{name}", where, "run with baselines = true")
+        row[name] = require(report, f"comparisons.{name}", where, hint)
     return row
 
 
