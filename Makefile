@@ -55,7 +55,7 @@ METHOD_REPORTS := $(foreach m,lora ia3 bitfit prefix prompt,simulations/results/
 
 simulations/results/methods/%/report.json: | $(STAMP)
 	$(BIN)/fedadapt simulate --config simulations/bbc-dirichlet.toml --set method=$* \
-		--set full_model_from=simulations/results/bbc-dirichlet --out $(@D)
+		--set full_model_from=simulations/results/bbc-dirichlet --no-baselines --out $(@D)
 
 method-table: $(METHOD_REPORTS) | $(STAMP)
 	$(BIN)/fedadapt bench --sections core export --out simulations/results/bench.json

@@ -64,7 +64,9 @@ def add_fusion(
 def pad_head(model: AdapterModel, name: str, num_labels: int) -> None:
     """Widen head `name` to `num_labels` outputs for a graph that stacks every task's head
     (one shape for all): the extra rows have zero weights and a bias of -1e4, so they never
-    win an argmax and take no softmax mass; the task's own logits are unchanged."""
+    win an argmax and take no softmax mass; the task's own logits are the same sums (to float
+    rounding: a wider matmul may block them differently), so its predictions are unchanged.
+    Task A's bit-identical outputs are the torch model's; this widening is for export only."""
     head = model.heads[name]
     extra = num_labels - head.out_features
     if extra <= 0:

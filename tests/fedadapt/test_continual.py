@@ -121,7 +121,10 @@ def test_a_padded_head_keeps_its_logits_and_never_predicts_the_padding(fresh_mod
         continual.pad_head(model, "a", 5)
         after = model(*batch)
     assert after.shape == (4, 5)
-    assert torch.equal(after[:, :2], before)
+    # the same sums, but a 5-wide matmul may block them differently from a 2-wide one (seen on
+    # an AMD EPYC, not on a Xeon): equal to float rounding, the same predictions
+    torch.testing.assert_close(after[:, :2], before, atol=1e-6, rtol=0)
+    assert torch.equal(after.argmax(dim=1), before.argmax(dim=1))
     assert (after[:, 2:] == continual.PAD_LOGIT).all()
 
 
