@@ -106,7 +106,10 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write(out: Path, text: str, data: Mapping[str, Any]) -> None:
-    """`table.md` and `table.json` in `out` (created), each written atomically."""
+    """`table.md` and `table.json` in `out` (created), each written atomically, then the
+    table printed with where it went (both table scripts end this way)."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "table.json", json.dumps(data, indent=2) + "\n")
+    print(text, end="")
+    print(f"written to {out / 'table.md'} and table.json")

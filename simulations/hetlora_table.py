@@ -244,8 +244,6 @@ def main(argv: list[str] | None = None) -> None:
     table = build(reports, where)
     text = render(table)
     write(args.out, text, table)
-    print(text, end="")
-    print(f"written to {args.out / 'table.md'} and table.json")
 
 
 if __name__ == "__main__":

@@ -205,8 +205,6 @@ def main(argv: list[str] | None = None) -> None:
     table = build(reports, load_json(args.bench, "bench file"), paths)
     text = render(table)
     write(args.out, text, table)
-    print(text, end="")
-    print(f"written to {args.out / 'table.md'} and table.json")
 
 
 if __name__ == "__main__":
