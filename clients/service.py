@@ -28,7 +28,6 @@ A restart resumes: the node key keeps the node id, and the personal state is in 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -43,7 +42,7 @@ from fedadapt import supervise
 from fedadapt.base_cache import BASE_CACHE_ENV
 from fedadapt.errors import FedAdaptError
 
-GRACE_S = 10.0
+GRACE_S = 15.0  # for the supervisor, which gives its tree supervise.GRACE before SIGKILL
 MAX_RESTART_DELAY_S = 60.0
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -179,16 +178,9 @@ class DeviceService:
     def _stop(self, proc: subprocess.Popen | None, pid_file: str, what: str) -> None:
         if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError):  # its children, if they outlived it
-            os.killpg(proc.pid, signal.SIGKILL)
+        # the supervisor alone is signalled: a second TERM from a `killpg` would cut the
+        # SuperNode's graceful exit short, before it deactivates itself at the SuperLink
+        supervise.stop(proc, timeout=GRACE_S)
         (self.folder / pid_file).unlink(missing_ok=True)
         _log(f"{what} stopped (pid {proc.pid})")
 

@@ -30,7 +30,6 @@ from fedadapt.simulate import (
     free_port,
     project_dir,
     sigterm_interrupts,
-    stop,
     wait_healthy,
 )
 
@@ -170,7 +169,7 @@ class Cluster:
         return self.submit(cfg).wait()
 
     def kill_supernode(self, i: int) -> None:
-        stop(self.supernodes.pop(i))
+        supervise.stop(self.supernodes.pop(i))
 
     def kill_superlink(self) -> None:
         """`kill -9` the SuperLink and what it started (the ServerApp): a crash, no cleanup."""
@@ -181,7 +180,7 @@ class Cluster:
     def stop(self) -> None:
         for proc in [*self.supernodes.values(), self.link]:
             if proc is not None:
-                stop(proc)
+                supervise.stop(proc)
         self.supernodes.clear()
         self.link = None
 

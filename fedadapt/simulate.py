@@ -90,30 +90,6 @@ def end_processes(procs: list, grace: float = 15) -> None:
     psutil.wait_procs(alive, timeout=grace)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a process started with `start_new_session=True` and everything it started.
-
-    Ray's daemons leave the SuperLink's process group, so its descendants are collected
-    first and ended by PID after the group: TERM, a grace period, then KILL. A supervised
-    process (`supervise.popen`) ends its tree itself on the TERM; this also stops the rest.
-    """
-    import psutil
-
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    end_processes(family)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def run(cfg: SimConfig) -> Path:
     """Run `cfg` to completion; returns the run folder (with report.json). The folder is
     locked for the run's life: a second run or a `--resume` into it is refused."""
@@ -192,7 +168,7 @@ def _run_locked(cfg: SimConfig, out: Path, lock: int) -> Path:
                     f"logs above and in {log}. Resume with --resume {out}"
                 )
         finally:
-            stop(superlink)
+            supervise.stop(superlink)
     return out
 
 

@@ -17,8 +17,12 @@ of the returned process reaches both) and then:
   with no periodic bookkeeping that could miss a process started between two scans.
 - **takes them all down**: on SIGTERM/SIGINT/SIGHUP, on its parent's death, or when `cmd`
   ends, it sends SIGTERM to every descendant, rescans (orphans keep arriving while their
-  parents exit), and after `GRACE` seconds sends SIGKILL to what is left. It reaps the
-  orphans it adopts, and exits with `cmd`'s exit code.
+  parents exit), and after `GRACE` seconds sends SIGKILL to what is left. Each process gets
+  one SIGTERM, never a second: Flower's components put the default handler back on the
+  first, so a second TERM kills them mid-way through their graceful exit (a SuperNode killed
+  so never deactivates itself at the SuperLink, which then refuses the restarted node until
+  its heartbeat patience runs out). It reaps the orphans it adopts, and exits with `cmd`'s
+  exit code. `stop(proc)` therefore signals the supervisor alone, not its process group.
 
 Flower's own `--parent-pid` watch exists only on `flower-superexec` in flwr 1.42 (the
 SuperLink passes it); `flower-superlink` and `flower-supernode` have none, and no component
@@ -100,14 +104,41 @@ def end_descendants(ended: dict[int, int], grace: float = GRACE) -> None:
 
     deadline = time.monotonic() + grace
     give_up = deadline + 10 * grace  # a process stuck in the kernel (state D) ignores SIGKILL
+    termed: set[int] = set()  # one TERM each (see the module's docstring)
     while (procs := _living()) and time.monotonic() < give_up:
-        sig = signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL
+        killing = time.monotonic() >= deadline
         for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(sig)
+            if killing or p.pid not in termed:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.send_signal(signal.SIGKILL if killing else signal.SIGTERM)
+                termed.add(p.pid)
         time.sleep(POLL)
         _reap(ended)
     _reap(ended)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a process that ends its own tree on SIGTERM (a supervisor `popen` started, or
+    `fedadapt device run`): SIGTERM to it alone, as the tree must get one TERM each; then,
+    if it has not ended within `timeout`, SIGKILL to its group and to the descendants seen
+    before (subreaped ones left the group)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for p in family:  # psutil refuses a pid reused since: it checks the creation time
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def supervise(parent: int, cmd: Sequence[str]) -> int:

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from fedadapt.clients.service import (
+    LOG_FILE,
     PID_FILE,
     WORKER_PID_FILE,
     DeviceService,
@@ -237,11 +238,30 @@ def _supernode_tree(device: Path) -> list[int]:
     try:
         top = psutil.Process(int((device / PID_FILE).read_text()))
         tree = [top, *top.children(recursive=True)]
-        if any("flower-supernode" in " ".join(p.cmdline()) for p in tree[1:]):
-            return [p.pid for p in tree]
-    except (psutil.NoSuchProcess, ValueError):
-        pass
+    except (psutil.NoSuchProcess, ValueError, FileNotFoundError):
+        return []
+    if any("flower-supernode" in " ".join(_cmdline(p)) for p in tree[1:]):
+        return [p.pid for p in tree]
     return []
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    """A child that ended between listing and reading (a ClientApp's process) has none."""
+    try:
+        return proc.cmdline()
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _deactivations(cluster) -> int:
+    log = cluster.folder / "superlink.log"
+    return log.read_text(errors="replace").count("[Fleet.DeactivateNode] Deactivated")
+
+
+def _activations(device: Path) -> int:
+    """How many times a SuperNode of this folder joined: Flower logs its id once activated."""
+    log = device / LOG_FILE
+    return log.read_text(errors="replace").count("SuperNode ID:") if log.exists() else 0
 
 
 def _gone(pids: list[int], timeout: float = 30) -> bool:
@@ -290,15 +310,17 @@ def test_start_sigterm_restart_and_a_killed_device_command(tmp_path):
         assert _gone(supernode) and _gone(worker)
         assert not (device / PID_FILE).exists() and not (device / WORKER_PID_FILE).exists()
 
+        # it left the SuperLink on its way out (one TERM: a second one killed it before that)
+        assert _activations(device) == 1 and _deactivations(cluster) == 1
+
         proc, again = _start(cluster, device)  # a restart: same key, same folder
         procs.append(proc)
         assert set(again).isdisjoint(supernode)
-        supervisor = again[0]
-        time.sleep(3)
-        # the same supervisor, still with a flower-supernode below it (a short-lived child of
-        # the SuperNode may have come and gone: the tree is read again for the kill below)
-        again = _supernode_tree(device)
-        assert again[:1] == [supervisor] and proc.poll() is None
+        # so the same key joins again at once, without the SuperNode exiting on a refused
+        # activation and the service restarting it (that would change the supervisor)
+        _until(lambda: _activations(device) == 2, timeout=120)
+        assert _supernode_tree(device)[:1] == again[:1] and proc.poll() is None
+        again = _supernode_tree(device)  # read again: its children may have changed
         worker = _worker_tree(device)
 
         os.kill(proc.pid, signal.SIGKILL)  # no cleanup runs: the death signal must do it

@@ -11,13 +11,14 @@ import time
 
 import pytest
 
+from fedadapt import supervise
 from fedadapt.base_model import base_sha256
 from fedadapt.certs import make_certs
 from fedadapt.deploy import Cluster
 from fedadapt.errors import FedAdaptError
 from fedadapt.package import package_client
 from fedadapt.simconfig import SimConfig
-from fedadapt.simulate import OFFLINE_ENV, free_port, stop
+from fedadapt.simulate import OFFLINE_ENV, free_port
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_package_installs_into_a_fresh_venv_and_its_supernode_trains(tmp_path):
         assert cluster.run(cfg) == 0
     finally:
         if supernode is not None:
-            stop(supernode)
+            supervise.stop(supernode)
         cluster.stop()
     report = json.loads((out / "report.json").read_text())
     assert report["rounds"][0]["clients"] == 1

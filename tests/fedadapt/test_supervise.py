@@ -22,7 +22,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from fedadapt import runlock
+from fedadapt import runlock, supervise
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig
 from tests.fedadapt.test_simulate import ROOT, _simulate
@@ -136,6 +136,32 @@ def _refused(*args: str) -> str:
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.count("\n") == 1, res.stderr[-2000:]
     return res.stderr
+
+
+# Counts the SIGTERMs it gets during a graceful exit that takes a second, as Flower's do
+# (a SuperNode deactivates itself at the SuperLink); writes the count to argv[1].
+COUNT_TERMS = r"""
+import signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda *a: got.append(1))
+open(sys.argv[1], "w").write("ready")
+deadline = time.monotonic() + 60
+while not got and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(1.0)
+open(sys.argv[1], "w").write(str(len(got)))
+"""
+
+
+def test_stop_gives_each_descendant_one_sigterm_however_long_it_takes_to_exit(tmp_path):
+    # a second TERM reaches Flower's default handler and kills it mid-exit: a SuperNode
+    # stopped so never deactivated, and its restart was refused by the SuperLink for 60 s
+    out = tmp_path / "terms"
+    proc = supervise.popen([sys.executable, "-c", COUNT_TERMS, str(out)])
+    _until(lambda: out.exists() and out.read_text() == "ready", 60, "the command to start")
+    supervise.stop(proc)
+    assert out.read_text() == "1"
+    assert proc.returncode == 0
 
 
 @pytest.mark.integration
