@@ -44,7 +44,7 @@ from fedadapt import hetlora
 from fedadapt.atomic import atomic_write_bytes
 from fedadapt.clients.attacks import attack, claimed_examples, malicious_clients
 from fedadapt.clients.device import Device
-from fedadapt.clients.personalized import after_evaluation
+from fedadapt.clients.personalized import after_evaluation, after_training
 from fedadapt.codecs import ErrorFeedback
 from fedadapt.data import local_files
 from fedadapt.deltas import check_delta, clip
@@ -146,12 +146,22 @@ def _keep(context: Context, key: str, state) -> None:
         atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
 
 
-def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int) -> None:
-    """On a deployed device: the round's global adapter, the personalized ORT file and the
-    accuracies torch measured, kept in the device folder (`clients/personalized.py`)."""
+def _serve(context: Context, write: Callable[[Path], None]) -> None:
+    """On a deployed device, `write(device folder)` the files its runtime serves. A file that
+    cannot be written (a graph exported for another adapter config, a full disk) is logged
+    and left as it was (atomic writes): the round's reply goes all the same."""
     folder = context.node_config.get("device-dir")
     if not folder:
         return
+    try:
+        write(Path(str(folder)))
+    except (FedAdaptError, OSError) as e:
+        log.warning("personalized model not written: %s", e)
+
+
+def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int) -> None:
+    """On a deployed device: the round's global adapter, the personalized ORT file and the
+    accuracies torch measured, kept in the device folder (`clients/personalized.py`)."""
     figures = {
         "round": rnd,
         "personalization": device.cfg.personalization,  # which personal parts the file uses
@@ -160,7 +170,8 @@ def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int
         "examples_train": len(device.data.train_labels),
         "examples_heldout": len(device.data.test_labels),
     }
-    after_evaluation(Path(str(folder)), {k: v.numpy() for k, v in arrays.items()}, figures)
+    global_ = {k: v.numpy() for k, v in arrays.items()}
+    _serve(context, lambda folder: after_evaluation(folder, global_, figures))
 
 
 @_error_reply
@@ -181,6 +192,8 @@ def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context)
         _keep(context, "personal", personal)
     elif cfg.personalization == "ditto":
         _keep(context, "ditto", device.train_ditto(arrays, _load(context, "ditto"), rnd))
+    global_ = {k: v.numpy() for k, v in arrays.items()}  # a device serves what it trained
+    _serve(context, lambda folder: after_training(folder, global_, cfg.personalization, rnd))
     return device, delta, stats
 
 

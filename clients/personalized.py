@@ -16,8 +16,9 @@ device folder:
   graph keeps its identity defaults). A newer global reaches it only through the next local
   training, as Ditto means.
 
-Which parts apply is the mode the last evaluation recorded in `evaluation.json`
-("personalization"), so a file left over from another mode is never served; without a
+Which parts apply is the mode the last round recorded in `personalization.json` (written
+at each training round and each evaluation; a folder from before it has the mode in
+`evaluation.json`), so a file left over from another mode is never served; without a
 recorded mode every part present applies.
 
 Device folder, beside what the updater and the exporter write:
@@ -28,6 +29,7 @@ Device folder, beside what the updater and the exporter write:
     global.safetensors           the newest global adapter a round brought (ClientApp)
     global.onnx_adapter          that global, for the graph (no signed version installed)
     personalized.onnx_adapter    the personalized file of the global in use
+    personalization.json         the mode and round of the personal parts served
     evaluation.json              the accuracies torch measured at the last evaluation
 
 The global in use is the signed version `state.json` names, else the newest round's
@@ -52,6 +54,7 @@ DITTO_FILE = "ditto.safetensors"
 ROUND_GLOBAL_FILE = "global.safetensors"
 GLOBAL_ONNX = "global.onnx_adapter"
 EVALUATION_FILE = "evaluation.json"
+MODE_FILE = "personalization.json"
 PERSONALIZED_ONNX = "personalized.onnx_adapter"
 HEAD_BIAS = "head_bias"
 HEAD = "head."
@@ -116,8 +119,10 @@ def _load(path: Path) -> Tensors | None:
 
 
 def served_files(folder: Path) -> tuple[str, ...]:
-    """The personal files of the mode the last evaluation recorded (every one without)."""
-    figures = folder / EVALUATION_FILE
+    """The personal files of the mode the last round recorded (every one without)."""
+    figures = folder / MODE_FILE
+    if not figures.exists():
+        figures = folder / EVALUATION_FILE
     try:
         recorded = json.loads(figures.read_text()) if figures.exists() else {}
         mode = recorded.get("personalization")
@@ -183,12 +188,22 @@ def keep_round_global(folder: str | Path, tensors: Tensors) -> None:
     refresh(folder)
 
 
+def after_training(folder: str | Path, global_: Tensors, mode: str, rnd: int) -> None:
+    """After a training round on a deployed device: the personal part it just trained is
+    served at once, over the newest global it knows (the one the round brought), instead of
+    waiting for the server's next evaluation."""
+    folder = Path(folder)  # the mode first: it names the parts the personalized file serves
+    record = {"personalization": mode, "round": rnd}
+    atomic_write_text(folder / MODE_FILE, json.dumps(record, indent=2) + "\n")
+    keep_round_global(folder, global_)
+
+
 def after_evaluation(folder: str | Path, global_: Tensors, figures: dict) -> None:
     """After an evaluation on a deployed device: the round's global, the personalized file,
     and what torch measured (numbers only), so the device can show ORT against torch."""
-    folder = Path(folder)  # the figures first: they name the mode the personalized file serves
+    folder = Path(folder)
     atomic_write_text(folder / EVALUATION_FILE, json.dumps(figures, indent=2) + "\n")
-    keep_round_global(folder, global_)
+    after_training(folder, global_, figures["personalization"], figures["round"])
 
 
 def refresh(folder: str | Path) -> Path | None:

@@ -18,6 +18,7 @@ from fedadapt.clients.personalized import (
     EVALUATION_FILE,
     GLOBAL_ONNX,
     HEAD_BIAS_FILE,
+    MODE_FILE,
     PERSONAL_FILE,
     PERSONALIZED_ONNX,
     graph_tensors,
@@ -87,9 +88,9 @@ def test_a_head_bias_of_the_wrong_size_is_refused() -> None:
         graph_tensors(_global(), {"head_bias": np.zeros(3, np.float32)})
 
 
-def _device(tmp_path: Path) -> Path:
+def _device(tmp_path: Path, stack: list[str] | None = STACK) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / RUNTIME_FILE).write_text(json.dumps({"base_sha256": SHA, "stack": STACK}))
+    (tmp_path / RUNTIME_FILE).write_text(json.dumps({"base_sha256": SHA, "stack": stack}))
     return tmp_path
 
 
@@ -136,7 +137,7 @@ def test_a_torn_personal_file_is_named(tmp_path) -> None:
         keep_round_global(device, _global())
 
 
-def _on_device(tmp_path: Path, mode: str, *kinds: str):
+def _on_device(tmp_path: Path, mode: str, *kinds: str, stack: list[str] | None = STACK):
     """Send a deployed ClientApp (node config with a device folder) messages of `kinds`,
     round 3, in personalization `mode`; returns (folder, global adapter, last reply)."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -148,7 +149,7 @@ def _on_device(tmp_path: Path, mode: str, *kinds: str):
     from tests.clients import SMALL
 
     cfg = SimConfig(**{**SMALL.to_dict(), "personalization": mode})
-    device = _device(tmp_path / "dev")
+    device = _device(tmp_path / "dev", stack)
     context = Context(
         run_id=1,
         node_id=7,
@@ -182,6 +183,31 @@ def test_the_clientapp_keeps_its_head_bias_and_writes_the_personalized_file(tmp_
     assert np.abs(bias).max() > 0  # a fitted offset, not zeros
     _, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
     np.testing.assert_allclose(tensors["head.bias"], global_["head.bias"].numpy() + bias)
+
+
+def test_a_training_round_serves_the_personal_part_it_just_trained(tmp_path) -> None:
+    """No evaluation needed: after a FedRep round the device serves its new personal branch
+    and head over the global the round brought."""
+    device, global_, _ = _on_device(tmp_path, "fedrep", "train")
+    assert json.loads((device / MODE_FILE).read_text()) == {"personalization": "fedrep", "round": 3}
+    personal = safetensors.numpy.load_file(str(device / PERSONAL_FILE))
+    _, _, tensors = read_onnx_adapter(device / PERSONALIZED_ONNX)
+    for k, v in personal.items():
+        np.testing.assert_array_equal(tensors[k if k.startswith("head.") else f"personal:{k}"], v)
+    body = [k for k in global_ if not k.startswith("head.")]
+    for k in body:
+        np.testing.assert_array_equal(tensors[f"shared:{k}"], global_[k].numpy())
+
+
+def test_a_personalized_file_that_cannot_be_written_loses_no_reply(tmp_path, caplog) -> None:
+    """A graph exported without the personal branch cannot serve FedRep's: the device logs
+    it, keeps its personal state, and its delta still goes to the server."""
+    device, _, reply = _on_device(tmp_path, "fedrep", "train", stack=None)
+    assert "arrays" in reply.content
+    assert (device / PERSONAL_FILE).exists() and not (device / PERSONALIZED_ONNX).exists()
+    assert "personalized model not written: this device's graph has no personal branch" in (
+        caplog.text
+    )
 
 
 def test_a_ditto_device_keeps_its_copy_and_serves_it(tmp_path) -> None:
