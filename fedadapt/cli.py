@@ -29,6 +29,8 @@ from fedadapt.cli_updates import SHAPE_ERRORS, add_update_commands, read_json
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import CODECS, FEDERATED_METHODS, QUANTIZATIONS, STRATEGIES
 
+DEPLOY_CONFIG = "simulations/deploy.toml"  # what `deploy-demo` and the README's deployment run
+
 # The flags of `simulate` that are config keys (the rest come by --set KEY=VALUE).
 SIMULATE_KEYS = (
     "rounds",
@@ -110,7 +112,12 @@ def _package_client(args: argparse.Namespace) -> None:
     key, its node config, install.sh and start.sh. Copy the folder to the device, run
     install.sh once, then start.sh."""
     from fedadapt.package import package_client
+    from fedadapt.simulate import project_dir
 
+    if args.config and args.no_graph:
+        raise FedAdaptError("--config ships a device graph and --no-graph ships none: pick one")
+    # the deployment's config by default: the device infers with ONNX Runtime from the start
+    config = None if args.no_graph else Path(args.config or project_dir() / DEPLOY_CONFIG)
     with library_errors(f"cannot write the client package {args.out}"):
         out = package_client(
             Path(args.out),
@@ -122,7 +129,7 @@ def _package_client(args: argparse.Namespace) -> None:
             port=args.port,
             update_key=Path(args.update_key) if args.update_key else None,
             update_url=args.update_url,
-            config=Path(args.config) if args.config else None,
+            config=config,
             demo_data=not args.no_demo_data,
         )
     print(f"client package: {out} (on the device: {out}/install.sh, then {out}/start.sh)")
@@ -298,7 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--update-key", help="update-signing public key to trust (fetch)")
     pc.add_argument("--update-url", help="the registry the device fetches signed updates from")
     pc.add_argument(
-        "--config", help="run config: ship its device graph, so the device infers at once"
+        "--config",
+        help=f"the run config the deployment trains with: the package ships its device graph, "
+        f"so the device infers at once (default: {DEPLOY_CONFIG})",
+    )
+    pc.add_argument(
+        "--no-graph",
+        action="store_true",
+        help="ship no device graph: the device trains but serves no ONNX model",
     )
     pc.add_argument(
         "--no-demo-data",

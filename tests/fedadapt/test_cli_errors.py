@@ -409,6 +409,10 @@ ARGUMENTS = [
         "argument --port: 0 is not a port (1..65535)",
     ),
     (
+        "package-client --out {tmp}/p --certs {tmp} --superlink h:1 --config c.toml --no-graph",
+        "--config ships a device graph and --no-graph ships none: pick one",
+    ),
+    (
         "export --adapter {tmp} --out {tmp}/d --max-length 0",
         "argument --max-length: 0 is not an integer >= 1",
     ),

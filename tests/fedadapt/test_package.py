@@ -69,6 +69,23 @@ def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(
 
 
 @pytest.mark.slow
+def test_the_cli_ships_the_deployments_device_graph_by_default(tmp_path, certs):
+    """Without --config the package still holds a device graph (the deploy config's), so a
+    device infers without torch from the start; --no-graph leaves it out."""
+    import json
+
+    from fedadapt.cli import main
+    from fedadapt.onnx_adapter import RUNTIME_FILE
+
+    common = ["--certs", str(certs), "--superlink", "h:1"]
+    assert main(["package-client", "--out", str(tmp_path / "a"), *common]) == 0
+    runtime = json.loads((tmp_path / "a" / "device" / RUNTIME_FILE).read_text())
+    assert runtime["base_sha256"] == base_sha256()
+    assert main(["package-client", "--out", str(tmp_path / "b"), "--no-graph", *common]) == 0
+    assert not (tmp_path / "b" / "device").exists()
+
+
+@pytest.mark.slow
 def test_everything_a_device_imports_is_installed_by_its_requirements():
     """Import what a device runs (the ClientApp, `device run`, `infer`, `fetch`), then check
     each imported distribution is a device requirement or one of their dependencies."""
