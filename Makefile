@@ -9,7 +9,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: setup demo deploy-demo test lint bench rollout-demo fuzz method-table hetlora-table
+.PHONY: setup demo deploy-demo test lint bench bench-gpu rollout-demo fuzz method-table hetlora-table
 
 setup: $(STAMP)
 
@@ -44,6 +44,13 @@ lint: setup
 
 bench: setup
 	$(BIN)/fedadapt bench --out out/bench.json
+
+# Issue #17's GPU figures: the export section on ONNX Runtime's CUDA provider (fp32, fp16,
+# int8, int4), merged into simulations/results/bench.json as export_cuda beside the CPU
+# figures. Needs onnxruntime-gpu in place of onnxruntime (the same version); refused in one
+# line without it.
+bench-gpu: setup
+	$(BIN)/fedadapt bench --sections export --provider cuda --out simulations/results/bench.json
 
 # Issue #15's tables (README): one bbc-dirichlet.toml run per adapter method, full-model
 # FedAvg reused from the bottleneck's run (simulations/results/bbc-dirichlet), bench core and

@@ -217,7 +217,11 @@ class Device:
                 self._train_cfg(server_round, "finetune", 100, max_steps=self.cfg.finetune_steps)
             )
         if mode in HEAD_BIAS_MODES:
-            out["personalized_accuracy"] = self._head_bias_accuracies()[1]
+            # the stack alone is FedRep's figure from the same training (the bias is fitted
+            # only here, on top): one run measures both ways
+            out["personal_stack_accuracy"], out["personalized_accuracy"] = (
+                self._head_bias_accuracies()
+            )
         else:
             out["personalized_accuracy"] = self._accuracy()
         m.load_adapter_state(GLOBAL, global_state)

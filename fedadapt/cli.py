@@ -193,13 +193,13 @@ def _bench(args: argparse.Namespace) -> None:
     if merged_into.exists() and not isinstance(read_json(merged_into, "the bench file"), dict):
         raise FedAdaptError(f"the bench file {args.out} is not a JSON object")
     with library_errors(f"cannot write {args.out}"):
-        result = run(Path(args.out), quick=args.quick, sections=args.sections)
+        result = run(Path(args.out), args.quick, args.sections, args.provider)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)[:4000])
     print(f"written to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fedadapt.bench import SECTIONS
+    from fedadapt.bench import PROVIDERS, SECTIONS
 
     parser = OneLineParser(
         prog="fedadapt",
@@ -362,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sections to run (default: all but deploy, which starts a SuperLink and "
         "3 SuperNodes and takes minutes, and scale, which simulates 100- and 1000-client "
         "fleets; --quick: the 100-client one only)",
+    )
+    b.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        default="cpu",
+        help="ORT execution provider of the export section (cuda: --sections export only, "
+        "needs onnxruntime-gpu; written to export_cuda, with fp16)",
     )
     b.set_defaults(func=_bench)
     return parser

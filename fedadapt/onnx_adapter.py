@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from fedadapt.errors import AdapterLoadError
+from fedadapt.errors import AdapterLoadError, FedAdaptError
 
 SUFFIX = ".onnx_adapter"
 RUNTIME_FILE = "runtime.json"  # an exported graph's sidecar: base, labels, token limit, layout
+CPU = ("CPUExecutionProvider",)
+# ORT's provider lists by the names the CLI takes. CUDA lists the CPU last: ORT places there
+# the nodes that have no CUDA kernel (see `fedadapt.bench.export.placement`).
+PROVIDERS = {"cpu": CPU, "cuda": ("CUDAExecutionProvider", *CPU)}
 
 
 def model_version(base_sha256: str) -> int:
@@ -139,12 +143,40 @@ def check_fits(
     return version, tensors
 
 
-def open_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session that stays quiet about overridable initializers (one warning per tensor)."""
+def execution_providers(name: str) -> tuple[str, ...]:
+    """ORT's provider list for `name` (a key of PROVIDERS), checked against this onnxruntime
+    build up front: ORT itself only warns about a missing provider and runs on the CPU, so a
+    GPU measurement would silently be a CPU one."""
+    if name not in PROVIDERS:
+        raise FedAdaptError(f"unknown execution provider {name!r}; have {sorted(PROVIDERS)}")
+    have = ort.get_available_providers()
+    missing = [p for p in PROVIDERS[name] if p not in have]
+    if missing:
+        v = ort.__version__
+        raise FedAdaptError(
+            f"the {name} execution provider needs {missing[0]}, which this onnxruntime {v} "
+            f"lacks (it has {', '.join(have)}): replace it with onnxruntime-gpu of the same "
+            f"version (pip uninstall -y onnxruntime && pip install onnxruntime-gpu=={v})"
+        )
+    return PROVIDERS[name]
+
+
+def open_session(
+    path: str | Path, threads: int = 0, providers: Sequence[str] = CPU
+) -> ort.InferenceSession:
+    """A session (on the CPU unless `providers` says otherwise, see `execution_providers`)
+    that stays quiet about overridable initializers (one warning per tensor)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), opts, providers=list(providers))
+    if providers[0] not in sess.get_providers():  # ORT logs the failure and goes on without
+        raise FedAdaptError(
+            f"ONNX Runtime could not start {providers[0]} for {path} and would run it on "
+            f"{sess.get_providers()[0]} (for CUDA: are the CUDA and cuDNN libraries that "
+            "this onnxruntime-gpu build needs installed? its log above says which)"
+        )
+    return sess
 
 
 def load_adapter_options(path: str | Path) -> tuple[ort.LoraAdapter, ort.RunOptions]:

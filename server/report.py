@@ -25,6 +25,8 @@ ROUND_FIELDS = [
     "actor_peak_rss_mb",  # in a simulation (fedadapt.ray_nodes)
 ]
 
+PERSONAL_STACK = "personal_stack_accuracy"
+
 
 def bootstrap_diff(a: list[float], b: list[float], seed: int = 0, n: int = 2000) -> dict[str, Any]:
     """Mean of paired per-client differences `a − b`, with a 95% bootstrap CI over clients."""
@@ -50,6 +52,11 @@ def comparisons(per_client: dict[int, dict[str, float]], seed: int) -> dict[str,
             "full_model_personalized_accuracy",
         ),
         "personalized_vs_local_majority": ("personalized_accuracy", "local_majority_accuracy"),
+        # fedrep-head-bias: the personal stack before its head bias (FedRep's own figure)
+        "personal_stack_vs_full_model_fedavg_personalized": (
+            PERSONAL_STACK,
+            "full_model_personalized_accuracy",
+        ),
     }
     out = {}
     for name, (x, y) in pairs.items():
@@ -96,6 +103,8 @@ def assemble(
         per_client, "full_model_personalized_accuracy"
     )
     final["local_majority_accuracy"] = mean_of(per_client, "local_majority_accuracy")
+    if (stack := mean_of(per_client, PERSONAL_STACK)) is not None:  # fedrep-head-bias only
+        final[PERSONAL_STACK] = stack
     return {
         "base_model": {k: v for k, v in base.describe().items() if k != "sha256"}
         | {"sha256": base.sha256},

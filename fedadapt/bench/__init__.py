@@ -4,6 +4,7 @@ compare across commits; times are medians in ms, memory is peak RSS in MB."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -12,9 +13,13 @@ import sys
 from pathlib import Path
 
 from fedadapt.atomic import atomic_write_text
+from fedadapt.errors import FedAdaptError
 
 # The sections `run` knows (the CLI offers these; deploy and scale are left out of its default).
 SECTIONS = ("core", "aggregate", "export", "updates", "secagg", "deploy", "scale")
+# `--provider`: fedadapt.onnx_adapter.PROVIDERS' names (that module imports onnxruntime,
+# which the CLI's parser should not wait for).
+PROVIDERS = ("cpu", "cuda")
 
 
 def machine() -> dict:
@@ -66,13 +71,24 @@ def record(result: dict, section: str, figures: dict, where: dict) -> None:
     result.setdefault("machines", {})[section] = where
 
 
-def run(out: Path, quick: bool, sections: list[str]) -> dict:
+def section_key(section: str, provider: str) -> str:
+    """bench.json's key for `section` measured on `provider`: the CPU figures keep the plain
+    name, so a GPU run (`export_cuda`) is merged beside them rather than over them."""
+    return section if provider == "cpu" else f"{section}_{provider}"
+
+
+def run(out: Path, quick: bool, sections: list[str], provider: str = "cpu") -> dict:
+    """Run `sections`, merging each into `out` as it ends. `provider` is the ONNX Runtime
+    execution provider of the `export` section, the only one that runs ORT sessions; it is
+    checked before any work, since a missing GPU build would otherwise surface (or worse,
+    fall back to the CPU) only after the sections before it."""
     from fedadapt.bench import aggregate, core, deploy, export, scale, secagg, updates
+    from fedadapt.onnx_adapter import execution_providers
 
     runners = {
         "core": core.run,
         "aggregate": aggregate.run,
-        "export": export.run,
+        "export": functools.partial(export.run, provider=provider),
         "updates": updates.run,
         "secagg": secagg.run,
         "deploy": deploy.run,
@@ -81,10 +97,16 @@ def run(out: Path, quick: bool, sections: list[str]) -> dict:
     unknown = set(sections) - set(runners)
     if unknown:
         raise ValueError(f"unknown bench sections {sorted(unknown)}; have {sorted(runners)}")
+    execution_providers(provider)
+    if provider != "cpu" and set(sections) != {"export"}:
+        raise FedAdaptError(
+            f"--provider {provider} measures the export section only; run it with "
+            "--sections export (the other sections would overwrite the CPU figures)"
+        )
     # Merge into an existing file so sections measured by separate runs stay together.
     result = json.loads(out.read_text()) if out.exists() else {}
     where = machine()
     for name in sections:
-        record(result, name, runners[name](quick=quick), where)
+        record(result, section_key(name, provider), runners[name](quick=quick), where)
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result

@@ -178,6 +178,13 @@ def test_fedrep_head_bias_stacks_a_top_layer_adapter_and_fits_a_bias_on_it():
     want = float(((test + bias).argmax(-1) == torch.tensor(d.test_labels)).float().mean())
     assert out["personalized_accuracy"] == want
 
+    # and FedRep's own figure, the stack before the bias, is what a fedrep device reports
+    # for the same personal part: one fedrep-head-bias run measures both
+    fedrep = Device.create(CFG, partition_id=1)
+    plain, _ = fedrep.evaluate(g, personal, server_round=1)
+    assert out["personal_stack_accuracy"] == plain["personalized_accuracy"]
+    assert "personal_stack_accuracy" not in plain
+
 
 def test_a_new_clients_personal_part_never_starts_from_another_clients():
     """One process serves many clients (a Ray actor; a warm worker across runs): client 2's

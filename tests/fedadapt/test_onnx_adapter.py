@@ -4,10 +4,17 @@ presence and shape."""
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
-from fedadapt.errors import AdapterLoadError
-from fedadapt.onnx_adapter import check_fits, read_onnx_adapter, write_onnx_adapter
+from fedadapt.errors import AdapterLoadError, FedAdaptError
+from fedadapt.onnx_adapter import (
+    check_fits,
+    execution_providers,
+    open_session,
+    read_onnx_adapter,
+    write_onnx_adapter,
+)
 
 SHA = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 SLOTS = {"a.weight": (4, 3), "head.bias": (2,)}
@@ -95,3 +102,54 @@ def test_many_missing_tensors_are_one_line_naming_a_few(tmp_path):
     message = str(e.value)
     assert "\n" not in message and "lacks 11 of the graph's 12" in message
     assert message.count("lora_B") == 5 and "…" in message
+
+
+def tiny_graph(path):
+    """A two-node graph with the exported graphs' inputs and output, for session tests."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ids, mask = (helper.make_tensor_value_info(n, TensorProto.INT64, [1, None]) for n in IDS)
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None])
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Relu", ["f"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [ids, mask], [logits])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+IDS = ("input_ids", "attention_mask")
+# A provider this CPU build has and that runs none of these nodes: a stand-in for CUDA.
+NO_KERNELS = ("AzureExecutionProvider", "CPUExecutionProvider")
+
+
+def test_sessions_get_the_providers_asked_and_the_cpu_by_default(tmp_path):
+    path = tiny_graph(tmp_path / "g.onnx")
+    assert open_session(path).get_providers() == ["CPUExecutionProvider"]
+    assert open_session(path, providers=NO_KERNELS).get_providers() == list(NO_KERNELS)
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(), reason="a GPU build of ORT"
+)
+def test_cuda_on_a_cpu_build_is_refused_naming_the_package_to_install():
+    with pytest.raises(FedAdaptError) as e:
+        execution_providers("cuda")
+    msg = str(e.value)
+    assert f"onnxruntime-gpu=={ort.__version__}" in msg and "CUDAExecutionProvider" in msg
+    assert "\n" not in msg
+    assert execution_providers("cpu") == ("CPUExecutionProvider",)
+
+
+def test_a_provider_that_fails_to_start_is_an_error_not_a_cpu_session(tmp_path, monkeypatch):
+    # ORT lists CUDA in a GPU build even without the CUDA libraries, then logs the failure
+    # and runs on the CPU: a GPU measurement would silently be a CPU one.
+    class FellBack(ort.InferenceSession):
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "InferenceSession", FellBack)
+    with pytest.raises(FedAdaptError, match="could not start AzureExecutionProvider"):
+        open_session(tiny_graph(tmp_path / "g.onnx"), providers=NO_KERNELS)

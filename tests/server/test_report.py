@@ -1,4 +1,5 @@
 from fedadapt.server.report import bootstrap_diff, comparisons
+from fedadapt.simconfig import SimConfig
 
 
 def test_bootstrap_interval_brackets_the_mean_and_excludes_zero_for_a_clear_gain():
@@ -34,3 +35,25 @@ def test_metrics_csv_keeps_a_round_with_node_ids_and_laps_in_its_columns(tmp_pat
     assert {"sample_s", "train_s", "aggregate_s", "evaluate_s"} <= set(ROUND_FIELDS)
     assert cells["ray_nodes"] == "aa bb" and cells["sample_s"] == "0.01"
     assert cells["evaluate_s"] == ""
+
+
+def test_the_personal_stack_is_compared_and_averaged_only_where_it_was_measured():
+    """fedrep-head-bias devices report the stack before the bias too (FedRep's figure)."""
+    from types import SimpleNamespace
+
+    from fedadapt.server.report import assemble
+
+    per = {
+        0: {"personal_stack_accuracy": 0.8, "full_model_personalized_accuracy": 0.7},
+        1: {"personal_stack_accuracy": 0.6, "full_model_personalized_accuracy": 0.6},
+    }
+    c = comparisons(per, seed=0)["personal_stack_vs_full_model_fedavg_personalized"]
+    assert c["clients"] == 2 and abs(c["mean_diff"] - 0.05) < 1e-9
+    plain = {0: {"personalized_accuracy": 0.8, "full_model_personalized_accuracy": 0.7}}
+    assert "personal_stack_vs_full_model_fedavg_personalized" not in comparisons(plain, seed=0)
+
+    cfg = SimConfig()
+    base = SimpleNamespace(describe=lambda: {"params": 10}, sha256="ab", params=10)
+    final = assemble(cfg, base, 1, [], [], per, 1, 0.0)["final"]
+    assert abs(final["personal_stack_accuracy"] - 0.7) < 1e-9
+    assert "personal_stack_accuracy" not in assemble(cfg, base, 1, [], [], plain, 1, 0.0)["final"]
