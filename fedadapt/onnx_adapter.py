@@ -155,8 +155,9 @@ def execution_providers(name: str) -> tuple[str, ...]:
         v = ort.__version__
         raise FedAdaptError(
             f"the {name} execution provider needs {missing[0]}, which this onnxruntime {v} "
-            f"lacks (it has {', '.join(have)}): replace it with onnxruntime-gpu of the same "
-            f"version (pip uninstall -y onnxruntime && pip install onnxruntime-gpu=={v})"
+            f"lacks (it has {', '.join(have)}): replace it with onnxruntime-gpu, version {v} "
+            "or the newest PyPI has below it (pip uninstall -y onnxruntime && "
+            "pip install onnxruntime-gpu==VERSION)"
         )
     return PROVIDERS[name]
 
