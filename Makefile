@@ -9,7 +9,8 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: setup demo deploy-demo test lint bench bench-gpu rollout-demo fuzz method-table hetlora-table
+.PHONY: setup demo deploy-demo test lint bench bench-gpu rollout-demo fuzz method-table hetlora-table \
+	personalization-table
 
 setup: $(STAMP)
 
@@ -69,8 +70,8 @@ method-table: $(METHOD_REPORTS) | $(STAMP)
 	$(BIN)/python simulations/method_table.py --out simulations/results/methods
 
 # HetLoRA tiers 2,4,8 against homogeneous r=2 and r=8 (the r=8 run is method-table's LoRA run:
-# the same config without tiers, with baselines on). Two more runs, each about an hour on
-# 2 cores.
+# the same config without tiers, with baselines on). Two more runs, about 15 minutes each on
+# 2 idle cores.
 simulations/results/hetlora/bbc-het/report.json: | $(STAMP)
 	$(BIN)/fedadapt simulate --config simulations/bbc-hetlora.toml --out $(@D)
 
@@ -82,3 +83,14 @@ hetlora-table: simulations/results/hetlora/bbc-het/report.json \
 		simulations/results/hetlora/bbc-het-r2/report.json \
 		simulations/results/methods/lora/report.json | $(STAMP)
 	$(BIN)/python simulations/hetlora_table.py --out simulations/results/hetlora
+
+# Issue #13's personalization table on rt-full.toml: head-bias is rt-full's own run (its
+# full-model FedAvg baseline trained there and reused by the others); fedrep-head-bias also
+# gives the fedrep row (the stack before the bias); ditto. About an hour each on 2 cores.
+simulations/results/rt-full-%/report.json: | $(STAMP)
+	$(BIN)/fedadapt simulate --config simulations/rt-full-$*.toml --no-baselines --out $(@D)
+
+personalization-table: simulations/results/rt-full/report.json \
+		simulations/results/rt-full-fedrep-head-bias/report.json \
+		simulations/results/rt-full-ditto/report.json | $(STAMP)
+	$(BIN)/python simulations/personalization_table.py --out simulations/results/personalization
