@@ -203,7 +203,10 @@ def after_evaluation(folder: str | Path, global_: Tensors, figures: dict) -> Non
     and what torch measured (numbers only), so the device can show ORT against torch."""
     folder = Path(folder)
     atomic_write_text(folder / EVALUATION_FILE, json.dumps(figures, indent=2) + "\n")
-    after_training(folder, global_, figures["personalization"], figures["round"])
+    if "personalization" in figures:  # the ClientApp's figures always name it
+        after_training(folder, global_, figures["personalization"], figures.get("round", 0))
+    else:
+        keep_round_global(folder, global_)
 
 
 def refresh(folder: str | Path) -> Path | None:
