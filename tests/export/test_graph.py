@@ -17,6 +17,7 @@ import torch
 
 from fedadapt.adapters import (
     AdapterModel,
+    BitFitConfig,
     BottleneckConfig,
     Fuse,
     IA3Config,
@@ -205,8 +206,10 @@ def test_mobile_summary_names_partitions_and_blocking_ops(bottleneck):
     assert any("Gelu" in op for op in summary["nnapi"]["blocking_ops"])
 
 
-@pytest.mark.parametrize("cfg", [LoraConfig(r=4), IA3Config()], ids=["lora", "ia3"])
-def test_lora_and_ia3_tensors_are_inputs_too(cfg, batch, tmp_path):
+@pytest.mark.parametrize(
+    "cfg", [LoraConfig(r=4), IA3Config(), BitFitConfig()], ids=["lora", "ia3", "bitfit"]
+)
+def test_lora_ia3_and_bitfit_tensors_are_inputs_too(cfg, batch, tmp_path):
     m = _model(cfg)
     _export(m, tmp_path / "m.onnx")
     slots = overridable(onnx.load(str(tmp_path / "m.onnx")))
