@@ -11,7 +11,8 @@ Inputs, the runs of simulations/rt-full*.toml that differ only in `personalizati
   (`personal_stack_accuracy`), and the bias is fitted only at evaluation, on top, so FedRep's
   training is this run's;
 - ditto: simulations/results/rt-full-ditto/report.json.
-`--report fedrep=PATH` takes the fedrep row from a run of rt-full-fedrep.toml instead.
+`--report fedrep=PATH` takes the fedrep row from a run of rt-full-fedrep.toml instead;
+`--without MODE` leaves out a run not made yet (its row says so).
 
 Per row: the final global and personalized accuracy, and the paired 95% intervals of
 personalized − full-model FedAvg personalized (the issue's goal: above 0) and global −
@@ -76,15 +77,20 @@ def _row(mode: str, report: dict[str, Any], where: str, stack: bool = False) -> 
     }
 
 
-def build(reports: dict[str, dict[str, Any]], where: dict[str, Path]) -> dict[str, Any]:
+def build(
+    reports: dict[str, dict[str, Any]], where: dict[str, Path], without: tuple[str, ...] = ()
+) -> dict[str, Any]:
     rows = [_row(mode, r, shown(where[mode])) for mode, r in reports.items() if mode != "fedrep"]
     if "fedrep" in reports:
         rows.insert(1, _row("fedrep", reports["fedrep"], shown(where["fedrep"])))
-    else:
+    elif STACK_FROM in reports:
         rows.insert(1, _row("fedrep", reports[STACK_FROM], shown(where[STACK_FROM]), stack=True))
+    else:
+        without = ("fedrep", *without)
     return {
         "config": "simulations/rt-full.toml",
         "rows": rows,
+        "not_run": list(without),
         "config_differences": config_differences(reports, SAME_RUN),
     }
 
@@ -107,6 +113,7 @@ def render(table: dict[str, Any]) -> str:
         ]
         for r in table["rows"]
     ]
+    body += [[f"`{mode}`", *["not run"] * 4] for mode in table["not_run"]]
     first = table["rows"][0]
     notes = [
         f"Full-model FedAvg: global {first['full_model_fedavg_accuracy']:.3f}, personalized "
@@ -120,8 +127,11 @@ def render(table: dict[str, Any]) -> str:
     return markdown(header, body) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def _reports(pairs: list[str]) -> dict[str, Path]:
-    where = dict(DEFAULT_REPORTS)
+def _reports(pairs: list[str], without: list[str]) -> dict[str, Path]:
+    optional = [m for m in DEFAULT_REPORTS if m != "head-bias"]  # head-bias holds the baseline
+    if unknown := sorted(set(without) - set(optional)):
+        raise FedAdaptError(f"--without takes {' or '.join(optional)}, not {', '.join(unknown)}")
+    where = {m: p for m, p in DEFAULT_REPORTS.items() if m not in without}
     for pair in pairs:
         mode, sep, path = pair.partition("=")
         if not sep or mode not in {*DEFAULT_REPORTS, "fedrep"}:
@@ -135,11 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=RESULTS / "personalization")
     p.add_argument("--report", action="append", default=[], metavar="MODE=PATH")
+    p.add_argument("--without", action="append", default=[], metavar="MODE", help="not run yet")
     args = p.parse_args(argv)
-    where = _reports(args.report)
+    where = _reports(args.report, args.without)
     check_present({f"the {mode} report": path for mode, path in where.items()})
     reports = {mode: load_json(path, f"the {mode} report") for mode, path in where.items()}
-    table = build(reports, where)
+    table = build(reports, where, tuple(args.without))
     write(args.out, render(table), table)
 
 

@@ -89,3 +89,15 @@ def test_a_missing_report_is_one_line_naming_it(paths, tmp_path):
     assert res.stderr.strip().splitlines() == [
         f"personalization_table: missing inputs: the ditto report ({tmp_path / 'nowhere.json'})"
     ]
+
+
+def test_a_run_not_made_yet_is_left_out_by_name_and_its_row_says_so(paths, tmp_path):
+    del paths["ditto"]
+    pt.main([*_args(paths, tmp_path / "out"), "--without", "ditto"])
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "| `ditto` | not run | not run | not run | not run |" in md
+    assert "| `fedrep` | 0.786 | 0.845 |" in md
+    with pytest.raises(
+        FedAdaptError, match="--without takes fedrep-head-bias or ditto, not head-bias"
+    ):
+        pt.main([*_args(paths, tmp_path / "out"), "--without", "head-bias"])
