@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
@@ -147,9 +148,10 @@ def _keep(context: Context, key: str, state) -> None:
 
 
 def _serve(context: Context, write: Callable[[Path], None]) -> None:
-    """On a deployed device, `write(device folder)` the files its runtime serves. A file that
-    cannot be written (a graph exported for another adapter config, a full disk) is logged
-    and left as it was (atomic writes): the round's reply goes all the same."""
+    """On a deployed device, `write(device folder)` the files its runtime serves (nothing in
+    a simulation, so the callers build what they write inside `write`). A file that cannot
+    be written (a graph exported for another adapter config, a full disk) is logged and left
+    as it was (atomic writes): the round's reply goes all the same."""
     folder = context.node_config.get("device-dir")
     if not folder:
         return
@@ -170,8 +172,11 @@ def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int
         "examples_train": len(device.data.train_labels),
         "examples_heldout": len(device.data.test_labels),
     }
-    global_ = {k: v.numpy() for k, v in arrays.items()}
-    _serve(context, lambda folder: after_evaluation(folder, global_, figures))
+    _serve(context, lambda folder: after_evaluation(folder, _numpy(arrays), figures))
+
+
+def _numpy(arrays: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
 
 
 @_error_reply
@@ -192,8 +197,11 @@ def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context)
         _keep(context, "personal", personal)
     elif cfg.personalization == "ditto":
         _keep(context, "ditto", device.train_ditto(arrays, _load(context, "ditto"), rnd))
-    global_ = {k: v.numpy() for k, v in arrays.items()}  # a device serves what it trained
-    _serve(context, lambda folder: after_training(folder, global_, cfg.personalization, rnd))
+    # a device serves what it trained
+    _serve(
+        context,
+        lambda folder: after_training(folder, _numpy(arrays), cfg.personalization, rnd),
+    )
     return device, delta, stats
 
 
