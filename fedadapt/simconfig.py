@@ -70,7 +70,7 @@ class SimConfig:
     grid_poll_s: float = 0.2  # how often the server pulls replies (Flower's deployed grid: 3 s)
     # model and adapters
     quantization: str = "int8"
-    method: str = "bottleneck"  # or "lora"
+    method: str = "bottleneck"  # or lora, ia3, bitfit, prefix, prompt
     reduction_factor: int = 32
     lora_r: int = 8
     freeze_a: bool = True  # FFA-LoRA: exact averaging

@@ -134,8 +134,11 @@ def test_the_source_is_resolved_and_checked_before_the_run_starts(tmp_path) -> N
     assert resolved(off, cwd=tmp_path).full_model_from == str(tmp_path / "runs" / "elsewhere")
 
 
-@pytest.mark.parametrize("name", ["rt-full-fedrep", "rt-full-ditto", "rt-full-fedrep-head-bias"])
-def test_each_rt_full_personalization_config_takes_the_recorded_rt_full_baseline(name) -> None:
+RT_FULL_VARIANTS = ["rt-full-fedrep", "rt-full-ditto", "rt-full-fedrep-head-bias", "rt-full-rf8"]
+
+
+@pytest.mark.parametrize("name", RT_FULL_VARIANTS)
+def test_each_rt_full_variant_config_takes_the_recorded_rt_full_baseline(name) -> None:
     cfg = resolved(SimConfig.load(ROOT / "simulations" / f"{name}.toml"), cwd=ROOT)
     reused = load(cfg)
     assert len(reused.per_client) == 338
@@ -143,7 +146,7 @@ def test_each_rt_full_personalization_config_takes_the_recorded_rt_full_baseline
     rt_full = SimConfig.load(ROOT / "simulations" / "rt-full.toml")
     differing = {k for k, v in cfg.to_dict().items() if v != getattr(rt_full, k)}
     # evaluate_sample only thins the per-round evaluation; the final one covers every client
-    allowed = {"personalization", "ditto_lambda", "evaluate_sample"}
+    allowed = {"personalization", "ditto_lambda", "evaluate_sample", "reduction_factor"}
     assert differing - {"out", "full_model_from"} <= allowed
 
 
