@@ -10,7 +10,10 @@ Inputs, the runs of simulations/rt-full*.toml that differ only in `personalizati
   the `fedrep` row: its devices report the personal stack before the head bias
   (`personal_stack_accuracy`), and the bias is fitted only at evaluation, on top, so FedRep's
   training is this run's;
-- ditto: simulations/results/rt-full-ditto/report.json.
+- ditto: simulations/results/rt-full-ditto/report.json;
+- head-bias-rf8: simulations/results/rt-full-rf8/report.json, the head bias over a global
+  adapter 4x as wide (reduction_factor 8): not a mode of its own but a change to the global
+  training, the one row whose global column may differ.
 `--report fedrep=PATH` takes the fedrep row from a run of rt-full-fedrep.toml instead;
 `--without MODE` leaves out a run not made yet (its row says so).
 
@@ -44,7 +47,11 @@ DEFAULT_REPORTS = {
     "head-bias": RESULTS / "rt-full" / "report.json",
     "fedrep-head-bias": RESULTS / "rt-full-fedrep-head-bias" / "report.json",
     "ditto": RESULTS / "rt-full-ditto" / "report.json",
+    "head-bias-rf8": RESULTS / "rt-full-rf8" / "report.json",
 }
+# rows that are not a personalization mode: the run's mode, and how the table names the row
+RUN_MODE = {"head-bias-rf8": "head-bias"}
+LABELS = {"head-bias-rf8": "`head-bias`, reduction_factor 8"}
 STACK_FROM = "fedrep-head-bias"  # the run whose personal stack is the fedrep row
 PERSONALIZED_GOAL = "personalized_vs_full_model_fedavg_personalized"
 GLOBAL_GOAL = "global_vs_full_model_fedavg"
@@ -56,15 +63,16 @@ SAME_RUN = frozenset(
 
 
 def _row(mode: str, report: dict[str, Any], where: str, stack: bool = False) -> dict[str, Any]:
-    """One mode's figures; `stack`: the fedrep row read from a fedrep-head-bias run."""
+    """One row's figures; `stack`: the fedrep row read from a fedrep-head-bias run."""
     run_mode = require(report, "config.personalization", where)
-    want = STACK_FROM if stack else mode
+    want = STACK_FROM if stack else RUN_MODE.get(mode, mode)
     if run_mode != want:
         raise FedAdaptError(f"{where} is a {run_mode!r} run, not {want!r}")
     personalized = "personal_stack_accuracy" if stack else "personalized_accuracy"
     goal = "personal_stack_vs_full_model_fedavg_personalized" if stack else PERSONALIZED_GOAL
     return {
-        "personalization": mode,
+        "row": mode,
+        "personalization": run_mode if not stack else "fedrep",
         "report": where,
         "global_accuracy": require(report, "final.global_accuracy", where),
         "personalized_accuracy": require(report, f"final.{personalized}", where),
@@ -105,7 +113,7 @@ def render(table: dict[str, Any]) -> str:
     ]
     body = [
         [
-            f"`{r['personalization']}`",
+            LABELS.get(r["row"], f"`{r['row']}`"),
             f"{r['global_accuracy']:.3f}",
             f"{r['personalized_accuracy']:.3f}",
             interval(r[PERSONALIZED_GOAL]),
@@ -113,7 +121,7 @@ def render(table: dict[str, Any]) -> str:
         ]
         for r in table["rows"]
     ]
-    body += [[f"`{mode}`", *["not run"] * 4] for mode in table["not_run"]]
+    body += [[LABELS.get(m, f"`{m}`"), *["not run"] * 4] for m in table["not_run"]]
     first = table["rows"][0]
     notes = [
         f"Full-model FedAvg: global {first['full_model_fedavg_accuracy']:.3f}, personalized "

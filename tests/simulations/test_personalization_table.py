@@ -51,6 +51,10 @@ def paths(tmp_path):
         "ditto": write_json(
             tmp_path / "ditto.json", report("ditto", 0.800, ditto_lambda=0.1, full_model_from="x")
         ),
+        "head-bias-rf8": write_json(
+            tmp_path / "rf8.json",
+            report("head-bias", 0.835, reduction_factor=8, full_model_from="x"),
+        ),
     }
 
 
@@ -61,11 +65,12 @@ def _args(paths, out) -> list[str]:
 def test_the_fedrep_row_is_the_fedrep_head_bias_runs_personal_stack(paths, tmp_path):
     pt.main(_args(paths, tmp_path / "out"))
     rows = json.loads((tmp_path / "out" / "table.json").read_text())["rows"]
-    assert [r["personalization"] for r in rows] == [
-        "head-bias",
-        "fedrep",
-        "fedrep-head-bias",
-        "ditto",
+    assert [(r["row"], r["personalization"]) for r in rows] == [
+        ("head-bias", "head-bias"),
+        ("fedrep", "fedrep"),
+        ("fedrep-head-bias", "fedrep-head-bias"),
+        ("ditto", "ditto"),
+        ("head-bias-rf8", "head-bias"),
     ]
     fedrep, both = rows[1], rows[2]
     assert fedrep["personalized_accuracy"] == 0.845 and both["personalized_accuracy"] == 0.850
@@ -74,11 +79,19 @@ def test_the_fedrep_row_is_the_fedrep_head_bias_runs_personal_stack(paths, tmp_p
     md = (tmp_path / "out" / "table.md").read_text()
     assert "| `fedrep` | 0.786 | 0.845 | +0.014 [+0.004, +0.024] * |" in md
     assert "| `ditto` | 0.786 | 0.800 | -0.031 [-0.041, -0.021] * |" in md
+    assert "| `head-bias`, reduction_factor 8 | 0.786 | 0.835 | +0.004 [-0.006, +0.014] |" in md
+    # the one key the rf8 row's global training differs in is named in the notes
+    assert "- Config differs in reduction_factor: {" in md
 
 
 def test_a_run_of_another_mode_is_refused_by_name(paths, tmp_path):
+    ditto = paths["ditto"]
     paths["ditto"] = paths["head-bias"]
     with pytest.raises(FedAdaptError, match=r"hb\.json is a 'head-bias' run, not 'ditto'"):
+        pt.main(_args(paths, tmp_path / "out"))
+    # the rf8 row must be a head-bias run, although its name is not a mode
+    paths["ditto"] = paths["head-bias-rf8"] = ditto
+    with pytest.raises(FedAdaptError, match=r"ditto\.json is a 'ditto' run, not 'head-bias'"):
         pt.main(_args(paths, tmp_path / "out"))
 
 
@@ -98,6 +111,7 @@ def test_a_run_not_made_yet_is_left_out_by_name_and_its_row_says_so(paths, tmp_p
     assert "| `ditto` | not run | not run | not run | not run |" in md
     assert "| `fedrep` | 0.786 | 0.845 |" in md
     with pytest.raises(
-        FedAdaptError, match="--without takes fedrep-head-bias or ditto, not head-bias"
+        FedAdaptError,
+        match="--without takes fedrep-head-bias or ditto or head-bias-rf8, not head-bias",
     ):
         pt.main([*_args(paths, tmp_path / "out"), "--without", "head-bias"])
