@@ -86,8 +86,8 @@ hetlora-table: simulations/results/hetlora/bbc-het/report.json \
 
 # Issue #13's personalization table on rt-full.toml: head-bias is rt-full's own run (its
 # full-model FedAvg baseline trained there and reused by the others); fedrep-head-bias also
-# gives the fedrep row (the stack before the bias); ditto; and head-bias over a 4x wider global
-# adapter (rt-full-rf8.toml). About an hour each on 2 cores.
+# gives the fedrep row (the stack before the bias); ditto; and head-bias over a 4x and an 8x
+# wider global adapter (rt-full-rf8.toml, rt-full-rf4.toml). 15 to 50 min each on 2 cores.
 simulations/results/rt-full-fedrep-head-bias/report.json: | $(STAMP)
 	$(BIN)/fedadapt simulate --config simulations/rt-full-fedrep-head-bias.toml --no-baselines \
 		--out $(@D)
@@ -95,11 +95,12 @@ simulations/results/rt-full-fedrep-head-bias/report.json: | $(STAMP)
 simulations/results/rt-full-ditto/report.json: | $(STAMP)
 	$(BIN)/fedadapt simulate --config simulations/rt-full-ditto.toml --no-baselines --out $(@D)
 
-simulations/results/rt-full-rf8/report.json: | $(STAMP)
-	$(BIN)/fedadapt simulate --config simulations/rt-full-rf8.toml --no-baselines --out $(@D)
+simulations/results/rt-full-rf%/report.json: | $(STAMP)
+	$(BIN)/fedadapt simulate --config simulations/rt-full-rf$*.toml --no-baselines --out $(@D)
 
 personalization-table: simulations/results/rt-full/report.json \
 		simulations/results/rt-full-fedrep-head-bias/report.json \
 		simulations/results/rt-full-ditto/report.json \
-		simulations/results/rt-full-rf8/report.json | $(STAMP)
+		simulations/results/rt-full-rf8/report.json \
+		simulations/results/rt-full-rf4/report.json | $(STAMP)
 	$(BIN)/python simulations/personalization_table.py --out simulations/results/personalization

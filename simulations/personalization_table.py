@@ -11,9 +11,9 @@ Inputs, the runs of simulations/rt-full*.toml that differ only in `personalizati
   (`personal_stack_accuracy`), and the bias is fitted only at evaluation, on top, so FedRep's
   training is this run's;
 - ditto: simulations/results/rt-full-ditto/report.json;
-- head-bias-rf8: simulations/results/rt-full-rf8/report.json, the head bias over a global
-  adapter 4x as wide (reduction_factor 8): not a mode of its own but a change to the global
-  training, the one row whose global column may differ.
+- head-bias-rf8 and head-bias-rf4: simulations/results/rt-full-rf{8,4}/report.json, the
+  head bias over a global adapter 4x and 8x as wide (reduction_factor 8 and 4): not modes of
+  their own but changes to the global training, the rows whose global column may differ.
 `--report fedrep=PATH` takes the fedrep row from a run of rt-full-fedrep.toml instead;
 `--without MODE` leaves out a run not made yet (its row says so).
 
@@ -48,10 +48,11 @@ DEFAULT_REPORTS = {
     "fedrep-head-bias": RESULTS / "rt-full-fedrep-head-bias" / "report.json",
     "ditto": RESULTS / "rt-full-ditto" / "report.json",
     "head-bias-rf8": RESULTS / "rt-full-rf8" / "report.json",
+    "head-bias-rf4": RESULTS / "rt-full-rf4" / "report.json",
 }
 # rows that are not a personalization mode: the run's mode, and how the table names the row
-RUN_MODE = {"head-bias-rf8": "head-bias"}
-LABELS = {"head-bias-rf8": "`head-bias`, reduction_factor 8"}
+RUN_MODE = {"head-bias-rf8": "head-bias", "head-bias-rf4": "head-bias"}
+LABELS = {f"head-bias-rf{n}": f"`head-bias`, reduction_factor {n}" for n in (8, 4)}
 STACK_FROM = "fedrep-head-bias"  # the run whose personal stack is the fedrep row
 PERSONALIZED_GOAL = "personalized_vs_full_model_fedavg_personalized"
 GLOBAL_GOAL = "global_vs_full_model_fedavg"

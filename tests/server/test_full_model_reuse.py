@@ -134,7 +134,13 @@ def test_the_source_is_resolved_and_checked_before_the_run_starts(tmp_path) -> N
     assert resolved(off, cwd=tmp_path).full_model_from == str(tmp_path / "runs" / "elsewhere")
 
 
-RT_FULL_VARIANTS = ["rt-full-fedrep", "rt-full-ditto", "rt-full-fedrep-head-bias", "rt-full-rf8"]
+RT_FULL_VARIANTS = [
+    "rt-full-fedrep",
+    "rt-full-ditto",
+    "rt-full-fedrep-head-bias",
+    "rt-full-rf8",
+    "rt-full-rf4",
+]
 
 
 @pytest.mark.parametrize("name", RT_FULL_VARIANTS)

@@ -55,6 +55,10 @@ def paths(tmp_path):
             tmp_path / "rf8.json",
             report("head-bias", 0.835, reduction_factor=8, full_model_from="x"),
         ),
+        "head-bias-rf4": write_json(
+            tmp_path / "rf4.json",
+            report("head-bias", 0.840, reduction_factor=4, full_model_from="x"),
+        ),
     }
 
 
@@ -71,6 +75,7 @@ def test_the_fedrep_row_is_the_fedrep_head_bias_runs_personal_stack(paths, tmp_p
         ("fedrep-head-bias", "fedrep-head-bias"),
         ("ditto", "ditto"),
         ("head-bias-rf8", "head-bias"),
+        ("head-bias-rf4", "head-bias"),
     ]
     fedrep, both = rows[1], rows[2]
     assert fedrep["personalized_accuracy"] == 0.845 and both["personalized_accuracy"] == 0.850
@@ -112,6 +117,7 @@ def test_a_run_not_made_yet_is_left_out_by_name_and_its_row_says_so(paths, tmp_p
     assert "| `fedrep` | 0.786 | 0.845 |" in md
     with pytest.raises(
         FedAdaptError,
-        match="--without takes fedrep-head-bias or ditto or head-bias-rf8, not head-bias",
+        match="--without takes fedrep-head-bias or ditto or head-bias-rf8 or head-bias-rf4, not "
+        "head-bias",
     ):
         pt.main([*_args(paths, tmp_path / "out"), "--without", "head-bias"])
