@@ -3,7 +3,8 @@
     .venv/bin/python simulations/personalization_table.py
         [--out simulations/results/personalization] [--report MODE=PATH ...]
 
-Inputs, the runs of simulations/rt-full*.toml that differ only in `personalization`:
+Inputs, the runs of simulations/rt-full*.toml that differ only in `personalization` (the
+rf rows: only in the global adapter's width):
 - head-bias: simulations/results/rt-full/report.json (rt-full.toml, with the full-model
   baseline trained in the same run);
 - fedrep-head-bias: simulations/results/rt-full-fedrep-head-bias/report.json. It also gives
