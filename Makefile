@@ -95,8 +95,11 @@ simulations/results/rt-full-fedrep-head-bias/report.json: | $(STAMP)
 simulations/results/rt-full-ditto/report.json: | $(STAMP)
 	$(BIN)/fedadapt simulate --config simulations/rt-full-ditto.toml --no-baselines --out $(@D)
 
-simulations/results/rt-full-rf%/report.json: | $(STAMP)
-	$(BIN)/fedadapt simulate --config simulations/rt-full-rf$*.toml --no-baselines --out $(@D)
+simulations/results/rt-full-rf8/report.json: | $(STAMP)
+	$(BIN)/fedadapt simulate --config simulations/rt-full-rf8.toml --no-baselines --out $(@D)
+
+simulations/results/rt-full-rf4/report.json: | $(STAMP)
+	$(BIN)/fedadapt simulate --config simulations/rt-full-rf4.toml --no-baselines --out $(@D)
 
 personalization-table: simulations/results/rt-full/report.json \
 		simulations/results/rt-full-fedrep-head-bias/report.json \
