@@ -48,12 +48,11 @@ DEFAULT_REPORTS = {
     "head-bias": RESULTS / "rt-full" / "report.json",
     "fedrep-head-bias": RESULTS / "rt-full-fedrep-head-bias" / "report.json",
     "ditto": RESULTS / "rt-full-ditto" / "report.json",
-    "head-bias-rf8": RESULTS / "rt-full-rf8" / "report.json",
-    "head-bias-rf4": RESULTS / "rt-full-rf4" / "report.json",
 }
-# rows that are not a personalization mode: the run's mode, and how the table names the row
-RUN_MODE = {"head-bias-rf8": "head-bias", "head-bias-rf4": "head-bias"}
-LABELS = {f"head-bias-rf{n}": f"`head-bias`, reduction_factor {n}" for n in (8, 4)}
+# rows that are not a personalization mode: head-bias over a wider global adapter, by its
+# reduction factor (rt-full-rf{n}.toml)
+WIDER = {f"head-bias-rf{n}": n for n in (8, 4)}
+DEFAULT_REPORTS |= {row: RESULTS / f"rt-full-rf{n}" / "report.json" for row, n in WIDER.items()}
 STACK_FROM = "fedrep-head-bias"  # the run whose personal stack is the fedrep row
 PERSONALIZED_GOAL = "personalized_vs_full_model_fedavg_personalized"
 GLOBAL_GOAL = "global_vs_full_model_fedavg"
@@ -67,14 +66,14 @@ SAME_RUN = frozenset(
 def _row(mode: str, report: dict[str, Any], where: str, stack: bool = False) -> dict[str, Any]:
     """One row's figures; `stack`: the fedrep row read from a fedrep-head-bias run."""
     run_mode = require(report, "config.personalization", where)
-    want = STACK_FROM if stack else RUN_MODE.get(mode, mode)
+    want = STACK_FROM if stack else "head-bias" if mode in WIDER else mode
     if run_mode != want:
         raise FedAdaptError(f"{where} is a {run_mode!r} run, not {want!r}")
     personalized = "personal_stack_accuracy" if stack else "personalized_accuracy"
     goal = "personal_stack_vs_full_model_fedavg_personalized" if stack else PERSONALIZED_GOAL
     return {
         "row": mode,
-        "personalization": run_mode if not stack else "fedrep",
+        "personalization": "fedrep" if stack else run_mode,
         "report": where,
         "global_accuracy": require(report, "final.global_accuracy", where),
         "personalized_accuracy": require(report, f"final.{personalized}", where),
@@ -105,6 +104,10 @@ def build(
     }
 
 
+def _label(row: str) -> str:
+    return f"`head-bias`, reduction_factor {WIDER[row]}" if row in WIDER else f"`{row}`"
+
+
 def render(table: dict[str, Any]) -> str:
     header = [
         "personalization",
@@ -115,7 +118,7 @@ def render(table: dict[str, Any]) -> str:
     ]
     body = [
         [
-            LABELS.get(r["row"], f"`{r['row']}`"),
+            _label(r["row"]),
             f"{r['global_accuracy']:.3f}",
             f"{r['personalized_accuracy']:.3f}",
             interval(r[PERSONALIZED_GOAL]),
@@ -123,7 +126,7 @@ def render(table: dict[str, Any]) -> str:
         ]
         for r in table["rows"]
     ]
-    body += [[LABELS.get(m, f"`{m}`"), *["not run"] * 4] for m in table["not_run"]]
+    body += [[_label(m), *["not run"] * 4] for m in table["not_run"]]
     first = table["rows"][0]
     notes = [
         f"Full-model FedAvg: global {first['full_model_fedavg_accuracy']:.3f}, personalized "
