@@ -28,7 +28,7 @@ deploy-demo: setup
 	$(BIN)/fedadapt deploy-demo --config simulations/deploy.toml --out out/deploy
 
 rollout-demo: setup
-	$(BIN)/python -m fedadapt.rollout_fleet --devices 200 --work out/rollout \
+	$(BIN)/python -m fedadapt.launch.rollout_fleet --devices 200 --work out/rollout \
 		--out simulations/results/rollout/rollout.json
 
 test: setup

@@ -15,7 +15,7 @@ from functools import cache
 import torch
 
 from fedadapt.adapters import AdapterModel, Stack
-from fedadapt.base_model import load_tokenizer
+from fedadapt.base.checkpoint import load_tokenizer
 from fedadapt.data import ClientData
 from fedadapt.data.partitions import client_data
 from fedadapt.deltas import State, compute_delta

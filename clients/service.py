@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedadapt import supervise
-from fedadapt.base_cache import BASE_CACHE_ENV
+from fedadapt.base.cache import BASE_CACHE_ENV
 from fedadapt.errors import FedAdaptError
 
 GRACE_S = 15.0  # for the supervisor, which gives its tree supervise.GRACE before SIGKILL
@@ -85,7 +85,7 @@ class ServiceOptions:
         if bool(self.update_url) != bool(self.trust):
             raise FedAdaptError("updates need both --update-url and --trust (or neither)")
         if self.channel is not None:
-            from fedadapt.cohort import check_channel_name
+            from fedadapt.updates.cohort import check_channel_name
 
             check_channel_name(self.channel)
             if not self.update_url:
@@ -220,8 +220,8 @@ class DeviceService:
         if self.opts.channel is not None:
             self.poll_channel()
             return
-        from fedadapt.clients.updater import fetch
-        from fedadapt.keys import load_public
+        from fedadapt.clients.updates.updater import fetch
+        from fedadapt.updates.keys import load_public
 
         try:
             trusted = [load_public(p) for p in self.opts.trust]
@@ -240,7 +240,7 @@ class DeviceService:
     def poll_channel(self) -> None:
         """One poll of the rollout agent; installs and switches rewrite the personalized file
         (`DeviceStore.install`, `rollout_agent.switch_to`), so it serves the version run."""
-        from fedadapt.clients.rollout_agent import device_agent
+        from fedadapt.clients.updates.rollout_agent import device_agent
 
         opts, channel = self.opts, self.opts.channel
         assert channel is not None and opts.update_url and opts.data_dir is not None
@@ -272,7 +272,7 @@ class DeviceService:
         runtime = self.folder / RUNTIME_FILE
         if runtime.exists():
             return str(json.loads(runtime.read_text())["base_sha256"])
-        from fedadapt.base_model import base_sha256
+        from fedadapt.base.checkpoint import base_sha256
 
         return base_sha256()
 

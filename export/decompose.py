@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from fedadapt.bert import Intermediate
+from fedadapt.base.bert import Intermediate
 
 DECOMPOSITIONS = ("layernorm", "gelu-tanh")
 

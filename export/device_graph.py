@@ -24,11 +24,12 @@ from torch import nn
 
 from fedadapt.adapters import AdapterModel, Stack
 from fedadapt.atomic import atomic_write_text
-from fedadapt.base_model import load_base, model_dir
+from fedadapt.base import load_base
+from fedadapt.base.checkpoint import model_dir
+from fedadapt.base.quantize import QuantEmbedding, QuantLinear
 from fedadapt.deltas import State
 from fedadapt.model_setup import GLOBAL, PERSONAL, build_model, label_names, num_labels
 from fedadapt.onnx_adapter import RUNTIME_FILE
-from fedadapt.quantize import QuantEmbedding, QuantLinear
 from fedadapt.simconfig import SimConfig
 
 MODEL_FILE = "model.onnx"

@@ -22,7 +22,8 @@ import torch
 from fedadapt.adapter_files import load_adapter, read_adapter
 from fedadapt.adapters.model import AdapterModel
 from fedadapt.atomic import atomic_write_text
-from fedadapt.base_model import base_sha256, load_base, load_tokenizer, model_dir, tokenize
+from fedadapt.base import load_base
+from fedadapt.base.checkpoint import base_sha256, load_tokenizer, model_dir, tokenize
 from fedadapt.continual import pad_head
 from fedadapt.errors import AdapterLoadError
 from fedadapt.export import measure

@@ -1,5 +1,5 @@
 import sys
 
-from fedadapt.cli import main
+from fedadapt.cli.app import main
 
 sys.exit(main())

@@ -22,7 +22,7 @@ from safetensors.torch import load, save
 from fedadapt.adapters import METHODS, AdapterModel
 from fedadapt.adapters.inject import remove
 from fedadapt.atomic import atomic_write_bytes, atomic_write_text
-from fedadapt.base_model import BASE_MODEL_NAME
+from fedadapt.base.checkpoint import BASE_MODEL_NAME
 from fedadapt.errors import AdapterLoadError
 from fedadapt.peft_format import (
     from_peft_config,

@@ -22,8 +22,8 @@ Why this rather than FLoRA's stacking:
 
 What truncation costs: a rank-r client never sees the global B's columns past r, so its
 model is the global one truncated; the high columns are learned by high-tier clients only.
-Everything here is shape arithmetic on state dicts, without torch imports, so the config
-check can use it.
+Everything here is shape arithmetic on state dicts, without torch imports. The tiers are
+parsed and checked against the rest of the config in `fedadapt/simconfig.py`.
 """
 
 from __future__ import annotations
@@ -33,48 +33,15 @@ import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fedadapt.errors import ConfigError, FedAdaptError
+from fedadapt.errors import FedAdaptError
+from fedadapt.simconfig import SimConfig, parse_tiers
 
 if TYPE_CHECKING:
     import torch
 
-    from fedadapt.simconfig import SimConfig
-
 A_SUFFIX, B_SUFFIX = "lora_A.weight", "lora_B.weight"
 RANK_KEY = "lora-rank"  # a reply's delta-meta field: the rank it trained
 BASE_ALPHA = 16.0  # LoraConfig's default alpha at the global rank
-
-
-def parse_tiers(text: str) -> tuple[int, ...]:
-    """`"2,4,8"` as `(2, 4, 8)`; `""` (no tiers) as `()`. Ranks are distinct positive ints."""
-    if not text.strip():
-        return ()
-    parts = [p.strip() for p in text.split(",")]
-    if not all(p.isdigit() and int(p) >= 1 for p in parts):
-        raise ConfigError(
-            f"config: lora_tier_ranks = {text!r} is not a comma-separated list of positive "
-            "integers (for example '2,4,8')"
-        )
-    ranks = tuple(int(p) for p in parts)
-    if len(set(ranks)) != len(ranks):
-        raise ConfigError(f"config: lora_tier_ranks = {text!r} names a rank twice")
-    return ranks
-
-
-def check_config(cfg: SimConfig) -> None:
-    """What tiers rule out: another method, and aggregations that need every delta at one
-    shape (robust rules, SecAgg+, central DP); the server averages each tier, then pads."""
-    from fedadapt.simconfig import LINEAR_STRATEGIES
-
-    if not parse_tiers(cfg.lora_tier_ranks):
-        return
-    if cfg.method != "lora":
-        raise ConfigError(f"config: lora_tier_ranks needs method = 'lora', not {cfg.method!r}")
-    if cfg.strategy not in LINEAR_STRATEGIES or cfg.secagg or cfg.dp_noise_multiplier > 0:
-        raise ConfigError(
-            "config: lora_tier_ranks averages each tier's deltas, then pads them: it needs a "
-            "linear strategy (fedavg, fedprox, fedadam, fedyogi, fedavgm) without secagg or DP"
-        )
 
 
 def global_rank(cfg: SimConfig) -> int:

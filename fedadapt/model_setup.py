@@ -15,7 +15,7 @@ import torch
 
 from fedadapt.adapters import METHODS, AdapterModel, BottleneckConfig, LoraConfig
 from fedadapt.adapters.inject import AdapterConfig
-from fedadapt.base_model import load_base
+from fedadapt.base import load_base
 from fedadapt.deltas import State
 from fedadapt.errors import ConfigError
 from fedadapt.hetlora import lora_alpha

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def full_model_personalization(personalization: str) -> str:
 # Adapter methods a federated run can train (clients/device.py builds these); extend here.
 FEDERATED_METHODS = ("bottleneck", "lora", "ia3", "bitfit", "prefix", "prompt")
 DATASETS = ("rotten_tomatoes", "bbc", "rotten_tomatoes_dirichlet")
-QUANTIZATIONS = ("none", "int8", "int4")  # fedadapt.quantize.QUANTIZATIONS (that one needs torch)
+QUANTIZATIONS = ("none", "int8", "int4")  # fedadapt.base.quantize's (that one needs torch)
 CODECS = ("fp32", "fp16", "int8")  # fedadapt.codecs.CODECS (that one needs torch)
 ATTACKS = ("sign-flip", "noise", "inflate-examples")  # clients/attacks.py; extend here
 
@@ -143,34 +144,9 @@ class SimConfig:
         for f in dataclasses.fields(self):
             value = check_value(f.name, _TYPES[f.type], getattr(self, f.name), RULES.get(f.name))
             object.__setattr__(self, f.name, value)  # an int given for a float becomes a float
-        if self.clients_per_round > self.num_clients:
-            raise ConfigError(
-                f"config: clients_per_round = {self.clients_per_round} exceeds "
-                f"num_clients = {self.num_clients}"
-            )
-        if self.secagg:
-            self._check_secagg()
-        from fedadapt import hetlora
-
-        hetlora.check_config(self)
-
-    def _check_secagg(self) -> None:
-        """What secure aggregation rules out: the server never sees a single delta."""
-        if self.strategy not in LINEAR_STRATEGIES:
-            raise ConfigError(
-                f"secagg hides single deltas, so {self.strategy!r} cannot run on them; "
-                "use fedavg, fedprox, fedadam, fedyogi or fedavgm"
-            )
-        if self.dp_noise_multiplier > 0:
-            raise ConfigError(
-                "central DP clips single deltas on the server, which secagg hides; "
-                "run one or the other"
-            )
-        if self.codec != "fp32":
-            raise ConfigError(
-                "secagg uploads Flower's fixed-point encoding of the delta, not a codec's; "
-                "leave codec = 'fp32'"
-            )
+        for conflict in CONFLICTS:
+            if conflict.applies(self):
+                raise ConfigError(conflict.message.format(**self.to_dict()))
 
     @classmethod
     def field_type(cls, key: str) -> type:
@@ -227,6 +203,72 @@ class SimConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_tiers(text: str) -> tuple[int, ...]:
+    """HetLoRA's device tiers (`fedadapt/hetlora.py`): `"2,4,8"` as `(2, 4, 8)`, `""` (no
+    tiers) as `()`. Ranks are distinct positive integers."""
+    if not text.strip():
+        return ()
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ConfigError(
+            f"config: lora_tier_ranks = {text!r} is not a comma-separated list of positive "
+            "integers (for example '2,4,8')"
+        )
+    ranks = tuple(int(p) for p in parts)
+    if len(set(ranks)) != len(ranks):
+        raise ConfigError(f"config: lora_tier_ranks = {text!r} names a rank twice")
+    return ranks
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Settings that rule each other out: when `applies` holds, the config is refused with
+    `message`, formatted with the config's fields."""
+
+    applies: Callable[[SimConfig], bool]
+    message: str
+
+
+# The settings that rule each other out, as a table (AdapterHub's ALLOWED_NESTINGS is the
+# model): each row is checked in order after every field passed its own rule.
+CONFLICTS: tuple[Conflict, ...] = (
+    Conflict(
+        lambda c: c.clients_per_round > c.num_clients,
+        "config: clients_per_round = {clients_per_round} exceeds num_clients = {num_clients}",
+    ),
+    # What secure aggregation rules out: the server never sees a single delta.
+    Conflict(
+        lambda c: c.secagg and c.strategy not in LINEAR_STRATEGIES,
+        "secagg hides single deltas, so {strategy!r} cannot run on them; "
+        "use fedavg, fedprox, fedadam, fedyogi or fedavgm",
+    ),
+    Conflict(
+        lambda c: c.secagg and c.dp_noise_multiplier > 0,
+        "central DP clips single deltas on the server, which secagg hides; run one or the other",
+    ),
+    Conflict(
+        lambda c: c.secagg and c.codec != "fp32",
+        "secagg uploads Flower's fixed-point encoding of the delta, not a codec's; "
+        "leave codec = 'fp32'",
+    ),
+    # What HetLoRA's tiers rule out: another method, and aggregations that need every delta
+    # at one shape (robust rules, SecAgg+, central DP); the server averages each tier, then
+    # pads.
+    Conflict(
+        lambda c: bool(parse_tiers(c.lora_tier_ranks)) and c.method != "lora",
+        "config: lora_tier_ranks needs method = 'lora', not {method!r}",
+    ),
+    Conflict(
+        lambda c: (
+            bool(parse_tiers(c.lora_tier_ranks))
+            and (c.strategy not in LINEAR_STRATEGIES or c.secagg or c.dp_noise_multiplier > 0)
+        ),
+        "config: lora_tier_ranks averages each tier's deltas, then pads them: it needs a "
+        "linear strategy (fedavg, fedprox, fedadam, fedyogi, fedavgm) without secagg or DP",
+    ),
+)
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from fedadapt.adapters import AdapterModel
-from fedadapt.base_model import tokenize
+from fedadapt.base.checkpoint import tokenize
 
 
 @dataclass

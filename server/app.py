@@ -22,10 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from fedadapt.adapter_files import save_adapter
 from fedadapt.adapters import AdapterModel
 from fedadapt.atomic import atomic_write_text
-from fedadapt.base_model import base_sha256
+from fedadapt.base.checkpoint import base_sha256
 from fedadapt.deltas import State
-from fedadapt.hetlora import client_rank, global_config, parse_tiers
-from fedadapt.keys import load_private
+from fedadapt.hetlora import client_rank, global_config
 from fedadapt.model_setup import (
     GLOBAL,
     build_fresh_global,
@@ -44,11 +43,12 @@ from fedadapt.server.evaluation import evaluate_all, round_sample
 from fedadapt.server.hetlora_round import screen_tiers, slice_messages
 from fedadapt.server.nodes import PartitionOrderedGrid, ask_partitions
 from fedadapt.server.polling import QuickPollGrid
-from fedadapt.server.publish import publish
 from fedadapt.server.replies import mean_reply, screen, screen_full
 from fedadapt.server.strategy import build_strategy, dp_epsilon
 from fedadapt.server.timing import RoundClock
-from fedadapt.simconfig import LINEAR_STRATEGIES, SimConfig
+from fedadapt.server.updates.publish import publish
+from fedadapt.simconfig import LINEAR_STRATEGIES, SimConfig, parse_tiers
+from fedadapt.updates.keys import load_private
 
 log = logging.getLogger("fedadapt.server")
 app = ServerApp()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedadapt.base_model import BASE_MODEL_NAME
+from fedadapt.base.checkpoint import BASE_MODEL_NAME
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig, full_model_personalization
 

@@ -28,7 +28,8 @@ import torch
 from fedadapt import continual
 from fedadapt.adapters import AdapterModel, BottleneckConfig, Fuse
 from fedadapt.atomic import atomic_write_text
-from fedadapt.base_model import load_base, load_tokenizer
+from fedadapt.base import load_base
+from fedadapt.base.checkpoint import load_tokenizer
 from fedadapt.data import bbc, rotten_tomatoes
 from fedadapt.train import TrainConfig, accuracy, embed, predict, train, train_probe
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedadapt.base_model import load_base, load_tokenizer, tokenize
+from fedadapt.base import load_base
+from fedadapt.base.checkpoint import load_tokenizer, tokenize
 
 SENTENCES = [
     "A three-hour cinema master class.",

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from safetensors.numpy import save
 
 from fedadapt.adapter_files import CONFIG_FILE, WEIGHTS_FILE
-from fedadapt.keys import keygen, load_private, load_public
-from fedadapt.server.update_service import UpdateServer
+from fedadapt.server.updates.service import UpdateServer
+from fedadapt.updates.keys import keygen, load_private, load_public
 
 BASE = "ab" * 32
 
@@ -49,7 +49,7 @@ def make_keys(folder: Path) -> Keys:
 def two_version_registry(tmp_path: Path) -> tuple[Path, Keys]:
     """A registry holding versions 1 and 2 of a tiny adapter, signed by fresh keys: the
     stable and the candidate of a rollout."""
-    from fedadapt.server.publish import publish
+    from fedadapt.server.updates.publish import publish
 
     keys = make_keys(tmp_path / "keys")
     reg = tmp_path / "registry"

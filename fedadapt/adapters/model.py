@@ -17,8 +17,8 @@ from fedadapt.adapters.composition import Fuse, Setup, as_block
 from fedadapt.adapters.fusion import Fusion, FusionConfig, fusion_key
 from fedadapt.adapters.inject import AdapterConfig, inject, remove
 from fedadapt.adapters.layer import AdapterControl, AdapterLayer, linear_dims, logical_name
-from fedadapt.base_model import BaseModel
-from fedadapt.bert import mean_pool
+from fedadapt.base.bert import mean_pool
+from fedadapt.base.model import BaseModel
 from fedadapt.errors import AdapterLoadError
 
 HEAD_PREFIX = "head."

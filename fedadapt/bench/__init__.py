@@ -1,5 +1,7 @@
-"""`fedadapt bench`: the benchmark suite. Each section has fixed keys (DESIGN.md) so results
-compare across commits; times are medians in ms, memory is peak RSS in MB."""
+"""`fedadapt bench`: the benchmark suite. Each section has fixed keys
+(docs/reference/formats.md, bench.json) so results compare across commits; times are
+medians in ms, memory is peak RSS in MB. Each section is a module here; a case that needs a
+process of its own goes through `cases.run_case`."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ import functools
 import json
 import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 from fedadapt.atomic import atomic_write_text
@@ -44,16 +44,6 @@ def machine() -> dict:
         "flwr": flwr.__version__ if hasattr(flwr, "__version__") else _dist_version("flwr"),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-
-
-def run_case(module: str, *args: object) -> dict:
-    """Run one bench case as `python -m module args...` in its own process; its last stdout
-    line is the JSON result. A process per case keeps peak RSS and allocator state its own."""
-    cmd = [sys.executable, "-m", module, *map(str, args)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"bench case {module} {args} failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def _dist_version(name: str) -> str:

@@ -24,7 +24,7 @@ from typing import TypeVar
 import torch
 from tqdm import tqdm
 
-from fedadapt.bench import run_case
+from fedadapt.bench.cases import run_case
 
 SIZES = (10, 100, 1000)
 T = TypeVar("T")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fedadapt.bench import run_case
+from fedadapt.bench.cases import run_case
 from fedadapt.bench.methods import CORE_LEGACY, METHODS, adapter_config
 
 PRECISIONS = {"fp32": "none", "int8": "int8", "int4": "int4"}
@@ -41,8 +41,9 @@ def cases() -> list[tuple[str, str]]:
 def measure(precision: str, method: str, steps: int) -> dict:
     """One case, in this process: sizes, median step time, forward error against fp32."""
     from fedadapt.adapters import AdapterModel
-    from fedadapt.base_model import load_base, load_tokenizer, tokenize
-    from fedadapt.bert import mean_pool
+    from fedadapt.base import load_base
+    from fedadapt.base.bert import mean_pool
+    from fedadapt.base.checkpoint import load_tokenizer, tokenize
     from fedadapt.data import rotten_tomatoes
 
     torch.manual_seed(0)

@@ -117,8 +117,8 @@ def warm_worker(device: Path, timeout: float = 300.0) -> Iterator[subprocess.Pop
 def per_message(runs: int = 5) -> dict:
     """Medians of fedadapt's own work in fresh ClientApp processes, with the warm worker and
     without; the base built without the cache (one process)."""
-    from fedadapt.base_cache import BASE_CACHE_ENV
-    from fedadapt.bench import run_case
+    from fedadapt.base.cache import BASE_CACHE_ENV
+    from fedadapt.bench.cases import run_case
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, device = Path(tmp), Path(tmp) / "dev"
@@ -143,7 +143,7 @@ def per_message(runs: int = 5) -> dict:
 
 def run(quick: bool = False) -> dict:
     from fedadapt.bench.secagg import bench_config
-    from fedadapt.deploy import Cluster
+    from fedadapt.launch.deploy import Cluster
 
     out: dict = per_message(runs=3 if quick else 5)
     tqdm.write(f"per message: {out}")

@@ -46,7 +46,7 @@ def precisions(provider: str) -> tuple[str, ...]:
 
 def _adapted(cfg, seed: int):
     from fedadapt.adapters import AdapterModel
-    from fedadapt.base_model import load_base
+    from fedadapt.base import load_base
 
     model = AdapterModel(load_base("none"))
     model.add_adapter("a", cfg, num_labels=2)
@@ -137,7 +137,7 @@ def _precision(
 ) -> dict:
     """One precision's entry: size, parity, swap time, the bottleneck's and merged LoRA's
     latency overhead, every method's, and where the nodes ran."""
-    from fedadapt.base_model import base_sha256
+    from fedadapt.base.checkpoint import base_sha256
     from fedadapt.export import measure
     from fedadapt.export.quantize import quantize_base
     from fedadapt.onnx_adapter import open_session
@@ -175,7 +175,7 @@ def run(quick: bool = False, provider: str = "cpu") -> dict:
     CUDA includes copying the inputs and logits between host and GPU, as a device app's
     `session.run` with numpy arrays does. The NNAPI decompositions are measured on the CPU
     run only: they are about mobile graphs and CPU latency."""
-    from fedadapt.base_model import load_tokenizer, tokenize
+    from fedadapt.base.checkpoint import load_tokenizer, tokenize
     from fedadapt.export.exporter import held_out_sentences
     from fedadapt.onnx_adapter import execution_providers
 

@@ -17,12 +17,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fedadapt.quantize import INT8_KERNELS, int8_kernel
+from fedadapt.base.quantize import INT8_KERNELS, int8_kernel
 
 
 def _step_fn(precision: str):
     from fedadapt.adapters import AdapterModel, BottleneckConfig
-    from fedadapt.base_model import load_base, load_tokenizer, tokenize
+    from fedadapt.base import load_base
+    from fedadapt.base.checkpoint import load_tokenizer, tokenize
     from fedadapt.bench.core import BATCH, PROBE, SEQ
 
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ def bench_config(nodes: int, secagg: bool, folder: Path, **extra):
 
 
 def measure(nodes: int, secagg: bool, folder: Path) -> dict:
-    from fedadapt import simulate
+    from fedadapt.launch import simulate
 
     simulate.run(bench_config(nodes, secagg, folder))
     row = json.loads((folder / "report.json").read_text())["rounds"][0]

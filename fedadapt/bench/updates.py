@@ -18,14 +18,14 @@ import torch
 
 def run(quick: bool = False) -> dict:
     from fedadapt.adapter_files import save_adapter
-    from fedadapt.base_model import model_dir
-    from fedadapt.bundles import sha256, verify_manifest
-    from fedadapt.clients.updater import fetch
-    from fedadapt.keys import key_id, keygen, load_private, load_public
+    from fedadapt.base.checkpoint import model_dir
+    from fedadapt.clients.updates.updater import fetch
     from fedadapt.model_setup import GLOBAL, build_model
-    from fedadapt.server.publish import publish, read_index
-    from fedadapt.server.update_service import UpdateServer
+    from fedadapt.server.updates.publish import publish, read_index
+    from fedadapt.server.updates.service import UpdateServer
     from fedadapt.simconfig import SimConfig
+    from fedadapt.updates.bundles import sha256, verify_manifest
+    from fedadapt.updates.keys import key_id, keygen, load_private, load_public
 
     repeats = 3 if quick else 10
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from fedadapt.base_model import package_dir
+from fedadapt.base.checkpoint import package_dir
 from fedadapt.data import ClientData
 from fedadapt.data.dirichlet import dirichlet_clients
 

@@ -16,7 +16,7 @@ from functools import cache
 
 import numpy as np
 
-from fedadapt.base_model import package_dir
+from fedadapt.base.checkpoint import package_dir
 from fedadapt.data import ClientData, split
 
 LABELS = ["rotten", "fresh"]

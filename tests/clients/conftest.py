@@ -86,8 +86,8 @@ def register(device: Path, folder: Path) -> str:
     """Write `device`'s report key into the server's device-key folder; returns its id."""
     from cryptography.hazmat.primitives import serialization
 
-    from fedadapt.clients.rollout_agent import device_key
-    from fedadapt.keys import key_id
+    from fedadapt.clients.updates.rollout_agent import device_key
+    from fedadapt.updates.keys import key_id
 
     pub = device_key(device).public_key()
     folder.mkdir(parents=True, exist_ok=True)
@@ -115,14 +115,14 @@ def write_reviews(folder: Path, n: int = 30) -> Path:
 
 @pytest.fixture
 def rollout_world(graph, forced_adapters, tmp_path) -> Iterator[RolloutWorld]:
-    from fedadapt.cli import main
-    from fedadapt.clients.updater import fetch
-    from fedadapt.cohort import in_cohort
-    from fedadapt.keys import PRIVATE_FILE, PUBLIC_FILE, load_public
-    from fedadapt.server.publish import publish
-    from fedadapt.server.rollout import Rollouts
-    from fedadapt.server.rollout_reports import ReportSink, load_device_keys
-    from fedadapt.server.update_service import UpdateServer
+    from fedadapt.cli.app import main
+    from fedadapt.clients.updates.updater import fetch
+    from fedadapt.server.updates.publish import publish
+    from fedadapt.server.updates.reports import ReportSink, load_device_keys
+    from fedadapt.server.updates.rollout import Rollouts
+    from fedadapt.server.updates.service import UpdateServer
+    from fedadapt.updates.cohort import in_cohort
+    from fedadapt.updates.keys import PRIVATE_FILE, PUBLIC_FILE, load_public
     from tests.registry_helpers import make_keys, serving
 
     keys = make_keys(tmp_path / "keys")

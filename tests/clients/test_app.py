@@ -3,7 +3,7 @@
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import message_to_proto
 
-from fedadapt.base_model import model_dir
+from fedadapt.base.checkpoint import model_dir
 from fedadapt.clients.app import app
 from fedadapt.codecs import decode
 from fedadapt.data import local_files

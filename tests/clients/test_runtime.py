@@ -17,8 +17,8 @@ import safetensors.torch
 import torch
 
 from fedadapt.adapters import Stack
-from fedadapt.base_model import load_tokenizer
-from fedadapt.cli import main
+from fedadapt.base.checkpoint import load_tokenizer
+from fedadapt.cli.app import main
 from fedadapt.clients.device import Device
 from fedadapt.clients.personalized import (
     DITTO_FILE,
@@ -28,9 +28,9 @@ from fedadapt.clients.personalized import (
     keep_round_global,
 )
 from fedadapt.clients.runtime import EdgeRuntime
-from fedadapt.clients.updater import DeviceStore
-from fedadapt.device_report import device_row
+from fedadapt.clients.updates.updater import DeviceStore
 from fedadapt.head_bias import fit_head_bias
+from fedadapt.launch.device_report import device_row
 from fedadapt.model_setup import GLOBAL, PERSONAL
 from fedadapt.simconfig import SimConfig
 from fedadapt.train import accuracy, predict

@@ -24,7 +24,7 @@ from fedadapt.clients.service import (
 )
 from fedadapt.clients.warm_link import socket_path
 from fedadapt.errors import FedAdaptError
-from fedadapt.simulate import free_port
+from fedadapt.launch.simulate import free_port
 
 
 def _opts(tmp_path: Path, **kw) -> ServiceOptions:
@@ -77,7 +77,7 @@ def test_bad_options_are_refused_in_one_line(tmp_path, change, message):
 
 def test_a_failed_update_check_is_logged_and_retried_at_the_next_interval(tmp_path, capsys):
     """An unreachable registry must not stop the device: it logs and tries again later."""
-    from fedadapt.keys import keygen
+    from fedadapt.updates.keys import keygen
 
     _, pub = keygen(tmp_path / "keys")
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -91,7 +91,7 @@ def test_a_failed_update_check_is_logged_and_retried_at_the_next_interval(tmp_pa
 
 
 def test_device_run_channel_without_updates_is_one_line(tmp_path, capsys):
-    from fedadapt.cli import main
+    from fedadapt.cli.app import main
 
     opts = _opts(tmp_path)
     argv = ["device", "run", "--device-dir", str(opts.device_dir), "--superlink", "127.0.0.1:9"]
@@ -103,7 +103,7 @@ def test_device_run_channel_without_updates_is_one_line(tmp_path, capsys):
 
 def test_a_failed_rollout_poll_is_logged_and_retried_at_the_next_interval(tmp_path, capsys):
     """On a channel, a device without a graph cannot score: logged, the loop goes on."""
-    from fedadapt.keys import keygen
+    from fedadapt.updates.keys import keygen
 
     _, pub = keygen(tmp_path / "keys")
     (tmp_path / "data").mkdir()
@@ -127,8 +127,8 @@ def test_device_run_on_a_channel_installs_the_candidate_reports_and_follows_a_ha
     version 2 and reports it scored by its graph; after a halt it switches back to version 1
     with nothing downloadable, and its personalized file serves version 1 again."""
     from fedadapt.clients.runtime import EdgeRuntime
-    from fedadapt.clients.updater import DeviceStore
-    from fedadapt.keys import load_private
+    from fedadapt.clients.updates.updater import DeviceStore
+    from fedadapt.updates.keys import load_private
 
     world = rollout_world
     device = world.inside
@@ -290,7 +290,7 @@ def _wait_online(cluster, n: int, timeout: float = 90) -> int:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_start_sigterm_restart_and_a_killed_device_command(tmp_path):
-    from fedadapt.deploy import Cluster
+    from fedadapt.launch.deploy import Cluster
 
     cluster = Cluster(tmp_path / "cluster", nodes=1)
     device = tmp_path / "device"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedadapt.base_cache import BASE_CACHE_ENV
+from fedadapt.base.cache import BASE_CACHE_ENV
 from fedadapt.clients import warm_link
 from fedadapt.clients.app import app
 from fedadapt.codecs import decode

@@ -9,7 +9,8 @@ import torch
 
 from fedadapt.adapter_files import save_adapter
 from fedadapt.adapters import AdapterModel, BottleneckConfig
-from fedadapt.base_model import load_base, load_tokenizer, tokenize
+from fedadapt.base import load_base
+from fedadapt.base.checkpoint import load_tokenizer, tokenize
 from fedadapt.clients.runtime import EdgeRuntime
 from fedadapt.export.exporter import ExportOptions, export
 

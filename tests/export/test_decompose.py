@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedadapt.adapters import AdapterModel, BottleneckConfig
-from fedadapt.base_model import load_base
+from fedadapt.base import load_base
 from fedadapt.export.decompose import ExplicitLayerNorm, decompose, tanh_gelu
 from fedadapt.export.graph import export_graph
 from fedadapt.export.mobile import make_shape_fixed, mobile_summary

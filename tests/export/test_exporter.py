@@ -13,8 +13,9 @@ import torch
 
 from fedadapt.adapter_files import save_adapter
 from fedadapt.adapters import AdapterModel, BottleneckConfig
-from fedadapt.base_model import load_base, load_tokenizer, tokenize
-from fedadapt.cli import main
+from fedadapt.base import load_base
+from fedadapt.base.checkpoint import load_tokenizer, tokenize
+from fedadapt.cli.app import main
 from fedadapt.clients.runtime import EdgeRuntime
 from fedadapt.errors import AdapterLoadError
 from fedadapt.export.exporter import ExportOptions, export
@@ -102,7 +103,7 @@ def test_infer_runs_without_torch(exported):
     _, root = exported
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
-        "from fedadapt.cli import main\n"
+        "from fedadapt.cli.app import main\n"
         f"rc = main(['infer', '--device-dir', {str(root / 'device')!r}, 'a gem', 'a bore'])\n"
         "assert 'torch' not in [m for m, v in sys.modules.items() if v is not None]\n"
         "sys.exit(rc)\n"

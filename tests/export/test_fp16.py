@@ -10,8 +10,8 @@ import onnx
 import pytest
 import torch
 
-from fedadapt.base_model import load_tokenizer, tokenize
-from fedadapt.cli import main
+from fedadapt.base.checkpoint import load_tokenizer, tokenize
+from fedadapt.cli.app import main
 from fedadapt.export.exporter import MODEL_FILE, ExportOptions, export
 from fedadapt.export.graph import overridable
 from fedadapt.onnx_adapter import SUFFIX, open_session, read_onnx_adapter

@@ -26,7 +26,8 @@ from fedadapt.adapters import (
     PromptConfig,
     Stack,
 )
-from fedadapt.base_model import load_base, tokenize
+from fedadapt.base import load_base
+from fedadapt.base.checkpoint import tokenize
 from fedadapt.export.graph import export_graph, overridable
 from fedadapt.export.merge import merge_lora
 from fedadapt.export.mobile import make_shape_fixed, mobile_summary, to_ort_format

@@ -11,7 +11,7 @@ import pytest
 def uninterrupted_ci_run(tmp_path_factory) -> Path:
     """`simulations/ci.toml` for 3 rounds without baselines, never interrupted: the run that
     every resumed run (after a clean stop or a crash) must equal to the bit."""
-    from tests.fedadapt.test_simulate import _simulate
+    from tests.fedadapt.launch.test_simulate import _simulate
 
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     res = _simulate(

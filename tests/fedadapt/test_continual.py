@@ -129,7 +129,7 @@ def test_a_padded_head_keeps_its_logits_and_never_predicts_the_padding(fresh_mod
 
 
 def test_continue_from_a_folder_that_is_no_run_is_refused_before_running(tmp_path, capsys):
-    from fedadapt.cli import main
+    from fedadapt.cli.app import main
 
     out = tmp_path / "out"
     argv = ["simulate", "--continue-from", str(tmp_path / "nowhere"), "--out", str(out)]

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from fedadapt.adapter_files import WEIGHTS_FILE, load_adapter, save_adapter
 from fedadapt.adapters import IA3Config, LoraConfig
-from fedadapt.base_model import model_dir
-from fedadapt.bert import mean_pool
+from fedadapt.base.bert import mean_pool
+from fedadapt.base.checkpoint import model_dir
 
 peft = pytest.importorskip("peft", reason="needs the interop extra: pip install -e '.[interop]'")
 transformers = pytest.importorskip("transformers", reason="needs the interop extra")

@@ -70,7 +70,7 @@ def test_no_worker_records_add_nothing_to_the_round():
 
 
 def test_simulate_with_a_dead_ray_address_is_one_line_and_touches_no_folder(tmp_path, capsys):
-    from fedadapt.cli import main
+    from fedadapt.cli.app import main
 
     address = f"127.0.0.1:{_closed_port()}"
     out = tmp_path / "run"

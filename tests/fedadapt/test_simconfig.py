@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from fedadapt.errors import ConfigError
+from fedadapt.launch.simulate import resume_config
 from fedadapt.simconfig import RESUME_SAFE, RULES, SimConfig
-from fedadapt.simulate import resume_config
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from fedadapt import runlock, supervise
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import SimConfig
-from tests.fedadapt.test_simulate import ROOT, _simulate
+from tests.fedadapt.launch.test_simulate import ROOT, _simulate
 
 # A command that ignores SIGTERM and starts a daemon (double fork, new session) that
 # ignores it too: only the supervisor's SIGKILL ends them. It writes both PIDs to argv[1].

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from fedadapt.adapters import AdapterModel, LoraConfig
-from fedadapt.base_model import load_base
+from fedadapt.base import load_base
 from fedadapt.data import rotten_tomatoes
 from fedadapt.train import TrainConfig, accuracy, embed, predict, train, train_probe
 
@@ -12,7 +12,7 @@ def _run(seed):
     model = AdapterModel(load_base("int8"))
     model.add_adapter("a", LoraConfig(lora_dropout=0.1), num_labels=2)
     model.train_adapter("a")
-    from fedadapt.base_model import load_tokenizer
+    from fedadapt.base.checkpoint import load_tokenizer
 
     tok = load_tokenizer()
     stats = train(
@@ -39,7 +39,7 @@ def test_examples_counts_each_example_once_not_once_per_epoch():
     model = AdapterModel(load_base("int8"))
     model.add_adapter("a", LoraConfig(), num_labels=2)
     model.train_adapter("a")
-    from fedadapt.base_model import load_tokenizer
+    from fedadapt.base.checkpoint import load_tokenizer
 
     tok, texts, labels = (
         load_tokenizer(),

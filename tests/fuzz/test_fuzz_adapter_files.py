@@ -31,7 +31,7 @@ from fedadapt.adapter_files import (
     save_adapter,
 )
 from fedadapt.adapters import AdapterModel, BitFitConfig, BottleneckConfig, IA3Config, LoraConfig
-from fedadapt.base_model import load_base
+from fedadapt.base import load_base
 from fedadapt.errors import FedAdaptError
 from tests.fuzz.support import count, fuzz, json_values, mutated_bytes, mutated_dict
 

@@ -18,7 +18,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from safetensors.numpy import save as np_save
 
-from fedadapt.bundles import (
+from fedadapt.errors import FedAdaptError
+from fedadapt.updates.bundles import (
     Manifest,
     apply_delta,
     check_against_installed,
@@ -27,8 +28,7 @@ from fedadapt.bundles import (
     sha256,
     verify_manifest,
 )
-from fedadapt.errors import FedAdaptError
-from fedadapt.keys import key_id
+from fedadapt.updates.keys import key_id
 from tests.fuzz.support import (
     canonical_safetensors,
     count,

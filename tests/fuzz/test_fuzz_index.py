@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fedadapt.clients.updater import pick
+from fedadapt.clients.updates.updater import pick
 from fedadapt.errors import FedAdaptError
-from fedadapt.keys import key_id
-from fedadapt.registry_index import check_index_matches, parse_index, timestamp_body
-from fedadapt.signed_meta import TIMESTAMP, make_meta, verify_meta
+from fedadapt.updates.index import check_index_matches, parse_index, timestamp_body
+from fedadapt.updates.keys import key_id
+from fedadapt.updates.signed_meta import TIMESTAMP, make_meta, verify_meta
 from tests.fuzz.support import count, dumps, fuzz, json_values, mutated_bytes, mutated_dict
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedadapt.base_model import BASE_MODEL_NAME
+from fedadapt.base.checkpoint import BASE_MODEL_NAME
 from fedadapt.errors import FedAdaptError
 from fedadapt.server.full_model_reuse import check_clients, load, merge, resolved
 from fedadapt.simconfig import SimConfig

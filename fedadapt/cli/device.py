@@ -1,0 +1,154 @@
+"""The device's commands: `device run`, the one command a device runs
+(`fedadapt/clients/service.py`), and `infer`, which serves its personalized model.
+
+`device run`'s flags map one to one onto `ServiceOptions`, and `package-client`'s start
+script passes them from `node.env`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedadapt.cli.args import (
+    SHAPE_ERRORS,
+    existing_folder,
+    folder,
+    library_errors,
+    non_negative_int,
+    port,
+    positive_float,
+    read_json,
+)
+from fedadapt.cli.args import positive_int as positive
+from fedadapt.errors import FedAdaptError
+
+
+def _device_run(args: argparse.Namespace) -> None:
+    """Run this device: its SuperNode (TLS, node key, the device's own data), the warm worker
+    that runs each message without importing torch again, the signed-update loop (or, with
+    --channel, the staged rollout of that channel), and the personalized ONNX model, until
+    SIGTERM. A restart resumes with the personal state kept in the device
+    folder."""
+    from fedadapt.clients.service import DeviceService, ServiceOptions
+
+    device = Path(args.device_dir)
+    data = args.data_dir or (device / "data" if (device / "data").is_dir() else None)
+    opts = ServiceOptions(
+        device_dir=device,
+        superlink=args.superlink,
+        root_cert=Path(args.root_cert),
+        node_key=Path(args.node_key),
+        port=args.port,
+        partition_id=args.partition_id,
+        num_partitions=args.num_partitions,
+        data_dir=Path(data) if data else None,
+        update_url=args.update_url,
+        trust=tuple(Path(p) for p in args.trust),
+        update_interval=args.update_interval,
+        channel=args.channel,
+    )
+    code = DeviceService(opts).run()
+    if code:
+        raise SystemExit(code)
+
+
+def add_device_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `device run` on `sub`."""
+    d = sub.add_parser(
+        "device", help="run this machine as a device", description="Commands run on a device."
+    )
+    actions = d.add_subparsers(dest="action", required=True)
+    r = actions.add_parser(
+        "run",
+        help="the SuperNode, its warm worker, signed updates and the personalized model",
+        description=_device_run.__doc__,
+    )
+    r.add_argument("--device-dir", required=True, type=folder, help="this device's folder")
+    r.add_argument("--superlink", required=True, help="the SuperLink's HOST:PORT")
+    r.add_argument("--root-cert", required=True, help="the CA certificate (TLS)")
+    r.add_argument("--node-key", required=True, help="this SuperNode's private key")
+    r.add_argument("--port", type=port, default=9094, help="the SuperNode's own port")
+    r.add_argument(
+        "--data-dir",
+        type=existing_folder,
+        help="the device's own examples (default: DEVICE_DIR/data if it exists, else the "
+        "demo partition)",
+    )
+    r.add_argument("--partition-id", type=non_negative_int, default=0, help="demo partition")
+    r.add_argument("--num-partitions", type=positive, default=1)
+    r.add_argument("--update-url", help="the update registry's URL (with --trust)")
+    r.add_argument("--trust", action="append", default=[], help="update-signing public key")
+    r.add_argument(
+        "--update-interval", type=positive_float, default=3600.0, help="seconds between checks"
+    )
+    r.add_argument(
+        "--channel",
+        metavar="NAME",
+        help="follow this rollout channel instead of the newest version: each interval, run "
+        "the version it names for this device, score it and the stable one on the held-out "
+        "split of the data folder, report, roll back past the local bound",
+    )
+    r.set_defaults(func=_device_run)
+
+
+def _check_device_model(device_dir: Path) -> None:
+    """A device folder names its graph in runtime.json: both must be there to infer."""
+    from fedadapt.onnx_adapter import RUNTIME_FILE
+
+    runtime = device_dir / RUNTIME_FILE
+    if not runtime.exists():
+        raise FedAdaptError(
+            f"{device_dir} has no {RUNTIME_FILE}: install an exported model first "
+            "(`fedadapt export --adapter DIR --out DEVICE_DIR`)"
+        )
+    meta = read_json(runtime, "the device's runtime file")
+    model = meta.get("model_file") if isinstance(meta, dict) else None
+    if not isinstance(model, str):
+        raise FedAdaptError(f"the device's runtime file {runtime} names no model_file")
+    if not (device_dir / model).is_file():
+        raise FedAdaptError(
+            f"{device_dir} has no {model} (named by {RUNTIME_FILE}); export the model again"
+        )
+
+
+def _infer(args: argparse.Namespace) -> None:
+    """Classify texts with ONNX Runtime and the device's personalized adapter: the installed
+    global adapter plus the device's personal part (`--global`: the shared one). No torch."""
+    from fedadapt.clients.runtime import EdgeRuntime
+
+    _check_device_model(Path(args.device_dir))
+    with library_errors(f"cannot load the device folder {args.device_dir}", SHAPE_ERRORS):
+        rt = EdgeRuntime(args.device_dir, args.threads, personalized=not args.use_global)
+    if args.adapter:
+        with library_errors(f"cannot activate {args.adapter}", SHAPE_ERRORS):
+            rt.activate(args.adapter)
+    for p in rt.predict(args.texts, task=args.task):
+        scores = " ".join(f"{k}={v:.3f}" for k, v in p.scores.items())
+        print(f"{p.label}\t{scores}\t{p.text}")
+    kind = "personalized" if rt.personalized and not args.adapter else "global"
+    print(f"(adapter version {rt.adapter_version}, {kind})", file=sys.stderr)
+
+
+def add_infer_command(sub: argparse._SubParsersAction) -> None:
+    """Register `infer` on `sub`."""
+    i = sub.add_parser(
+        "infer", help="classify texts on a device folder", description=_infer.__doc__
+    )
+    i.add_argument("--device-dir", required=True, type=existing_folder)
+    i.add_argument("texts", nargs="+", metavar="TEXT")
+    i.add_argument("--adapter", help="use this .onnx_adapter instead of the installed one")
+    i.add_argument(
+        "--global",
+        dest="use_global",
+        action="store_true",
+        help="the shared global adapter, not this device's personalized one (the default)",
+    )
+    i.add_argument(
+        "--task", type=non_negative_int, help="task index, for a stacked multi-adapter graph"
+    )
+    i.add_argument(
+        "--threads", type=non_negative_int, default=0, help="ORT intra-op threads (0: all)"
+    )
+    i.set_defaults(func=_infer)

@@ -1,0 +1,181 @@
+"""`fedadapt package-client`: one folder with everything an edge device needs to join.
+
+The folder holds the fedadapt wheel with pinned requirements (only what a device imports:
+no Ray, matplotlib or the ONNX exporter; flwr-datasets and the data-set packages only for a
+demo partition), the base model files (so the device never fetches the base, and the wheel
+stays small), the trust material (the CA certificate, this node's SuperNode key, optionally
+the update-signing public key), the node config, optionally the device graph of a run config
+(`device/`: inference without torch from the first minute), and two scripts: `install.sh`
+makes a venv from the requirements, `start.sh` runs `fedadapt device run`: the SuperNode, the
+signed-update loop and the personalized ORT model, until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib.metadata import requires, version
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from fedadapt.atomic import atomic_write_text
+from fedadapt.base.checkpoint import MODEL_DIR_ENV, MODEL_PACKAGE, base_sha256, model_dir
+from fedadapt.errors import FedAdaptError
+from fedadapt.launch.simulate import project_dir
+
+INSTALL = """#!/usr/bin/env bash
+# Make the device's venv from this folder: fedadapt, its pinned requirements, the data sets.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-python3}
+"$python" -m venv "$here/venv"
+"$here/venv/bin/pip" install --quiet -r "$here/requirements.txt"
+# no deps: the wheel's own metadata asks for Flower's simulation extra (Ray), matplotlib and
+# the exporter, which a device never runs; requirements.txt holds what it does run
+"$here/venv/bin/pip" install --quiet --no-deps "$here"/wheels/*.whl
+if [ -s "$here/requirements-data.txt" ]; then
+  "$here/venv/bin/pip" install --quiet --no-deps -r "$here/requirements-data.txt"
+fi
+echo "installed into $here/venv; start with $here/start.sh"
+"""
+
+START = """#!/usr/bin/env bash
+# This device until SIGTERM: its SuperNode (TLS with trust/ca.crt, authenticated by
+# trust/node.key, training on DEVICE_DIR/data when it exists), signed updates from UPDATE_URL
+# when set, and the personalized ORT model in the device folder.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/node.env"
+export FLWR_HOME="$here/.flwr" {model_env}="$here/model"
+updates=()
+if [ -n "${{UPDATE_URL:-}}" ]; then
+  updates=(--update-url "$UPDATE_URL" --trust "$here/trust/update-signing.pub")
+fi
+exec "$here/venv/bin/fedadapt" device run --device-dir "${{DEVICE_DIR:-$here/device}}" \\
+  --superlink "$SUPERLINK" --root-cert "$here/trust/ca.crt" --node-key "$here/trust/node.key" \\
+  --port "$PORT" --partition-id "$PARTITION_ID" --num-partitions "$NUM_PARTITIONS" \\
+  ${{updates[@]+"${{updates[@]}}"}}
+"""
+
+# What a device imports (a test checks it against the modules a device loads): training
+# (torch, Flower without its simulation extra), the runtime (onnxruntime, tokenizers), the
+# updater (httpx, cryptography) and the supervisor (psutil).
+DEVICE_DISTRIBUTIONS = frozenset(
+    {
+        "torch",
+        "flwr",
+        "numpy",
+        "safetensors",
+        "tokenizers",
+        "onnxruntime",
+        "cryptography",
+        "httpx",
+        "tqdm",
+        "psutil",
+    }
+)
+DEMO_DISTRIBUTIONS = frozenset({"flwr-datasets"})  # the BBC demo partition
+DEVICE_EXTRAS: dict[str, set[str]] = {"flwr": set()}  # a SuperNode needs no Ray, no Opacus
+
+
+def runtime_requirements(demo_data: bool = True) -> list[str]:
+    """The dependencies a device imports, pinned to the versions this machine runs and tests."""
+    wanted = DEVICE_DISTRIBUTIONS | (DEMO_DISTRIBUTIONS if demo_data else frozenset())
+    pins = []
+    for spec in requires("fedadapt") or []:
+        req = Requirement(spec)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # dev extras stay off the device
+        if req.name.lower() not in wanted:
+            continue
+        extras = DEVICE_EXTRAS.get(req.name, req.extras)
+        extras_text = f"[{','.join(sorted(extras))}]" if extras else ""
+        public = version(req.name).split("+")[0]  # torch's "+cpu" names a build, not a release
+        pins.append(f"{req.name}{extras_text}=={public}")
+    return pins
+
+
+def build_wheel(dest: Path) -> Path:
+    """The fedadapt wheel from this checkout (no build isolation: nothing is downloaded)."""
+    root = project_dir()
+    if not (root / "pyproject.toml").exists():
+        raise FedAdaptError(f"package-client builds from a source checkout; none at {root}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+        cmd += ["--no-build-isolation", "--wheel-dir", tmp, str(root)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wheels = list(Path(tmp).glob("fedadapt-*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise FedAdaptError(f"building the fedadapt wheel failed:\n{done.stderr[-2000:]}")
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy2(wheels[0], dest))
+
+
+def package_client(
+    out: Path,
+    certs: Path,
+    node: int,
+    superlink: str,
+    partition_id: int | None = None,
+    num_partitions: int | None = None,
+    port: int = 9094,
+    update_key: Path | None = None,
+    update_url: str | None = None,
+    config: Path | None = None,
+    demo_data: bool = True,
+) -> Path:
+    """Write the package for SuperNode `node` (its key is `certs/supernodes/node-N`); with
+    `config`, its `device/` folder holds that run's device graph (exported here)."""
+    if update_url and update_key is None:
+        raise FedAdaptError("--update-url needs --update-key: the key that signs the updates")
+    key = certs / "supernodes" / f"node-{node}"
+    for needed in (certs / "ca.crt", key, key.with_suffix(".pub")):
+        if not needed.exists():
+            raise FedAdaptError(f"{needed} is missing; make it with `fedadapt certs`")
+    if out.exists() and any(out.iterdir()):
+        raise FedAdaptError(f"{out} is not empty; package into a new folder")
+    nodes = len(list((certs / "supernodes").glob("node-*.pub")))
+    out.mkdir(parents=True, exist_ok=True)
+    build_wheel(out / "wheels")
+    pins = runtime_requirements(demo_data)
+    atomic_write_text(out / "requirements.txt", "\n".join(pins) + "\n")
+    data = (project_dir() / "requirements-data.txt").read_text().splitlines()
+    data = [line for line in data if not line.startswith(MODEL_PACKAGE)]  # model/ holds it
+    atomic_write_text(out / "requirements-data.txt", "\n".join(data) + "\n" if demo_data else "")
+    shutil.copytree(model_dir(), out / "model")
+    atomic_write_text(out / "model" / "SHA256", base_sha256() + "\n")
+
+    trust = out / "trust"
+    trust.mkdir()
+    shutil.copy2(certs / "ca.crt", trust / "ca.crt")
+    shutil.copy2(key.with_suffix(".pub"), trust / "node.key.pub")
+    shutil.copy2(key, trust / "node.key")
+    os.chmod(trust / "node.key", 0o600)
+    if update_key is not None:
+        shutil.copy2(update_key, trust / "update-signing.pub")
+
+    env = {
+        "SUPERLINK": superlink,
+        "PARTITION_ID": node - 1 if partition_id is None else partition_id,
+        "NUM_PARTITIONS": num_partitions or nodes,
+        "PORT": port,
+        "UPDATE_URL": update_url or "",
+    }
+    atomic_write_text(
+        out / "node.env", "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in env.items())
+    )
+    if config is not None:
+        from fedadapt.export.device_graph import install_device_graphs
+        from fedadapt.simconfig import SimConfig
+
+        install_device_graphs(SimConfig.load(config), [out / "device"])
+    scripts = {"install.sh": INSTALL, "start.sh": START.format(model_env=MODEL_DIR_ENV)}
+    for name, text in scripts.items():
+        atomic_write_text(out / name, text)
+        os.chmod(out / name, 0o755)
+    return out

