@@ -9,8 +9,8 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: setup demo deploy-demo test lint bench bench-gpu rollout-demo fuzz method-table hetlora-table \
-	personalization-table
+.PHONY: setup demo deploy-demo test lint docs bench bench-gpu rollout-demo fuzz method-table \
+	hetlora-table personalization-table
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ fuzz: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# docs/reference/cli.md and config.md, generated from the parser and SimConfig's fields
+# (tests/docs/test_reference.py fails when they are stale).
+docs: setup
+	$(BIN)/python -m fedadapt.cli.reference --out docs/reference
 
 bench: setup
 	$(BIN)/fedadapt bench --out out/bench.json

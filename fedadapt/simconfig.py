@@ -5,9 +5,14 @@ The same keys are Flower's run config (`[tool.flwr.app.config]` in pyproject.tom
 
 Every way in (a TOML file, `--set`, a CLI flag, a checkpoint's config.json, Flower's run
 config, or plain construction) goes through `__post_init__`, which checks each field's type
-and allowed values (`RULES`). A bad value is refused with one line naming the key, the value
+and allowed values (each field's `rule`), then the settings that rule each other out
+(`CONFLICTS`). A bad value is refused with one line naming the key, the value
 and what is allowed, before any process starts: a typo must not become an untrained run
 that exits 0.
+
+Each field carries its help text, its rule and whether `--resume` may change it, so this
+file is the reference itself: docs/reference/config.md is generated from it
+(`python -m fedadapt.cli.reference`). That table is why the file is longer than most.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,92 +58,260 @@ CODECS = ("fp32", "fp16", "int8")  # fedadapt.codecs.CODECS (that one needs torc
 ATTACKS = ("sign-flip", "noise", "inflate-examples")  # clients/attacks.py; extend here
 
 
+def key(
+    default: Any,
+    help: str,
+    rule: Range | Choice | NonEmpty | None = None,
+    resume_safe: bool = False,
+) -> Any:
+    """One config key: its default with its help text, its allowed values and whether
+    `--resume` may change it, side by side (PEFT's `field(metadata={"help": ...})`). The help
+    is what docs/reference/config.md shows; `rule` is checked on every way in."""
+    return field(default=default, metadata={"help": help, "rule": rule, "resume_safe": resume_safe})
+
+
 @dataclass(frozen=True)
 class SimConfig:
+    """The run config; each field's help, rule and resume-safety are in its metadata."""
+
     # data
-    dataset: str = "rotten_tomatoes"  # or "bbc"
-    num_clients: int = 20
-    min_examples: int = 20  # Rotten Tomatoes: movies with fewer snippets are left out
-    test_fraction: float = 0.3
-    dirichlet_alpha: float = 0.3  # BBC and rotten_tomatoes_dirichlet
-    seed: int = 0
+    dataset: str = key(
+        "rotten_tomatoes",
+        "the task: Rotten Tomatoes (one movie per client), BBC News (Dirichlet split) or Rotten "
+        "Tomatoes snippets pooled and split by label with flwr-datasets' Dirichlet partitioner "
+        "(any number of clients: `simulations/fleet-1000.toml`)",
+        rule=Choice(DATASETS),
+    )
+    num_clients: int = key(20, "clients (SuperNodes) in the federation", rule=Range(1))
+    min_examples: int = key(
+        20,
+        "Rotten Tomatoes: movies with fewer snippets are left out",
+        rule=Range(2),
+    )
+    test_fraction: float = key(
+        0.3,
+        "share of each client's examples held out for its test split",
+        rule=Range(0, 1, low_open=True, high_open=True),
+    )
+    dirichlet_alpha: float = key(
+        0.3,
+        "BBC and `rotten_tomatoes_dirichlet`: Dirichlet concentration of each client's label mix",
+        rule=Range(0, low_open=True),
+    )
+    seed: int = key(
+        0,
+        "seeds the client draw, the splits, the attackers and training",
+        rule=Range(0),
+    )
     # federation
-    rounds: int = 10
-    clients_per_round: int = 10
-    evaluate_every: int = 1  # evaluate on every client each N rounds (and after the last)
-    evaluate_sample: int = 0  # evaluate a seeded sample of N clients per round; 0: all
-    round_timeout: float = 900.0  # give up on pending clients after this long with no reply
-    grid_poll_s: float = 0.2  # how often the server pulls replies (Flower's deployed grid: 3 s)
+    rounds: int = key(10, "federated rounds", rule=Range(1), resume_safe=True)
+    clients_per_round: int = key(
+        10,
+        "clients sampled for training each round (at most `num_clients`)",
+        rule=Range(1),
+    )
+    evaluate_every: int = key(
+        1,
+        "evaluate on every client each N rounds (and after the last)",
+        rule=Range(1),
+        resume_safe=True,
+    )
+    evaluate_sample: int = key(
+        0,
+        "per-round evaluation on a seeded sample of N clients (drawn from `seed` and the round); "
+        "0: all; every client is still evaluated after the last round",
+        rule=Range(0),
+        resume_safe=True,
+    )
+    round_timeout: float = key(
+        900.0,
+        "seconds without a reply before pending clients are given up",
+        rule=Range(0, low_open=True),
+        resume_safe=True,
+    )
+    grid_poll_s: float = key(
+        0.2,
+        "how often the server pulls replies",
+        rule=Range(0, low_open=True),
+        resume_safe=True,
+    )
     # model and adapters
-    quantization: str = "int8"
-    method: str = "bottleneck"  # or lora, ia3, bitfit, prefix, prompt
-    reduction_factor: int = 32
-    lora_r: int = 8
-    freeze_a: bool = True  # FFA-LoRA: exact averaging
-    lora_tier_ranks: str = ""  # HetLoRA device tiers, e.g. "2,4,8" (fedadapt/hetlora.py)
+    quantization: str = key(
+        "int8",
+        "weight-only quantization of the frozen base",
+        rule=Choice(QUANTIZATIONS),
+    )
+    method: str = key(
+        "bottleneck",
+        "adapter method trained in the federation (`ia3`, `bitfit` with their default targets; "
+        "`prefix`, `prompt` with 10 virtual tokens seeded by `seed`: `fedadapt/model_setup.py`)",
+        rule=Choice(FEDERATED_METHODS),
+    )
+    reduction_factor: int = key(
+        32,
+        "bottleneck: hidden size / adapter size (32: 12 units, 237 kB per round; on rt-full, 4 "
+        "brings the global adapter within 1 pt of full-model FedAvg at 1.79 MB per round: "
+        "docs/results/personalization.md)",
+        rule=Range(1),
+    )
+    lora_r: int = key(8, "LoRA rank", rule=Range(1))
+    freeze_a: bool = key(True, "FFA-LoRA: freeze A so averaging is exact")
+    lora_tier_ranks: str = key(
+        "",
+        'HetLoRA device tiers (`"2,4,8"`): each client trains the rank of its tier (drawn from '
+        "the seed, or the node config's `tier` index); the global rank is the largest, `lora_r` "
+        'is then ignored; needs `method = "lora"` and a linear strategy without secagg or DP '
+        "(`fedadapt/hetlora.py`)",
+    )
     # local training
-    local_epochs: int = 2
-    batch_size: int = 16
-    lr: float = 3e-3
-    max_length: int = 64
-    proximal_mu: float = 0.0  # FedProx term, used by strategy "fedprox"
-    # personalization, all of it on the device: "head-bias" (a per-class offset on the
-    # global head fitted to local data, fedadapt/head_bias.py), "fedrep" (a personal adapter
-    # + head stacked on the global one) or "finetune" (the global adapter k steps before
-    # evaluating)
-    # "fedrep-head-bias" (FedRep's personal adapter, then a head bias fitted on top) or "ditto"
-    # (a personal copy of the global adapter and head pulled towards it, fedadapt/ditto.py)
-    personalization: str = "head-bias"
-    head_bias_l2: float = 0.1
-    personal_reduction_factor: int = 32
-    personal_layers: int = 2  # the personal adapter sits in the top N layers only
-    personal_epochs: int = 6
-    personal_lr: float = 5e-3
-    finetune_steps: int = 6
-    ditto_lambda: float = 0.1  # Ditto's pull lambda/2 |personal - global|^2; 0: local fine-tuning
+    local_epochs: int = key(2, "epochs of local training per round", rule=Range(1))
+    batch_size: int = key(16, "local batch size", rule=Range(1))
+    lr: float = key(3e-3, "local learning rate", rule=Range(0, low_open=True))
+    max_length: int = key(64, "token limit per example", rule=Range(2, 512))
+    proximal_mu: float = key(0.0, "FedProx term (strategy `fedprox`)", rule=Range(0))
+    # personalization, all of it on the device
+    personalization: str = key(
+        "head-bias",
+        "on-device personalization: per-class head bias, FedRep personal adapter (top "
+        "`personal_layers`), FedRep plus a head bias fitted on top, Ditto (a personal copy of the"
+        " global adapter and head pulled towards it, `fedadapt/ditto.py`), or k fine-tuning steps",
+        rule=Choice(PERSONALIZATIONS),
+    )
+    head_bias_l2: float = key(0.1, "L2 penalty of the head-bias fit", rule=Range(0))
+    personal_reduction_factor: int = key(
+        32,
+        "FedRep: the personal adapter's reduction factor",
+        rule=Range(1),
+    )
+    personal_layers: int = key(
+        2,
+        "FedRep: the personal adapter sits in the top N layers",
+        rule=Range(1),
+    )
+    personal_epochs: int = key(6, "FedRep: epochs of personal training", rule=Range(1))
+    personal_lr: float = key(5e-3, "FedRep: personal learning rate", rule=Range(0, low_open=True))
+    finetune_steps: int = key(
+        6,
+        "`finetune`: steps on the global adapter before evaluating",
+        rule=Range(0),
+    )
+    ditto_lambda: float = key(
+        0.1,
+        "`ditto`: weight of the pull `lambda/2 * ||personal - global||^2` (0: plain local "
+        "fine-tuning of the copy); trained for `personal_epochs` at `personal_lr`",
+        rule=Range(0),
+    )
     # aggregation
-    strategy: str = "fedavg"
-    server_lr: float = 0.01  # FedAdam / FedYogi eta
-    server_momentum: float = 0.9  # FedAvgM
-    trim_fraction: float = 0.2  # trimmed mean: cut this share at each end
-    clip_norm: float = 0.0  # robust per-delta L2 clipping; 0 turns it off
-    dp_noise_multiplier: float = 0.0  # > 0 enables central DP (Flower's wrapper)
-    dp_clipping_norm: float = 0.5
-    dp_delta: float = 1e-5
-    codec: str = "fp32"  # fp32 | fp16 | int8 (with client-side error feedback)
-    max_reply_bytes: int = 8_000_000
-    max_num_examples: int = 1000  # a reply claiming more examples is rejected; 0: no cap
+    strategy: str = key("fedavg", "server aggregation", rule=Choice(STRATEGIES))
+    server_lr: float = key(
+        0.01,
+        "FedAdam / FedYogi server learning rate",
+        rule=Range(0, low_open=True),
+    )
+    server_momentum: float = key(0.9, "FedAvgM momentum", rule=Range(0, 1, high_open=True))
+    trim_fraction: float = key(
+        0.2,
+        "trimmed mean: share cut at each end",
+        rule=Range(0, 0.5, high_open=True),
+    )
+    clip_norm: float = key(0.0, "per-delta L2 clipping on the server (0: off)", rule=Range(0))
+    dp_noise_multiplier: float = key(0.0, "central DP noise (0: off)", rule=Range(0))
+    dp_clipping_norm: float = key(0.5, "central DP clipping norm", rule=Range(0, low_open=True))
+    dp_delta: float = key(1e-5, "central DP delta", rule=Range(0, 1, low_open=True, high_open=True))
+    codec: str = key(
+        "fp32",
+        "how a client encodes its delta (`int8` with client-side error feedback)",
+        rule=Choice(CODECS),
+    )
+    max_reply_bytes: int = key(
+        8_000_000,
+        "larger replies are rejected (`oversize`)",
+        rule=Range(1),
+        resume_safe=True,
+    )
+    max_num_examples: int = key(
+        1000,
+        "a reply claiming more examples is rejected (`num-examples`); 0: no cap",
+        rule=Range(0),
+    )
     # SecAgg+ (Flower's SecAggPlusWorkflow): the server sees only the sum of the deltas.
     # Its fixed-point range is `clip_norm` when set (each client clips its own delta), else
     # `secagg_clipping_range` per coordinate; see server/secagg.py.
-    secagg: bool = False
-    secagg_num_shares: float = 1.0  # share keys with this fraction of the sampled clients
-    secagg_reconstruction_threshold: float = 0.67
-    secagg_clipping_range: float = 1.0
-    secagg_max_weight: float = 1000.0  # > any client's num-examples
+    secagg: bool = key(False, "SecAgg+: the server sees only the sum of the deltas")
+    secagg_num_shares: float = key(
+        1.0,
+        "SecAgg+: share keys with this fraction (or number) of the sampled clients",
+        rule=Range(0, low_open=True),
+    )
+    secagg_reconstruction_threshold: float = key(
+        0.67,
+        "SecAgg+: shares needed to reconstruct",
+        rule=Range(0, low_open=True),
+    )
+    secagg_clipping_range: float = key(
+        1.0,
+        "SecAgg+: fixed-point range per coordinate when `clip_norm` is 0",
+        rule=Range(0, low_open=True),
+    )
+    secagg_max_weight: float = key(
+        1000.0,
+        "SecAgg+: bound on any client's weight",
+        rule=Range(0, low_open=True),
+    )
     # simulated attacks
-    malicious_fraction: float = 0.0
-    attack: str = "sign-flip"  # sign-flip (x10), noise (same norm) or inflate-examples
+    malicious_fraction: float = key(
+        0.0,
+        "share of clients that attack (simulated)",
+        rule=Range(0, 1),
+    )
+    attack: str = key("sign-flip", "what malicious clients send", rule=Choice(ATTACKS))
     # baselines (same clients, splits, rounds and seed)
-    baselines: bool = True
-    full_model_baseline: bool = True  # with `baselines`; the costly one (90 MB per message)
-    full_model_lr: float = 1e-4
-    full_model_epochs: int = 2
-    local_only_epochs: int = 8
-    # take the full-model FedAvg baseline from an earlier run's folder (its report.json) instead
-    # of training it again: it depends only on the data, clients, seed and rounds, which are
-    # checked to match (server/full_model_reuse.py); "" trains it here
-    full_model_from: str = ""
-    # signed updates: publish the global adapter every N rounds and at the end (0: off)
-    publish_every: int = 0
-    publish_registry: str = ""
-    publish_key: str = ""
+    baselines: bool = key(
+        True,
+        "also run the baselines (same clients, splits, rounds and seed)",
+        resume_safe=True,
+    )
+    full_model_baseline: bool = key(
+        True,
+        "with `baselines`: the costly full-model FedAvg baseline",
+        resume_safe=True,
+    )
+    full_model_lr: float = key(
+        1e-4,
+        "full-model baseline learning rate",
+        rule=Range(0, low_open=True),
+    )
+    full_model_epochs: int = key(2, "full-model baseline local epochs", rule=Range(1))
+    local_only_epochs: int = key(8, "local-only baseline epochs", rule=Range(1))
+    full_model_from: str = key(
+        "",
+        "a run folder (or its `report.json`) to take the full-model FedAvg baseline from instead "
+        "of training it: its dataset, clients, seed, rounds, full-model settings and full-model "
+        "personalization must match this run's, else the run is refused before it starts "
+        "(`server/full_model_reuse.py`); taken with or without `baselines`; relative to the "
+        "directory `fedadapt simulate` runs in",
+    )
+    # signed updates
+    publish_every: int = key(
+        0,
+        "publish the global adapter every N rounds and at the end (0: off)",
+        rule=Range(0),
+        resume_safe=True,
+    )
+    publish_registry: str = key("", "registry folder to publish into", resume_safe=True)
+    publish_key: str = key("", "private key file to sign with", resume_safe=True)
     # where the ClientApps run: "" a private single-node Ray, else an existing Ray cluster's
     # address (`ray start --head` prints it), e.g. "10.0.0.5:6379"
-    ray_address: str = ""
+    ray_address: str = key(
+        "",
+        '`""`: a private single-node Ray; else the address of an existing Ray cluster '
+        "(`HOST:PORT` as `ray start --head` prints it) that runs the ClientApps (`--ray-address`;"
+        " docs/how-to/simulate.md)",
+        resume_safe=True,
+    )
     # output
-    out: str = "out/sim"
-    resume: bool = False
+    out: str = key("out/sim", "run folder (set by `--out`)", rule=NonEmpty(), resume_safe=True)
+    resume: bool = key(False, "set by `--resume`", resume_safe=True)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -224,9 +397,11 @@ def parse_tiers(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Conflict:
-    """Settings that rule each other out: when `applies` holds, the config is refused with
-    `message`, formatted with the config's fields."""
+    """Settings that rule each other out: `rule` says what must hold (the reference page
+    lists it); when `applies` holds, the config is refused with `message`, formatted with the
+    config's fields."""
 
+    rule: str
     applies: Callable[[SimConfig], bool]
     message: str
 
@@ -235,20 +410,24 @@ class Conflict:
 # model): each row is checked in order after every field passed its own rule.
 CONFLICTS: tuple[Conflict, ...] = (
     Conflict(
+        "clients_per_round <= num_clients",
         lambda c: c.clients_per_round > c.num_clients,
         "config: clients_per_round = {clients_per_round} exceeds num_clients = {num_clients}",
     ),
     # What secure aggregation rules out: the server never sees a single delta.
     Conflict(
+        "secagg needs a linear strategy (fedavg, fedprox, fedadam, fedyogi, fedavgm)",
         lambda c: c.secagg and c.strategy not in LINEAR_STRATEGIES,
         "secagg hides single deltas, so {strategy!r} cannot run on them; "
         "use fedavg, fedprox, fedadam, fedyogi or fedavgm",
     ),
     Conflict(
+        "secagg and central DP (dp_noise_multiplier > 0) exclude each other",
         lambda c: c.secagg and c.dp_noise_multiplier > 0,
         "central DP clips single deltas on the server, which secagg hides; run one or the other",
     ),
     Conflict(
+        'secagg needs codec = "fp32"',
         lambda c: c.secagg and c.codec != "fp32",
         "secagg uploads Flower's fixed-point encoding of the delta, not a codec's; "
         "leave codec = 'fp32'",
@@ -257,10 +436,12 @@ CONFLICTS: tuple[Conflict, ...] = (
     # at one shape (robust rules, SecAgg+, central DP); the server averages each tier, then
     # pads.
     Conflict(
+        'lora_tier_ranks needs method = "lora"',
         lambda c: bool(parse_tiers(c.lora_tier_ranks)) and c.method != "lora",
         "config: lora_tier_ranks needs method = 'lora', not {method!r}",
     ),
     Conflict(
+        "lora_tier_ranks needs a linear strategy, without secagg or central DP",
         lambda c: (
             bool(parse_tiers(c.lora_tier_ranks))
             and (c.strategy not in LINEAR_STRATEGIES or c.secagg or c.dp_noise_multiplier > 0)
@@ -291,83 +472,15 @@ def _unknown(keys: list[str]) -> str:
     for k in keys:
         near = difflib.get_close_matches(k, names, n=1)
         hints.append(f"{k!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-    return f"config: unknown key {', '.join(hints)}; see docs/config.md for the keys"
+    return f"config: unknown key {', '.join(hints)}; see docs/reference/config.md for the keys"
 
 
 _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
-# Allowed values and ranges, by key; a key without a rule is only type-checked.
+# Allowed values and ranges by key, and what `--resume` may change (how long and how the run
+# goes on, and what it reports, never what the checkpointed adapter, strategy state or
+# client split mean): read off the fields.
 RULES: dict[str, Range | Choice | NonEmpty] = {
-    "dataset": Choice(DATASETS),
-    "num_clients": Range(1),
-    "min_examples": Range(2),  # a client needs a train and a test snippet
-    "test_fraction": Range(0, 1, low_open=True, high_open=True),
-    "dirichlet_alpha": Range(0, low_open=True),
-    "seed": Range(0),
-    "rounds": Range(1),
-    "clients_per_round": Range(1),
-    "evaluate_every": Range(1),
-    "evaluate_sample": Range(0),
-    "round_timeout": Range(0, low_open=True),
-    "grid_poll_s": Range(0, low_open=True),
-    "quantization": Choice(QUANTIZATIONS),
-    "method": Choice(FEDERATED_METHODS),
-    "reduction_factor": Range(1),
-    "lora_r": Range(1),
-    "local_epochs": Range(1),
-    "batch_size": Range(1),
-    "lr": Range(0, low_open=True),
-    "max_length": Range(2, 512),  # [CLS] + [SEP] .. the base's position embeddings
-    "proximal_mu": Range(0),
-    "personalization": Choice(PERSONALIZATIONS),
-    "head_bias_l2": Range(0),
-    "personal_reduction_factor": Range(1),
-    "personal_layers": Range(1),
-    "personal_epochs": Range(1),
-    "personal_lr": Range(0, low_open=True),
-    "finetune_steps": Range(0),
-    "ditto_lambda": Range(0),
-    "strategy": Choice(STRATEGIES),
-    "server_lr": Range(0, low_open=True),
-    "server_momentum": Range(0, 1, high_open=True),
-    "trim_fraction": Range(0, 0.5, high_open=True),
-    "clip_norm": Range(0),
-    "dp_noise_multiplier": Range(0),
-    "dp_clipping_norm": Range(0, low_open=True),
-    "dp_delta": Range(0, 1, low_open=True, high_open=True),
-    "codec": Choice(CODECS),
-    "max_reply_bytes": Range(1),
-    "max_num_examples": Range(0),
-    "secagg_num_shares": Range(0, low_open=True),
-    "secagg_reconstruction_threshold": Range(0, low_open=True),
-    "secagg_clipping_range": Range(0, low_open=True),
-    "secagg_max_weight": Range(0, low_open=True),
-    "malicious_fraction": Range(0, 1),
-    "attack": Choice(ATTACKS),
-    "full_model_lr": Range(0, low_open=True),
-    "full_model_epochs": Range(1),
-    "local_only_epochs": Range(1),
-    "publish_every": Range(0),
-    "out": NonEmpty(),
+    f.name: f.metadata["rule"] for f in dataclasses.fields(SimConfig) if f.metadata["rule"]
 }
-
-# What `--resume` may change: how long and how the run goes on, and what it reports, never
-# what the checkpointed adapter, strategy state or client split mean.
-RESUME_SAFE = frozenset(
-    {
-        "rounds",
-        "baselines",
-        "full_model_baseline",
-        "evaluate_every",
-        "evaluate_sample",
-        "ray_address",
-        "round_timeout",
-        "grid_poll_s",
-        "max_reply_bytes",
-        "publish_every",
-        "publish_registry",
-        "publish_key",
-        "out",
-        "resume",
-    }
-)
+RESUME_SAFE = frozenset(f.name for f in dataclasses.fields(SimConfig) if f.metadata["resume_safe"])

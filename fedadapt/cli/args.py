@@ -134,3 +134,10 @@ def passphrase(env: str | None) -> bytes | None:
     if env not in os.environ:
         raise FedAdaptError(f"the passphrase variable {env} is not set")
     return os.environ[env].encode()
+
+
+def summary(doc: str | None) -> str:
+    """A command's one-line help from its docstring's first line, in the style of every other
+    help text: lower case, no closing period."""
+    line = doc.strip().splitlines()[0] if doc and doc.strip() else ""
+    return (line[:1].lower() + line[1:]).rstrip(".")

@@ -77,7 +77,12 @@ def add_device_commands(sub: argparse._SubParsersAction) -> None:
         "demo partition)",
     )
     r.add_argument("--partition-id", type=non_negative_int, default=0, help="demo partition")
-    r.add_argument("--num-partitions", type=positive, default=1)
+    r.add_argument(
+        "--num-partitions",
+        type=positive,
+        default=1,
+        help="partitions of the demo data (with --partition-id; unused with own data)",
+    )
     r.add_argument("--update-url", help="the update registry's URL (with --trust)")
     r.add_argument("--trust", action="append", default=[], help="update-signing public key")
     r.add_argument(
@@ -136,8 +141,10 @@ def add_infer_command(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser(
         "infer", help="classify texts on a device folder", description=_infer.__doc__
     )
-    i.add_argument("--device-dir", required=True, type=existing_folder)
-    i.add_argument("texts", nargs="+", metavar="TEXT")
+    i.add_argument(
+        "--device-dir", required=True, type=existing_folder, help="the device folder to serve"
+    )
+    i.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
     i.add_argument("--adapter", help="use this .onnx_adapter instead of the installed one")
     i.add_argument(
         "--global",

@@ -20,6 +20,7 @@ from fedadapt.cli.args import (
     passphrase,
     port,
     positive_int,
+    summary,
 )
 
 
@@ -123,17 +124,27 @@ def _poll(args: argparse.Namespace) -> None:
 
 def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
     """Register the `rollout` subcommands on `sub`."""
-    r = sub.add_parser("rollout", help="staged rollout of an adapter version on a channel")
+    r = sub.add_parser(
+        "rollout",
+        help="staged rollout of an adapter version on a channel",
+        description="Staged rollout of an adapter version on a channel: a candidate goes to a "
+        "growing share of devices, which report paired held-out accuracy; a guardrail halts and "
+        "reverts it when the candidate is worse.",
+    )
     actions = r.add_subparsers(dest="action", required=True)
 
     def command(name: str, func, signs: bool = True) -> argparse.ArgumentParser:
-        p = actions.add_parser(name, help=func.__doc__.splitlines()[0], description=func.__doc__)
-        p.add_argument("--registry", required=True, type=existing_folder)
+        p = actions.add_parser(name, help=summary(func.__doc__), description=func.__doc__)
+        p.add_argument("--registry", required=True, type=existing_folder, help="registry folder")
         p.add_argument("--channel", default="main", help="channel name (default: main)")
         p.add_argument("--state", type=folder, help="rollout state (default: REGISTRY.rollout)")
         if signs:
             p.add_argument("--key", required=True, help="private key that signs the channel")
-            p.add_argument("--passphrase-env", metavar="VAR")
+            p.add_argument(
+                "--passphrase-env",
+                metavar="VAR",
+                help="the key's passphrase is in $VAR (if encrypted)",
+            )
         p.set_defaults(func=func)
         return p
 
@@ -142,18 +153,30 @@ def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--fraction", required=True, type=_fraction, help="share of devices, (0, 1]")
     s.add_argument("--stable", type=positive_int, help="stable version (a new channel)")
     s.add_argument("--threshold", type=float, default=0.02, help="tolerated accuracy loss")
-    s.add_argument("--max-failure-rate", type=float, default=0.05)
-    s.add_argument("--min-devices", type=positive_int, default=5)
-    command("promote", _promote).add_argument("--fraction", required=True, type=_fraction)
+    s.add_argument(
+        "--max-failure-rate",
+        type=float,
+        default=0.05,
+        help="halt when the candidate's failure rate exceeds this",
+    )
+    s.add_argument(
+        "--min-devices",
+        type=positive_int,
+        default=5,
+        help="reporting devices needed before the guardrail decides",
+    )
+    command("promote", _promote).add_argument(
+        "--fraction", required=True, type=_fraction, help="the new share of devices, (0, 1]"
+    )
     command("halt", _halt)
     command("finish", _finish)
     command("status", _status, signs=False).add_argument("--plot", help="PNG path for the plot")
-    d = actions.add_parser("poll", help=_poll.__doc__.splitlines()[0], description=_poll.__doc__)
-    d.add_argument("--device-dir", required=True, type=existing_folder)
+    d = actions.add_parser("poll", help=summary(_poll.__doc__), description=_poll.__doc__)
+    d.add_argument("--device-dir", required=True, type=existing_folder, help="this device's folder")
     d.add_argument("--url", required=True, help="the update service's URL")
     d.add_argument("--trust", required=True, action="append", help="trusted public key (repeat)")
     d.add_argument("--data-dir", required=True, type=existing_folder, help="the device's data")
-    d.add_argument("--channel", default="main")
+    d.add_argument("--channel", default="main", help="the channel this device follows")
     d.add_argument(
         "--local-bound", type=_fraction, default=0.1, help="accuracy drop that rolls back"
     )
@@ -169,6 +192,11 @@ def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_poll)
     v = command("serve", _serve)
     v.add_argument("--devices", required=True, type=existing_folder, help="folder of device *.pub")
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=port, default=8787)
-    v.add_argument("--max-connections", type=positive_int, default=64)
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    v.add_argument("--port", type=port, default=8787, help="port to listen on")
+    v.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=64,
+        help="connections served at once; more are answered 503",
+    )

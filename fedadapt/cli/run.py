@@ -161,14 +161,19 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
         "in DIR, on the same base; DIR's adapters stay as they are, and OUT/tasks.json lists "
         "every task's adapter for one task-indexed export",
     )
-    d.add_argument("--rounds", type=int)  # ranges: SimConfig names the key when it refuses
+    d.add_argument("--rounds", type=int, help="federated rounds (config key rounds)")
     d.add_argument("--clients", dest="num_clients", type=int, help="number of clients")
-    d.add_argument("--clients-per-round", type=int)
-    d.add_argument("--strategy", choices=STRATEGIES)
-    d.add_argument("--codec", choices=CODECS)
-    d.add_argument("--method", choices=FEDERATED_METHODS)
-    d.add_argument("--quantize", dest="quantization", choices=QUANTIZATIONS)
-    d.add_argument("--seed", type=int)
+    d.add_argument("--clients-per-round", type=int, help="clients sampled for training each round")
+    d.add_argument("--strategy", choices=STRATEGIES, help="server aggregation")
+    d.add_argument("--codec", choices=CODECS, help="how a client encodes its delta")
+    d.add_argument("--method", choices=FEDERATED_METHODS, help="adapter method to train")
+    d.add_argument(
+        "--quantize",
+        dest="quantization",
+        choices=QUANTIZATIONS,
+        help="weight-only quantization of the frozen base",
+    )
+    d.add_argument("--seed", type=int, help="seeds the client draw, the splits and training")
     d.add_argument(
         "--ray-address",
         metavar="ADDR",
@@ -194,7 +199,7 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
         help="the apps on Flower's Deployment Engine, on loopback",
         description=_deploy_demo.__doc__,
     )
-    dd.add_argument("--config", default="simulations/deploy.toml")
+    dd.add_argument("--config", default=DEPLOY_CONFIG, help="run config (TOML)")
     dd.add_argument(
         "--out", type=folder, default="out/deploy", help="certificates, logs and the run folder"
     )
@@ -204,7 +209,9 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "certs", help="TLS certificates and SuperNode keys", description=_certs.__doc__
     )
-    c.add_argument("--out", required=True, type=folder)
+    c.add_argument(
+        "--out", required=True, type=folder, help="a folder for the certificates and keys"
+    )
     c.add_argument(
         "--host", action="append", help="SuperLink host name or IP (repeat; default loopback)"
     )

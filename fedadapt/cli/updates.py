@@ -146,9 +146,16 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", required=True, type=existing_folder, help="adapter folder")
     p.add_argument("--registry", required=True, type=folder, help="registry folder (static files)")
     p.add_argument("--key", required=True, help="private key file")
-    p.add_argument("--passphrase-env", metavar="VAR")
+    p.add_argument(
+        "--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR (if encrypted)"
+    )
     p.add_argument("--name", help="adapter name (default: the registry's, or the folder's)")
-    p.add_argument("--expires-days", type=positive_float, default=30.0)
+    p.add_argument(
+        "--expires-days",
+        type=positive_float,
+        default=30.0,
+        help="days until the version's manifest expires (a device then refuses it)",
+    )
     p.add_argument(
         "--index-expires-hours",
         type=positive_float,
@@ -162,19 +169,35 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
         help="re-sign the registry's index timestamp",
         description=_refresh_index.__doc__,
     )
-    ri.add_argument("--registry", required=True, type=existing_folder)
+    ri.add_argument(
+        "--registry", required=True, type=existing_folder, help="registry folder (static files)"
+    )
     ri.add_argument("--key", required=True, help="private key file")
-    ri.add_argument("--passphrase-env", metavar="VAR")
-    ri.add_argument("--index-expires-hours", type=positive_float, default=24.0)
+    ri.add_argument(
+        "--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR (if encrypted)"
+    )
+    ri.add_argument(
+        "--index-expires-hours",
+        type=positive_float,
+        default=24.0,
+        help="hours until the new timestamp expires (devices then report stale-index)",
+    )
     ri.set_defaults(func=_refresh_index)
 
     s = sub.add_parser(
         "serve-updates", help="serve a registry over HTTP", description=_serve_updates.__doc__
     )
-    s.add_argument("--registry", required=True, type=existing_folder)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=port, default=8787)
-    s.add_argument("--max-connections", type=positive_int, default=64)
+    s.add_argument(
+        "--registry", required=True, type=existing_folder, help="registry folder to serve"
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=port, default=8787, help="port to listen on")
+    s.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=64,
+        help="connections served at once; more are answered 503",
+    )
     s.add_argument(
         "--timeout", type=positive_float, default=30.0, help="seconds a connection may idle"
     )
@@ -184,7 +207,7 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
         "fetch", help="fetch, verify and apply the newest update", description=_fetch.__doc__
     )
     f.add_argument("--url", required=True, help="registry URL")
-    f.add_argument("--device-dir", required=True, type=folder)
+    f.add_argument("--device-dir", required=True, type=folder, help="this device's folder")
     f.add_argument("--trust", required=True, action="append", help="trusted public key (repeat)")
     f.add_argument(
         "--timeout", type=positive_float, default=30.0, help="seconds for the whole fetch"
@@ -194,5 +217,5 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "rollback", help="go back one adapter version", description=_rollback.__doc__
     )
-    r.add_argument("--device-dir", required=True, type=existing_folder)
+    r.add_argument("--device-dir", required=True, type=existing_folder, help="this device's folder")
     r.set_defaults(func=_rollback)
