@@ -58,7 +58,7 @@ bench: setup
 bench-gpu: setup
 	$(BIN)/fedadapt bench --sections export --provider cuda --out simulations/results/bench.json
 
-# Issue #15's tables (README): one bbc-dirichlet.toml run per adapter method, full-model
+# Issue #15's tables (docs/results/methods.md): one bbc-dirichlet.toml run per adapter method, full-model
 # FedAvg reused from the bottleneck's run (simulations/results/bbc-dirichlet), bench core and
 # export into simulations/results/bench.json, then simulations/results/methods/table.md.
 # Hours on a 2-core machine (the bottleneck's run took 78 min, its full-model baseline

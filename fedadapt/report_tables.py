@@ -84,7 +84,7 @@ def config_differences(
 
 def interval(cmp: Mapping[str, Any] | None) -> str:
     """A paired comparison as `+0.007 [-0.009, +0.025]`, with ` *` when the 95% interval
-    excludes 0 (DESIGN.md: a claim of better or worse needs that)."""
+    excludes 0 (docs/reference/formats.md: a claim of better or worse needs that)."""
     if not cmp:
         return "not in report"
     lo, hi = cmp["ci95_low"], cmp["ci95_high"]

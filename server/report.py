@@ -1,4 +1,4 @@
-"""What a run writes: report.json (DESIGN.md's fields), metrics.csv and plots."""
+"""What a run writes: report.json (docs/reference/formats.md), metrics.csv and plots."""
 
 from __future__ import annotations
 

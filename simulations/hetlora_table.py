@@ -16,7 +16,7 @@ and its accuracies are the report's per-client ones. A tier's upload is derived 
 real adapter: the serialized delta (run's codec) of the trainable tensors of that rank's
 model, framed as the reply's arrays record; the reply's metrics and metadata add a few
 hundred bytes, which the homogeneous runs' measured bytes show beside the derived ones.
-Paired comparisons are over the same clients, with DESIGN.md's bootstrap.
+Paired comparisons are over the same clients, with the bootstrap of `fedadapt.report_tables`.
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def run(quick: bool = False) -> dict:
             runs.append(run_case("fedadapt.bench.aggregate", n, path))
         best = sorted(runs, key=lambda r: r["ms"])[len(runs) // 2]
         row = out.setdefault(str(n), {})
-        # DESIGN.md's key for the floor is plain `floor_ms`: it belongs to no path
+        # bench.json's key for the floor (docs/reference/formats.md) is plain `floor_ms`:
+        # it belongs to no path
         row.update({k if k == "floor_ms" else f"{path}_{k}": v for k, v in best.items()})
     for n in SIZES:
         r = out[str(n)]

@@ -17,7 +17,7 @@ from fedadapt.cli.args import (
 from fedadapt.errors import FedAdaptError
 from fedadapt.simconfig import CODECS, FEDERATED_METHODS, QUANTIZATIONS, STRATEGIES
 
-DEPLOY_CONFIG = "simulations/deploy.toml"  # what `deploy-demo` and the README's deployment run
+DEPLOY_CONFIG = "simulations/deploy.toml"  # what deploy-demo and docs/how-to/deploy.md run
 
 # The flags of `simulate` that are config keys (the rest come by --set KEY=VALUE).
 SIMULATE_KEYS = (

@@ -1,6 +1,6 @@
 """A device's own labelled examples, read from a folder of JSON Lines and CSV files.
 
-Format (documented in the README's "Device data"): `*.jsonl` files with one
+Format (documented in docs/how-to/device.md, "Device data"): `*.jsonl` files with one
 `{"text": ..., "label": ...}` object a line, and `*.csv` files with a `text,label` header.
 A label is a name from the run's label set or its integer id (in CSV, the id's digits).
 

@@ -9,10 +9,10 @@ Two scenarios (`make rollout-demo`):
 
 Per device everything is real (`RolloutAgent`: the signed channel, the cohort, `fetch` with
 its verification, the install, the switch back, the signed POST); only the scoring shares a
-cache (`fedadapt.launch.rollout_pool.HeadScorer`). The figures go to `rollout.json` as DESIGN.md
-fixes them; `fraction_final` is the largest fraction the candidate was offered,
-`seconds_halt_to_all_rolled_back` is 0 when every device that ran it had already gone back
-on its own (local rollback) before the halt.
+cache (`fedadapt.launch.rollout_pool.HeadScorer`). The figures go to `rollout.json` as
+docs/reference/formats.md fixes them; `fraction_final` is the largest fraction the candidate
+was offered, `seconds_halt_to_all_rolled_back` is 0 when every device that ran it had already
+gone back on its own (local rollback) before the halt.
 """
 
 from __future__ import annotations

@@ -134,5 +134,6 @@ def test_gradient_reaching_lowest_adapter(cfg, tok):
     cos8 = F.cosine_similarity(_incoming_gradient("int8", cfg, batch), ref, dim=0).item()
     cos4 = F.cosine_similarity(_incoming_gradient("int4", cfg, batch), ref, dim=0).item()
     assert cos8 >= 0.99, cos8
-    # The int4 target is 0.95; round-to-nearest int4 reaches 0.91-0.93 here (README).
+    # The int4 target is 0.95; round-to-nearest int4 reaches 0.91-0.93 here
+    # (docs/results/benchmarks.md).
     assert cos4 >= 0.90, cos4
