@@ -42,14 +42,14 @@ from flwr.compat.common import recorddict_compat as compat
 from safetensors.torch import load_file, save
 
 from fedadapt import hetlora
-from fedadapt.atomic import atomic_write_bytes
+from fedadapt.atomic import PRIVATE, atomic_write_bytes, private_folder
 from fedadapt.clients.attacks import attack, claimed_examples, malicious_clients
 from fedadapt.clients.device import Device
 from fedadapt.clients.personalized import after_evaluation, after_training
 from fedadapt.codecs import ErrorFeedback
 from fedadapt.data import local_files
 from fedadapt.deltas import check_delta, clip
-from fedadapt.errors import FedAdaptError
+from fedadapt.errors import DeviceError, FedAdaptError
 from fedadapt.model_setup import label_names
 from fedadapt.ray_nodes import worker_record
 from fedadapt.records import pack_delta, record_to_state, state_to_record
@@ -108,18 +108,39 @@ def _device(cfg: SimConfig, pid: int, context: Context, full_model: bool = False
 
 
 def _error_reply(handler: Callable[[Message, Context], Message]):
-    """A `FedAdaptError` (too few examples, an unreadable data file) becomes an error reply,
-    which the server counts as a rejected reply; nothing escapes to stop the SuperNode."""
+    """Any failure becomes an error reply, which the server counts as a rejected reply;
+    nothing escapes to stop the SuperNode.
+
+    The reply carries a code and counts only (`DeviceError.wire`), never an exception's
+    text: that may name a data file or quote a row of the user's data. The full text is
+    logged on a deployed device (its own log in its folder), where its owner reads it.
+    """
 
     @functools.wraps(handler)
     def wrapped(message: Message, context: Context) -> Message:
         try:
             return handler(message, context)
-        except FedAdaptError as e:
-            log.warning("%s: %s", message.metadata.message_type, e)
-            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(e)), reply_to=message)
+        except Exception as e:  # every failure: Flower would send its text
+            reason = wire_reason(e)
+            kind = message.metadata.message_type
+            if context.node_config.get("device-dir"):
+                log.warning("%s failed (%s): %s", kind, reason, e, exc_info=_is_bug(e))
+            else:
+                log.warning("%s failed: %s", kind, reason)
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
     return wrapped
+
+
+def _is_bug(e: Exception) -> bool:
+    return not isinstance(e, FedAdaptError)
+
+
+def wire_reason(e: Exception) -> str:
+    """What an error reply may say: a device error's code and counts, else only its kind."""
+    if isinstance(e, DeviceError):
+        return e.wire()
+    return "client-error" if isinstance(e, FedAdaptError) else "client-crash"
 
 
 def _device_file(context: Context, key: str) -> Path | None:
@@ -143,8 +164,8 @@ def _keep(context: Context, key: str, state) -> None:
     context.state[key] = state_to_record(state)
     path = _device_file(context, key)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
+        private_folder(path.parent)
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}), PRIVATE)
 
 
 def _serve(context: Context, write: Callable[[Path], None]) -> None:
@@ -181,6 +202,7 @@ def _numpy(arrays: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 @_error_reply
 def query(message: Message, context: Context) -> Message:
+    """Reply with this node's `partition-id`, so the server can sample and report by partition."""
     pid = _partition_id(context)
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)
 
@@ -213,6 +235,11 @@ def _personal_key(cfg: SimConfig) -> str:
 
 @_error_reply
 def train(message: Message, context: Context) -> Message:
+    """One round's training. Phase `adapter`: the encoded delta of the global adapter, with
+    `num-examples`, `train_loss` and the base's hash; the personal part is trained and kept
+    here. Phase `full`: every weight, for the full-model FedAvg baseline. A SecAgg+ message
+    goes the legacy way (`_train_secagg`). Any failure is an error reply.
+    """
     if RECORD_KEY_CONFIGS in message.content:
         return _train_secagg(message, context)
     cfg, pid, rnd, phase = _setup(message, context)
@@ -277,6 +304,11 @@ def _train_secagg(message: Message, context: Context) -> Message:
 
 @_error_reply
 def evaluate(message: Message, context: Context) -> Message:
+    """Accuracies on this node's test split, with `num-examples` (its size). Phase `adapter`:
+    the global and the personalized model (with `baselines` in the config, the baselines
+    too); a deployed device also keeps the round's files for its runtime. Phase `full`: the
+    full-model baseline. Any failure is an error reply.
+    """
     cfg, pid, rnd, phase = _setup(message, context)
     arrays = _arrays(message, cfg)
     if phase == "full":

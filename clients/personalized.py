@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from fedadapt.atomic import atomic_write_bytes, atomic_write_text
+from fedadapt.atomic import PRIVATE, atomic_write_bytes, atomic_write_text
 from fedadapt.errors import AdapterLoadError
 from fedadapt.onnx_adapter import RUNTIME_FILE, write_onnx_adapter
 
@@ -184,7 +184,7 @@ def keep_round_global(folder: str | Path, tensors: Tensors) -> None:
     """Keep the global adapter a round brought, then refresh the files the runtime reads."""
     folder = Path(folder)
     contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    atomic_write_bytes(folder / ROUND_GLOBAL_FILE, safetensors.numpy.save(contiguous))
+    atomic_write_bytes(folder / ROUND_GLOBAL_FILE, safetensors.numpy.save(contiguous), PRIVATE)
     refresh(folder)
 
 
@@ -194,7 +194,7 @@ def after_training(folder: str | Path, global_: Tensors, mode: str, rnd: int) ->
     waiting for the server's next evaluation."""
     folder = Path(folder)  # the mode first: it names the parts the personalized file serves
     record = {"personalization": mode, "round": rnd}
-    atomic_write_text(folder / MODE_FILE, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(folder / MODE_FILE, json.dumps(record, indent=2) + "\n", PRIVATE)
     keep_round_global(folder, global_)
 
 
@@ -202,7 +202,7 @@ def after_evaluation(folder: str | Path, global_: Tensors, figures: dict) -> Non
     """After an evaluation on a deployed device: the round's global, the personalized file,
     and what torch measured (numbers only), so the device can show ORT against torch."""
     folder = Path(folder)
-    atomic_write_text(folder / EVALUATION_FILE, json.dumps(figures, indent=2) + "\n")
+    atomic_write_text(folder / EVALUATION_FILE, json.dumps(figures, indent=2) + "\n", PRIVATE)
     if "personalization" in figures:  # the ClientApp's figures always name it
         after_training(folder, global_, figures["personalization"], figures.get("round", 0))
     else:
@@ -226,9 +226,10 @@ def refresh(folder: str | Path) -> Path | None:
     version, global_ = found
     stack, sha = meta.get("stack"), meta["base_sha256"]
     if version == 0:
-        write_onnx_adapter(folder / GLOBAL_ONNX, graph_tensors(global_, None, stack), 0, sha)
+        tensors = graph_tensors(global_, None, stack)
+        write_onnx_adapter(folder / GLOBAL_ONNX, tensors, 0, sha, PRIVATE)
     files = served_files(folder)
     tensors = graph_tensors(
         ditto_global(folder, global_, files), personal_part(folder, files), stack
     )
-    return write_onnx_adapter(folder / PERSONALIZED_ONNX, tensors, version, sha)
+    return write_onnx_adapter(folder / PERSONALIZED_ONNX, tensors, version, sha, PRIVATE)

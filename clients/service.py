@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedadapt import supervise
+from fedadapt.atomic import private_folder
 from fedadapt.base.cache import BASE_CACHE_ENV
 from fedadapt.errors import FedAdaptError
 
@@ -57,6 +58,40 @@ WORKER_LOG_FILE = "worker.log"
 
 @dataclass(frozen=True)
 class ServiceOptions:
+    """What `fedadapt device run` needs, one field per flag; `check` refuses a bad set early.
+
+    Parameters
+    ----------
+    device_dir : Path
+        The device folder: personal state, logs, pid files, the warm worker's socket.
+    superlink : str
+        The SuperLink's HOST:PORT.
+    root_cert : Path
+        The CA certificate the SuperNode checks the SuperLink's TLS certificate against.
+    node_key : Path
+        The SuperNode's private key; the same key keeps the same node id across restarts.
+    port : int (default: 9094)
+        The SuperNode's own port.
+    partition_id, num_partitions : int (default: 0, 1)
+        The demo partition, passed on in the node config.
+    data_dir : Path or None (default: None)
+        The device's own data folder; needed with `channel`, to score on its held-out split.
+    update_url : str or None (default: None)
+        The update registry; with `trust`, turns on the update loop.
+    trust : tuple of Path (default: ())
+        Public keys whose signatures on updates are accepted.
+    update_interval : float (default: 3600.0)
+        Seconds between update checks (or rollout polls); must be > 0.
+    fetch_timeout : float (default: 60.0)
+        Seconds for each network operation of a fetch or poll.
+    channel : str or None (default: None)
+        Follow this rollout channel instead of the newest version.
+    local_bound : float (default: 0.1)
+        The candidate's accuracy drop, on this device, that rolls it back locally.
+    supernode_exe : str (default: the `flower-supernode` next to this Python)
+        The SuperNode executable.
+    """
+
     device_dir: Path
     superlink: str
     root_cert: Path
@@ -119,6 +154,7 @@ def _quote(path: Path) -> str:
 
 
 def supernode_command(opts: ServiceOptions) -> list[str]:
+    """The `flower-supernode` command line: TLS with `root_cert`, authenticated by `node_key`."""
     return [
         opts.supernode_exe,
         "--root-certificates",
@@ -163,7 +199,7 @@ class DeviceService:
 
     # -- the SuperNode and the warm worker ----------------------------------------------------
     def _start(self, cmd: list[str], log_file: str, pid_file: str, what: str) -> subprocess.Popen:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_folder(self.folder)  # the user's data and personal state: theirs alone
         env = {**os.environ, **OFFLINE_ENV}
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env[BASE_CACHE_ENV] = str(self.folder / "cache")  # the int8 base, built once
@@ -185,25 +221,36 @@ class DeviceService:
         _log(f"{what} stopped (pid {proc.pid})")
 
     def start_supernode(self) -> subprocess.Popen:
+        """Start the SuperNode under a supervisor; log in `supernode.log`, pid in `supernode.pid`.
+
+        The pid file holds the supervisor's pid, for tools outside this process.
+        """
         self.supernode = self._start(supernode_command(self.opts), LOG_FILE, PID_FILE, "SuperNode")
         return self.supernode
 
     def stop_supernode(self) -> None:
+        """Stop the SuperNode (TERM, KILL after `GRACE_S`); nothing if it is not running."""
         proc, self.supernode = self.supernode, None
         self._stop(proc, PID_FILE, "SuperNode")
 
     def start_worker(self) -> subprocess.Popen:
+        """Start the warm worker under a supervisor; log in `worker.log`, pid in `worker.pid`."""
         self.worker = self._start(
             worker_command(self.opts), WORKER_LOG_FILE, WORKER_PID_FILE, "warm worker"
         )
         return self.worker
 
     def stop_worker(self) -> None:
+        """Stop the warm worker, if running; messages then run in the ClientApp process."""
         proc, self.worker = self.worker, None
         self._stop(proc, WORKER_PID_FILE, "warm worker")
 
     # -- updates and the personalized file --------------------------------------------------
     def refresh_model(self) -> None:
+        """Rewrite the personalized ONNX model from the state in the folder.
+
+        A failure is logged, not raised: the service keeps running on the file it has.
+        """
         from fedadapt.clients.personalized import refresh
 
         try:

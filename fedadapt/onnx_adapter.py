@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from fedadapt.atomic import mode_for
 from fedadapt.errors import AdapterLoadError, FedAdaptError
 
 SUFFIX = ".onnx_adapter"
@@ -41,10 +42,15 @@ def _wire_dtype(v: np.ndarray) -> type:
 
 
 def write_onnx_adapter(
-    path: str | Path, tensors: dict[str, np.ndarray], version: int, base_sha256: str
+    path: str | Path,
+    tensors: dict[str, np.ndarray],
+    version: int,
+    base_sha256: str,
+    mode: int | None = None,
 ) -> Path:
     """Write atomically (temp file, fsync, rename): a reader never sees half a file. fp16
-    tensors (an fp16 graph's inputs) stay fp16; anything else is written as fp32."""
+    tensors (an fp16 graph's inputs) stay fp16; anything else is written as fp32. `mode` as
+    in `fedadapt.atomic.atomic_write_bytes` (`PRIVATE` for a device's personalized file)."""
     path = Path(path)
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(int(version))
@@ -60,6 +66,7 @@ def write_onnx_adapter(
     os.close(fd)
     try:
         fmt.export_adapter(tmp)
+        os.chmod(tmp, mode_for(path, mode))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

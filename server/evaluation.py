@@ -8,6 +8,7 @@ import random
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedadapt.errors import loggable_reason
 from fedadapt.model_setup import mix_seed
 from fedadapt.records import wire_bytes
 from fedadapt.simconfig import SimConfig
@@ -52,9 +53,8 @@ def evaluate_all(
         ]
         for m in grid.send_and_receive(msgs, timeout=cfg.round_timeout):
             if m.has_error():
-                log.warning(
-                    "evaluation failed on node %s: %s", m.metadata.src_node_id, m.error.reason
-                )
+                reason = loggable_reason(m.error.reason)
+                log.warning("evaluation failed on node %s: %s", m.metadata.src_node_id, reason)
                 continue
             metrics = dict(m.content["metrics"])
             out[int(metrics.pop("partition-id"))] = metrics

@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from fedadapt.codecs import decode
 from fedadapt.deltas import State, check_delta, clip  # noqa: F401 - `clip` is re-exported
-from fedadapt.errors import DeltaError
+from fedadapt.errors import DeltaError, loggable_reason
 from fedadapt.records import DELTA_KEY, state_to_record, wire_bytes
 from fedadapt.server.claims import Claims, read_claims
 from fedadapt.server.combine import FlatMean, FlatStack, combined_reply, mean_reply  # noqa: F401
@@ -47,6 +47,21 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 @dataclass
 class Screened:
+    """One round's replies after screening, for the strategy and the round's row.
+
+    Parameters
+    ----------
+    accepted : list of Message
+        The replies to aggregate, rebuilt as `global + delta`; when replies were folded as they
+        came (a linear or robust rule), the one combined reply.
+    rejected : Counter
+        Replies refused, by reason (an error reply counts as "client-error").
+    upload_bytes : int
+        Wire bytes of every reply with content, rejected ones included: the network paid them.
+    clients : int
+        Accepted deltas, also when `accepted` holds their one combined reply.
+    """
+
     accepted: list[Message] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     upload_bytes: int = 0
@@ -139,7 +154,7 @@ def _passing(
     for msg in replies:
         if msg.has_error():
             out.rejected["client-error"] += 1
-            log.warning("node %s failed: %s", _node(msg), msg.error.reason)
+            log.warning("node %s failed: %s", _node(msg), loggable_reason(msg.error.reason))
             continue
         try:
             size = _wire_size(msg)

@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedadapt.atomic import atomic_write_text
+from fedadapt.atomic import PRIVATE, atomic_write_text
 from fedadapt.clients.personalized import refresh
 from fedadapt.clients.runtime import STATE_FILE, EdgeRuntime, adapter_file
 from fedadapt.clients.updates.downloads import Deadline, Downloader, check_url
@@ -58,6 +58,7 @@ class Scores:
 
     @property
     def accuracy(self) -> float:
+        """The fraction right; 0.0 when no example was scored."""
         return float(self.correct.mean()) if self.correct.size else 0.0
 
 
@@ -66,6 +67,24 @@ Scorer = Callable[[DeviceStore, int], Scores]
 
 @dataclass
 class PollResult:
+    """What one `RolloutAgent.poll` did, for the service's log and `fedadapt rollout poll`.
+
+    Parameters
+    ----------
+    channel_version : int
+        The signed channel file's version that was read.
+    target : int
+        The adapter version this device runs now (stable when the candidate was rejected here).
+    action : str
+        "none", "fetched", "switched" or "local-rollback".
+    report : dict or None (default: None)
+        The report sent on this poll, when the candidate was evaluated.
+    halted : str or None (default: None)
+        The guardrail's reason, when a report sent on this poll halted the rollout.
+    events : list of str (default: [])
+        Notes on the poll; nothing fills it at present.
+    """
+
     channel_version: int
     target: int
     action: str  # "none", "fetched", "switched", "local-rollback"
@@ -88,7 +107,7 @@ def switch_to(store: DeviceStore, version: int) -> None:
     if not store.version_file(version).exists():
         raise FedAdaptError(f"version {version} is not kept on this device")
     new = Installed(s.adapter_name, version, s.version)
-    atomic_write_text(store.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
+    atomic_write_text(store.folder / STATE_FILE, json.dumps(new.__dict__) + "\n", PRIVATE)
     refresh(store.folder)
 
 
@@ -142,6 +161,9 @@ class RolloutAgent:
 
     # --- device-local state --------------------------------------------------------------
     def local(self) -> dict[str, Any]:
+        """The device-local rollout state (`rollout.json`): report sequence number, candidates
+        evaluated and rejected, a report not yet delivered. Fresh when the file does not exist.
+        """
         path = self.store.folder / AGENT_FILE
         if not path.exists():
             return {"seq": 0, "evaluated": [], "rejected": [], "pending": None}
@@ -151,7 +173,9 @@ class RolloutAgent:
             raise FedAdaptError(f"{path} is unreadable ({e}); restore it") from e
 
     def _save(self, state: dict[str, Any]) -> None:
-        atomic_write_text(self.store.folder / AGENT_FILE, json.dumps(state, sort_keys=True) + "\n")
+        atomic_write_text(
+            self.store.folder / AGENT_FILE, json.dumps(state, sort_keys=True) + "\n", PRIVATE
+        )
 
     # --- one poll ------------------------------------------------------------------------
     def read_channel(self) -> tuple[int, Channel]:
@@ -175,6 +199,12 @@ class RolloutAgent:
         return meta.version, channel
 
     def poll(self) -> PollResult:
+        """One poll: read the channel, run the version it names for this device, resend a pending
+        report, and evaluate and report a candidate not evaluated before.
+
+        Raises `FedAdaptError` when the channel file or an update is refused or a report cannot
+        be delivered; an undelivered report is kept and resent at the next poll.
+        """
         version, channel = self.read_channel()
         state = self.local()
         target = channel.version_for(self.device_id)

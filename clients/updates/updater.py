@@ -27,7 +27,7 @@ from pathlib import Path
 import safetensors.numpy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedadapt.atomic import atomic_write_bytes, atomic_write_text
+from fedadapt.atomic import PRIVATE, atomic_write_bytes, atomic_write_text
 from fedadapt.clients.personalized import graph_tensors, refresh
 from fedadapt.clients.runtime import RUNTIME_FILE, STATE_FILE, adapter_file
 from fedadapt.clients.updates.downloads import Deadline, Downloader, check_url
@@ -59,18 +59,34 @@ KEEP_VERSIONS = 2
 
 @dataclass
 class Installed:
+    """The contents of `state.json`: what is installed, and what a rollback would go back to.
+
+    All None on a device that never installed an update (it runs its export's own adapter).
+    """
+
     adapter_name: str | None = None
     version: int | None = None
     previous: int | None = None
 
 
 class DeviceStore:
+    """The update state of one device folder: installed versions, their files, the commit point.
+
+    Only `install`, `rollback` (and the rollout agent's `switch_to`) write `state.json`; each
+    rewrites the personalized file afterwards, so the runtime serves the version installed.
+    """
+
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.versions = self.folder / "versions"
         self.downloads = self.folder / "downloads"
 
     def state(self) -> Installed:
+        """The installed state: an empty `Installed()` when nothing was installed.
+
+        A corrupt file raises `FedAdaptError` rather than being guessed at: a wrong version would
+        break delta updates and rollback.
+        """
         path = self.folder / STATE_FILE
         if not path.exists():
             return Installed()
@@ -80,9 +96,11 @@ class DeviceStore:
             raise FedAdaptError(f"{path} is corrupt ({e}); restore it or reinstall") from e
 
     def version_file(self, version: int) -> Path:
+        """Where `version`'s full safetensors file lives (it may have been pruned)."""
         return self.versions / f"v{version:04d}.safetensors"
 
     def current_bytes(self) -> bytes | None:
+        """The installed version's safetensors bytes (a delta's starting point); None if none."""
         s = self.state()
         return None if s.version is None else self.version_file(s.version).read_bytes()
 
@@ -90,14 +108,14 @@ class DeviceStore:
         """Write the version's files, then name it in `state.json` (the commit point). On a
         device with an exported graph the runtime's `.onnx_adapter` is written here too."""
         s = self.state()
-        atomic_write_bytes(self.version_file(version), adapter)
+        atomic_write_bytes(self.version_file(version), adapter, PRIVATE)
         runtime = self.folder / RUNTIME_FILE
         if runtime.exists():  # in the graph's layout (a device graph stacks a personal branch)
             stack = json.loads(runtime.read_text()).get("stack")
             tensors = graph_tensors(safetensors.numpy.load(adapter), None, stack)
             write_onnx_adapter(adapter_file(self.folder, version), tensors, version, base_sha256)
         new = Installed(name, version, s.version)
-        atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
+        atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n", PRIVATE)
         keep = {version, s.version}
         for f in self.versions.glob("v*.*"):
             if f.name.startswith("v") and int(f.name[1:5]) not in keep:
@@ -105,11 +123,16 @@ class DeviceStore:
         refresh(self.folder)  # the personalized file follows the installed version
 
     def rollback(self) -> int:
+        """Make the previous version the installed one again; returns its number.
+
+        One step only: the state then has no previous version. Nothing marks the newer version as
+        bad, so a later plain `fetch` installs it again.
+        """
         s = self.state()
         if s.previous is None or not self.version_file(s.previous).exists():
             raise FedAdaptError("no previous version to roll back to")
         new = Installed(s.adapter_name, s.previous, None)
-        atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n")
+        atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n", PRIVATE)
         refresh(self.folder)
         return s.previous
 

@@ -12,6 +12,11 @@ Why it is built this way:
 - Copies of one text (after normalization) count once: a copy on both sides would leak.
 - A bad row is skipped, counted and named by file and line, so one typo does not take a
   device out of the federation; a file that cannot be read at all is a one-line error.
+- Only regular files directly inside the folder are read, each up to `MAX_FILE_BYTES`: a
+  link could read rows from anywhere (or a device file without end), and a named pipe would
+  hang the reader.
+- Every error is a `DeviceError`: its message, for the device's owner, may name the file;
+  what crosses to the server is only its code and counts (`DeviceError.wire`).
 - `load` re-reads the folder only when a file's name, size or mtime changed, so it can be
   called at every round and new rows are used from the next round on.
 """
@@ -19,31 +24,41 @@ Why it is built this way:
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import logging
+import os
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedadapt.atomic import atomic_write_text
+from fedadapt.atomic import PRIVATE, atomic_write_text
 from fedadapt.data import ClientData
-from fedadapt.errors import FedAdaptError
+from fedadapt.errors import DeviceError
 
 log = logging.getLogger("fedadapt.data")
 
 SUFFIXES = (".jsonl", ".csv")
 MIN_EXAMPLES_FLOOR = 4  # below this a held-out accuracy means nothing, whatever the config
 LOGGED_BAD_ROWS = 20  # bad rows named one a line in the log; the rest are only counted
+MAX_FILE_BYTES = 64 << 20  # one data file; a device's labelled examples are far smaller
 
 
-class TooFewExamples(FedAdaptError):
+class TooFewExamples(DeviceError):
     """The folder holds too few usable examples for this device to take part."""
 
 
 @dataclass(frozen=True)
 class BadRow:
+    """A skipped row: the file's name (not its path), the 1-based line and why.
+
+    Logged on the device only; at most the count of bad rows reaches the server (in a
+    `TooFewExamples` error).
+    """
+
     file: str
     line: int
     reason: str
@@ -62,6 +77,7 @@ class LocalData:
 
     @property
     def examples(self) -> int:
+        """Usable examples on both sides of the split (duplicates counted once)."""
         return len(self.data.train_texts) + len(self.data.test_texts)
 
 
@@ -91,9 +107,11 @@ def record_split(device_dir: Path, test_fraction: float, key: str) -> None:
         if path.exists() and path.read_text() == text:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
+        atomic_write_text(path, text, PRIVATE)
     except OSError as e:
-        raise FedAdaptError(f"cannot record the data split in {path}: {e.strerror}") from None
+        raise DeviceError(
+            f"cannot record the data split in {path}: {e.strerror}", "split-unwritable"
+        ) from None
 
 
 def recorded_split(device_dir: Path) -> tuple[float, str]:
@@ -106,11 +124,13 @@ def recorded_split(device_dir: Path) -> tuple[float, str]:
         raw = json.loads(path.read_text())
         fraction, key = raw["test_fraction"], raw["key"]
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise FedAdaptError(f"{path} is not a data split record ({e})") from None
+        raise DeviceError(f"{path} is not a data split record ({e})", "split-unreadable") from None
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-        raise FedAdaptError(f"{path}: test_fraction must be a number, got {fraction!r}")
+        raise DeviceError(f"{path}: test_fraction must be a number", "split-unreadable")
     if not 0.0 < fraction < 1.0 or not isinstance(key, str):
-        raise FedAdaptError(f"{path}: test_fraction must be in (0, 1) and key a string")
+        raise DeviceError(
+            f"{path}: test_fraction must be in (0, 1) and key a string", "split-unreadable"
+        )
     return float(fraction), key
 
 
@@ -127,15 +147,52 @@ def parse_label(value: object, labels: list[str], from_csv: bool) -> int | None:
 
 
 def _read_text(path: Path) -> str:
-    """The whole file as text, or a one-line error naming the file and what is wrong."""
-    if path.is_dir():
-        raise FedAdaptError(f"data file {path} is a directory, not a file")
+    """The whole file as text, or a one-line error naming the file and what is wrong.
+
+    Opened without following a link and without blocking, then checked to be a regular
+    file before a byte is read: a pipe or a device file never gets read from.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise FedAdaptError(f"data file {path} is not UTF-8 text (byte {e.start})") from None
+        fd = os.open(path, flags)
     except OSError as e:
-        raise FedAdaptError(f"cannot read data file {path}: {e.strerror or e}") from None
+        what = "is a link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror or e})"
+        raise DeviceError(f"data file {path} {what}", "data-unreadable", files=1) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DeviceError(
+                f"data file {path} is not a regular file (a folder, a pipe or a device)",
+                "data-not-a-file",
+                files=1,
+            )
+        data = _read_up_to(fd, MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise DeviceError(
+            f"cannot read data file {path}: {e.strerror or e}", "data-unreadable", files=1
+        ) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise DeviceError(
+            f"data file {path} is larger than {MAX_FILE_BYTES >> 20} MiB; split it",
+            "data-too-large",
+            files=1,
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DeviceError(
+            f"data file {path} is not UTF-8 text (byte {e.start})", "data-not-utf8", files=1
+        ) from None
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """At most `limit` bytes of an open file (a file may grow while it is read)."""
+    chunks, size = [], 0
+    while size < limit and (chunk := os.read(fd, min(1 << 20, limit - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 Row = tuple[int, object, object]  # (line, text, label) as found, before any check
@@ -143,7 +200,10 @@ Row = tuple[int, object, object]  # (line, text, label) as found, before any che
 
 def _jsonl_rows(name: str, text: str, bad: list[BadRow]) -> list[Row]:
     rows: list[Row] = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # split on \n only: `splitlines` also splits at U+2028, U+2029 and U+0085, which a JSON
+    # string may hold unescaped, and would cut a valid line in two
+    for line, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:
@@ -167,12 +227,15 @@ def _csv_rows(path: Path, text: str, bad: list[BadRow]) -> list[Row]:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
         return []
-    except csv.Error as e:
-        raise FedAdaptError(f"data file {path}: bad CSV header ({e})") from None
+    except csv.Error:
+        raise DeviceError(f"data file {path}: bad CSV header", "data-bad-header", files=1) from None
     if "text" not in header or "label" not in header:
-        raise FedAdaptError(
-            f"data file {path}: the CSV header must name the columns text and label, "
-            f"found {','.join(header)!r}"
+        # the first row is not quoted: without a header it is the user's own text
+        raise DeviceError(
+            f"data file {path}: the first row must be the header text,label "
+            f"(it has {len(header)} columns, not named text and label)",
+            "data-bad-header",
+            files=1,
         )
     t, y = header.index("text"), header.index("label")
     rows: list[Row] = []
@@ -219,11 +282,15 @@ def _examples(path: Path, labels: list[str], bad: list[BadRow]) -> list[tuple[in
 def data_files(folder: Path) -> list[Path]:
     """The folder's `.jsonl` and `.csv` entries, by name; a missing folder is an error."""
     if not folder.is_dir():
-        raise FedAdaptError(f"the device data folder {folder} does not exist or is not a folder")
+        raise DeviceError(
+            f"the device data folder {folder} does not exist or is not a folder", "data-missing"
+        )
     try:
         entries = sorted(folder.iterdir())
     except OSError as e:
-        raise FedAdaptError(f"cannot list the device data folder {folder}: {e.strerror}") from None
+        raise DeviceError(
+            f"cannot list the device data folder {folder}: {e.strerror}", "data-unreadable"
+        ) from None
     return [p for p in entries if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")]
 
 
@@ -261,9 +328,11 @@ def _signature(folder: Path) -> tuple:
     out = []
     for p in data_files(folder):
         try:
-            st = p.stat()
+            st = p.lstat()  # a link is refused when read, not followed here
         except OSError as e:
-            raise FedAdaptError(f"cannot read data file {p}: {e.strerror}") from None
+            raise DeviceError(
+                f"cannot read data file {p}: {e.strerror}", "data-unreadable", files=1
+            ) from None
         out.append((p.name, st.st_size, st.st_mtime_ns))
     return tuple(out)
 
@@ -291,7 +360,13 @@ def load(
             f"device data folder {folder}: {local.examples} usable examples "
             f"({len(d.train_texts)} train, {len(d.test_texts)} held out, "
             f"{len(local.bad_rows)} bad rows skipped); needs at least {need} "
-            "with at least one on each side"
+            "with at least one on each side",
+            "too-few-examples",
+            usable=local.examples,
+            train=len(d.train_texts),
+            held_out=len(d.test_texts),
+            bad_rows=len(local.bad_rows),
+            needs=need,
         )
     return local
 
@@ -307,7 +382,7 @@ def write_jsonl(path: Path, data: ClientData) -> int:
     )
     lines = [json.dumps({"text": t, "label": data.label_names[y]}) + "\n" for t, y in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(lines), mode=0o600)  # a user's data: theirs alone
+    atomic_write_text(path, "".join(lines), PRIVATE)  # a user's data: theirs alone
     return len(lines)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from fedadapt.data import local_files
 from fedadapt.data.local_files import BadRow, TooFewExamples, is_held_out, load, read_folder
-from fedadapt.errors import FedAdaptError
+from fedadapt.errors import DeviceError, FedAdaptError
 
 LABELS = ["rotten", "fresh"]
 
@@ -126,19 +126,59 @@ def test_the_split_is_keyed(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("make", "message"),
+    ("make", "message", "wire"),
     [
-        (lambda p: p.mkdir(), "is a directory, not a file"),
-        (lambda p: p.write_bytes(b'{"text": "caf\xe9", "label": 0}\n'), "is not UTF-8 text"),
-        (lambda p: p.symlink_to(p.parent / "gone"), "cannot read data file"),
+        (lambda p: p.mkdir(), "is not a regular file", "data-not-a-file files=1"),
+        (
+            lambda p: p.write_bytes(b'{"text": "caf\xe9", "label": 0}\n'),
+            "is not UTF-8 text",
+            "data-not-utf8 files=1",
+        ),
+        (lambda p: p.symlink_to(p.parent / "gone"), "is a link", "data-unreadable files=1"),
+        (lambda p: os.mkfifo(p), "is not a regular file", "data-not-a-file files=1"),
     ],
 )
-def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, make, message):
+def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, make, message, wire):
+    """The owner's message names the file; the wire form is a code and counts only."""
     path = tmp_path / "bad.jsonl"
     make(path)
-    with pytest.raises(FedAdaptError, match=message) as e:
-        read_folder(tmp_path, LABELS, 0.3, key="0")
+    with pytest.raises(DeviceError, match=message) as e:
+        read_folder(tmp_path, LABELS, 0.3, key="0")  # a FIFO: refused at once, never read
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert e.value.wire() == wire
+
+
+def test_a_link_to_rows_outside_the_folder_is_refused_not_followed(tmp_path):
+    outside = tmp_path / "elsewhere.jsonl"
+    _jsonl(outside, [{"text": "someone else's row", "label": 0}])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.jsonl").symlink_to(outside)
+    with pytest.raises(DeviceError, match="is a link"):
+        read_folder(tmp_path / "data", LABELS, 0.3, key="0")
+
+
+def test_a_link_to_a_device_file_is_refused_without_reading(tmp_path):
+    (tmp_path / "zero.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(DeviceError, match="is a link"):
+        read_folder(tmp_path, LABELS, 0.3, key="0")
+
+
+def test_a_file_over_the_size_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(local_files, "MAX_FILE_BYTES", 100)
+    _jsonl(tmp_path / "big.jsonl", [{"text": f"row {i}", "label": 0} for i in range(10)])
+    with pytest.raises(DeviceError, match="larger than") as e:
+        read_folder(tmp_path, LABELS, 0.3, key="0")
+    assert e.value.wire() == "data-too-large files=1"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_a_json_line_holding_a_unicode_line_separator_stays_one_row(tmp_path, separator):
+    text = f"first half{separator}second half"
+    line = '{"text": "' + text + '", "label": 0}\n'  # unescaped, as JSON allows
+    (tmp_path / "a.jsonl").write_text(line + '{"text": "other", "label": 1}\n', encoding="utf-8")
+    local = read_folder(tmp_path, LABELS, 0.3, key="0")
+    assert not local.bad_rows
+    assert sorted(local.data.train_texts + local.data.test_texts) == sorted([text, "other"])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
@@ -152,8 +192,17 @@ def test_an_unreadable_file_is_named(tmp_path):
 
 def test_a_csv_without_text_and_label_columns_is_refused(tmp_path):
     (tmp_path / "a.csv").write_text("review,stars\ngood,5\n")
-    with pytest.raises(FedAdaptError, match="must name the columns text and label"):
+    with pytest.raises(DeviceError, match="must be the header text,label") as e:
         read_folder(tmp_path, LABELS, 0.3, key="0")
+    assert e.value.wire() == "data-bad-header files=1"
+
+
+def test_a_csv_without_a_header_never_quotes_its_first_row(tmp_path):
+    """The first row of a header-less file is the user's own text: not in the message."""
+    (tmp_path / "a.csv").write_text("my private sentence CANARY,1\nanother,0\n")
+    with pytest.raises(DeviceError) as e:
+        read_folder(tmp_path, LABELS, 0.3, key="0")
+    assert "CANARY" not in str(e.value) and "CANARY" not in e.value.wire()
 
 
 def test_a_missing_folder_is_one_line(tmp_path):
@@ -163,8 +212,12 @@ def test_a_missing_folder_is_one_line(tmp_path):
 
 def test_too_few_examples_is_an_error_that_counts_what_was_found(tmp_path):
     _jsonl(tmp_path / "a.jsonl", [{"text": "one", "label": 0}, "{bad", {"text": "two", "label": 1}])
-    with pytest.raises(TooFewExamples, match=r"2 usable examples .* 1 bad rows .* at least 10"):
+    with pytest.raises(
+        TooFewExamples, match=r"2 usable examples .* 1 bad rows .* at least 10"
+    ) as e:
         load(tmp_path, LABELS, 0.3, "0", min_examples=10)
+    assert e.value.wire().startswith("too-few-examples usable=2 ")
+    assert e.value.wire().endswith(" bad_rows=1 needs=10")
 
 
 def test_load_rereads_only_when_a_file_changed(tmp_path, caplog):
