@@ -7,12 +7,13 @@ It runs four things and owns their lifetime:
 - the warm worker (`clients/warm_worker.py`): torch and the ClientApp's handlers imported
   once, so the `flwr-clientapp` process Flower 1.42 starts for every message only forwards the
   message to it over a Unix socket in the device folder instead of importing torch (1-2 s);
-- the signed-update loop (`clients/updater.fetch`) every `update_interval` seconds, when an
-  update URL and a trusted key are given: each install rewrites the personalized file. With a
-  rollout `channel`, each turn is instead one poll of the rollout agent
-  (`clients/rollout_agent.device_agent`): the version the channel names for this device
-  (switched to without a download when still kept), both versions scored on the held-out split
-  of the device's data folder, the signed report, and the local rollback past its bound;
+- the signed-update loop (`clients/updates/updater.fetch`) every `update_interval` seconds,
+  when an update URL and a trusted key are given: each install rewrites the personalized
+  file. With a rollout `channel`, each turn is instead one poll of the rollout agent
+  (`clients/updates/rollout_agent.device_agent`): the version the channel names for this
+  device (switched to without a download when still kept), both versions scored on the
+  held-out split of the device's data folder, the signed report, and the local rollback
+  past its bound;
 - the personalized ORT model: the ClientApp rewrites it after each round, each fetch and
   rollback rewrites it, and the service rewrites it at start, so a restarted device serves its
   personal state at once.
@@ -76,6 +77,9 @@ class ServiceOptions:
         The demo partition, passed on in the node config.
     data_dir : Path or None (default: None)
         The device's own data folder; needed with `channel`, to score on its held-out split.
+    demo_data : bool (default: False)
+        Without a data folder, train on the demo partition `partition_id`. Off by default:
+        a device that silently trained on demo data would report figures about no user.
     update_url : str or None (default: None)
         The update registry; with `trust`, turns on the update loop.
     trust : tuple of Path (default: ())
@@ -100,6 +104,7 @@ class ServiceOptions:
     partition_id: int = 0
     num_partitions: int = 1
     data_dir: Path | None = None
+    demo_data: bool = False
     update_url: str | None = None
     trust: tuple[Path, ...] = ()
     update_interval: float = 3600.0
@@ -132,6 +137,12 @@ class ServiceOptions:
                 )
         if self.update_interval <= 0:
             raise FedAdaptError(f"--update-interval must be > 0 s, got {self.update_interval}")
+        if self.data_dir is None and not self.demo_data:
+            raise FedAdaptError(
+                f"no data folder: put this device's examples in {Path(self.device_dir) / 'data'} "
+                "(JSON Lines or CSV, docs/how-to/device.md), name one with --data-dir, or pass "
+                "--demo-data to train on a demo partition"
+            )
 
 
 def node_config(opts: ServiceOptions) -> str:

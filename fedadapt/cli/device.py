@@ -44,6 +44,7 @@ def _device_run(args: argparse.Namespace) -> None:
         partition_id=args.partition_id,
         num_partitions=args.num_partitions,
         data_dir=Path(data) if data else None,
+        demo_data=args.demo_data,
         update_url=args.update_url,
         trust=tuple(Path(p) for p in args.trust),
         update_interval=args.update_interval,
@@ -75,6 +76,11 @@ def add_device_commands(sub: argparse._SubParsersAction) -> None:
         type=existing_folder,
         help="the device's own examples (default: DEVICE_DIR/data if it exists, else the "
         "demo partition)",
+    )
+    r.add_argument(
+        "--demo-data",
+        action="store_true",
+        help="without a data folder, train on the demo partition --partition-id (a demo)",
     )
     r.add_argument("--partition-id", type=non_negative_int, default=0, help="demo partition")
     r.add_argument(

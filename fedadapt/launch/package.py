@@ -52,14 +52,19 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/node.env"
 export FLWR_HOME="$here/.flwr" {model_env}="$here/model"
+demo=()
+device="${{DEVICE_DIR:-$here/device}}"
+if [ "${{DEMO_DATA:-0}}" = 1 ] && [ ! -d "$device/data" ]; then
+  demo=(--demo-data)  # a package made with the demo data sets, and no data of its own yet
+fi
 updates=()
 if [ -n "${{UPDATE_URL:-}}" ]; then
   updates=(--update-url "$UPDATE_URL" --trust "$here/trust/update-signing.pub")
 fi
-exec "$here/venv/bin/fedadapt" device run --device-dir "${{DEVICE_DIR:-$here/device}}" \\
+exec "$here/venv/bin/fedadapt" device run --device-dir "$device" \\
   --superlink "$SUPERLINK" --root-cert "$here/trust/ca.crt" --node-key "$here/trust/node.key" \\
   --port "$PORT" --partition-id "$PARTITION_ID" --num-partitions "$NUM_PARTITIONS" \\
-  ${{updates[@]+"${{updates[@]}}"}}
+  ${{updates[@]+"${{updates[@]}}"}} ${{demo[@]+"${{demo[@]}}"}}
 """
 
 # What a device imports (a test checks it against the modules a device loads): training
@@ -165,6 +170,7 @@ def package_client(
         "NUM_PARTITIONS": num_partitions or nodes,
         "PORT": port,
         "UPDATE_URL": update_url or "",
+        "DEMO_DATA": int(demo_data),
     }
     atomic_write_text(
         out / "node.env", "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in env.items())

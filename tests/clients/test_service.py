@@ -35,6 +35,7 @@ def _opts(tmp_path: Path, **kw) -> ServiceOptions:
         "superlink": "127.0.0.1:9",
         "root_cert": tmp_path / "ca.crt",
         "node_key": tmp_path / "node.key",
+        "demo_data": True,
     }
     return ServiceOptions(**{**base, **kw})
 
@@ -88,6 +89,19 @@ def test_a_failed_update_check_is_logged_and_retried_at_the_next_interval(tmp_pa
     assert "update check failed" in capsys.readouterr().err
     service.step(now=120.0)  # not due yet: no second attempt
     assert "update check" not in capsys.readouterr().err
+
+
+def test_a_device_without_a_data_folder_is_refused_unless_demo_data_is_asked_for(tmp_path, capsys):
+    """It used to train on the demo partition without a word."""
+    from fedadapt.cli.app import main
+
+    opts = _opts(tmp_path)
+    argv = ["device", "run", "--device-dir", str(opts.device_dir), "--superlink", "127.0.0.1:9"]
+    argv += ["--root-cert", str(opts.root_cert), "--node-key", str(opts.node_key)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedadapt: error: no data folder: put this device's examples in ")
+    assert "--demo-data" in err and "\n" not in err
 
 
 def test_device_run_channel_without_updates_is_one_line(tmp_path, capsys):
@@ -209,7 +223,7 @@ def _device_cmd(cluster, device: Path) -> list[str]:
         "--superlink", cluster.address,
         "--root-cert", str(cluster.certs / "ca.crt"),
         "--node-key", str(cluster.node_key(1)),
-        "--port", str(free_port()),
+        "--port", str(free_port()), "--demo-data",
     ]  # fmt: skip
 
 
