@@ -18,6 +18,9 @@ INFLATED_EXAMPLES = 1_000_000_000
 
 
 def malicious_clients(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
+    """The partition ids that attack: `round(num_clients * fraction)` of them, drawn from the run
+    seed alone, so every round and every strategy of a seed faces the same ones.
+    """
     n = round(num_clients * fraction)
     return frozenset(np.random.default_rng([seed, 7]).permutation(num_clients)[:n].tolist())
 

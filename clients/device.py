@@ -45,6 +45,12 @@ log = logging.getLogger("fedadapt.clients")
 
 @dataclass
 class Device:
+    """One client's part in a run: its data, and the process's cached model for its config.
+
+    The model is shared: it holds whatever was loaded last (in a simulation, maybe another
+    client's), so every method loads the state it needs first. Build one with `create`.
+    """
+
     cfg: SimConfig
     partition_id: int
     model: AdapterModel
@@ -261,6 +267,9 @@ class Device:
 
     # -- the full-model FedAvg baseline -----------------------------------------------------
     def train_full(self, state: State, server_round: int) -> tuple[State, dict]:
+        """The full-model FedAvg baseline's local step: load every weight, train them all, and
+        return the full trained state (not a delta, as stock FedAvg expects) and the stats.
+        """
         m = self.model
         load_full_model_state(m, state)
         m.set_active(None, head=GLOBAL)
@@ -272,6 +281,10 @@ class Device:
         return full_model_state(m), stats
 
     def evaluate_full(self, state: State, server_round: int) -> dict[str, float]:
+        """The full-model baseline's accuracy, global and personalized the way
+        `full_model_personalization` picks: a head bias fitted here, or (for "finetune") a short
+        fine-tune of every weight, undone before returning.
+        """
         m = self.model
         load_full_model_state(m, state)
         m.set_active(None, head=GLOBAL)

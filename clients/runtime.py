@@ -55,6 +55,7 @@ __all__ = [
 
 
 def adapter_file(folder: Path, version: int) -> Path:
+    """Where installed adapter `version` lives in the device folder (it may not exist yet)."""
     return Path(folder) / "versions" / f"v{version:04d}{SUFFIX}"
 
 
@@ -66,12 +67,31 @@ def installed_adapter(folder: Path) -> Path | None:
 
 @dataclass
 class Prediction:
+    """One text's answer: the winning label and the softmax score of every label of its task."""
+
     text: str
     label: str
     scores: dict[str, float]
 
 
 class EdgeRuntime:
+    """One device folder's model, ready to classify: a session, its tokenizer, an active adapter.
+
+    The adapter served is chosen once, here (see the module docstring); `activate` swaps it
+    later without recreating the session.
+
+    Parameters
+    ----------
+    folder : str or Path
+        A device folder that `fedadapt export` wrote; without `runtime.json` this raises
+        `FedAdaptError`.
+    threads : int (default: 0)
+        ONNX Runtime's intra-op threads; 0 lets it choose.
+    personalized : bool (default: True)
+        Serve the personalized adapter when it belongs to the installed global; False always
+        serves the global one.
+    """
+
     def __init__(self, folder: str | Path, threads: int = 0, personalized: bool = True) -> None:
         self.folder = Path(folder)
         try:
@@ -105,6 +125,7 @@ class EdgeRuntime:
 
     @property
     def labels(self) -> list[str]:
+        """The graph's labels, from `runtime.json` (task 0's on a graph with several tasks)."""
         return self.meta["labels"]
 
     def task_labels(self, task: int | None = None) -> list[str]:
@@ -123,6 +144,25 @@ class EdgeRuntime:
         return version
 
     def logits(self, texts: list[str], task: int | None = None) -> np.ndarray:
+        """Raw logits for `texts`, one row each, run with the active adapter.
+
+        A fixed-shape graph gets its exact batch size (the last batch padded with empty texts,
+        whose rows are dropped). On a graph with several tasks the rows are as wide as the widest
+        head; `predict` cuts them to the task's labels.
+
+        Parameters
+        ----------
+        texts : list of str
+            The inputs; longer ones are truncated to the graph's token limit.
+        task : int or None (default: None)
+            The task head to run, on a task-indexed graph; None is task 0.
+
+        Returns
+        -------
+        np.ndarray
+            Shape (len(texts), number of logits), in the graph's output type (float16 for
+            an fp16 export).
+        """
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
         batch = self.fixed[0] if self.fixed else len(texts)
@@ -140,6 +180,9 @@ class EdgeRuntime:
         return np.concatenate(out)
 
     def predict(self, texts: list[str], task: int | None = None) -> list[Prediction]:
+        """A `Prediction` per text, in order: softmax over task `task`'s labels only, so the
+        padding of a narrower head never wins.
+        """
         labels = self.task_labels(task)
         z = self.logits(texts, task)[:, : len(labels)]
         p = np.exp(z - z.max(axis=1, keepdims=True))

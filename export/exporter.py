@@ -44,6 +44,32 @@ PRECISIONS = ("fp32", "fp16")  # of the graph; fp16 leaves the base unquantized
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """How `export` builds the device folder; recorded as is in the export report.
+
+    Parameters
+    ----------
+    quantize : str (default: "none")
+        The base MatMuls' precision in the graph: "none", "int8" or "int4" (ORT's quantizers;
+        adapter nodes stay float, so adapters still swap).
+    precision : str (default: "fp32")
+        "fp16" casts the whole graph, adapter inputs included, for edge GPUs; it needs
+        `quantize="none"`.
+    merge_lora : bool (default: False)
+        Fold one LoRA adapter into the base weights (parity is still measured against the
+        unmerged model); that adapter is then part of the graph. Refused for several tasks.
+    fixed_shape : tuple of (int, int) or None (default: None)
+        (batch, sequence) made static, for the mobile execution providers; the runtime then
+        pads every batch to it.
+    ort_format : bool (default: False)
+        Also write the graph as `.ort`, for ORT's minimal mobile builds.
+    max_length : int (default: 128)
+        The tokenizer's token limit, recorded in `runtime.json`.
+    measure : bool (default: True)
+        Measure parity, latency and swap time into the report (the slow part of an export).
+    decompose : tuple of str (default: ())
+        Ops to rewrite for NNAPI (`export.decompose.DECOMPOSITIONS`); parity shows the cost.
+    """
+
     quantize: str = "none"
     precision: str = "fp32"  # fp16: weights, activations and adapter inputs (edge GPUs)
     merge_lora: bool = False

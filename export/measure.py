@@ -18,6 +18,9 @@ from fedadapt.onnx_adapter import load_adapter_options, write_onnx_adapter
 
 
 def feed(ids: np.ndarray, mask: np.ndarray, extra: dict | None = None) -> dict[str, np.ndarray]:
+    """The graph's inputs: token ids and mask as int64 (what the exported graph declares), plus
+    `extra` inputs such as the task index.
+    """
     return {
         "input_ids": ids.astype(np.int64),
         "attention_mask": mask.astype(np.int64),

@@ -44,6 +44,25 @@ def save_adapter(
     version: int = 1,
     extra: dict[str, Any] | None = None,
 ) -> Path:
+    """Save adapter `name` and its head, if any, as an adapter folder; returns the folder.
+
+    What is saved is the inference state (`AdapterModel.inference_state`): prefix tuning's
+    MLP is folded first, without changing the live model. The tensors file is written before
+    the config, which records its hash, so an interrupted save never loads.
+
+    Parameters
+    ----------
+    model : AdapterModel
+        The model holding the adapter.
+    name : str
+        The adapter to save; it is stored without its name, so it loads under any.
+    folder : str | Path
+        Where to write; created if missing, files in it replaced atomically.
+    version : int (default: 1)
+        The version recorded in the config and in the tensors file's metadata.
+    extra : dict[str, Any] | None (default: None)
+        More config fields, e.g. `label_names`; they override the standard ones.
+    """
     folder = Path(folder)
     cfg, state = model.inference_state(name)  # prefix tuning's MLP folds to its keys/values
     head = model.heads[name] if name in model.heads else None  # noqa: SIM401 (no ModuleDict.get)

@@ -27,11 +27,16 @@ class Range:
     high_open: bool = False
 
     def allows(self, v: float) -> bool:
+        """Whether `v` lies in the range."""
         if self.low is not None and (v <= self.low if self.low_open else v < self.low):
             return False
         return self.high is None or (v < self.high if self.high_open else v <= self.high)
 
     def describe(self) -> str:
+        """The range as the error message and the reference page show it: `>= 1`, `in (0, 1]`.
+
+        Only called for a bounded range (an unbounded one allows every value).
+        """
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         if self.low is None:

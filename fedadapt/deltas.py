@@ -14,6 +14,10 @@ State = dict[str, torch.Tensor]
 
 
 def compute_delta(local: State, global_: State) -> State:
+    """`local - global_` per tensor, in fp32 and detached: what a client sends back.
+
+    Both states must hold the same tensor names (`DeltaError` otherwise).
+    """
     if set(local) != set(global_):
         raise DeltaError(
             f"local and global adapters differ in tensors: {sorted(set(local) ^ set(global_))[:5]}"

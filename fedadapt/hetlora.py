@@ -79,6 +79,11 @@ def client_rank(cfg: SimConfig, partition_id: int, node_tier: Any = None) -> int
 
 
 def client_config(cfg: SimConfig, rank: int) -> SimConfig:
+    """The config a client of LoRA rank `rank` builds its model with: the run's, `lora_r` changed.
+
+    `lora_alpha` then scales that rank like the global one, so padded deltas mean the same
+    change at every tier.
+    """
     return dataclasses.replace(cfg, lora_r=rank)
 
 

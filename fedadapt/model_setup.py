@@ -42,10 +42,17 @@ def label_names(dataset: str) -> list[str]:
 
 
 def num_labels(cfg: SimConfig) -> int:
+    """How many classes the run's data set has: the width of every head."""
     return len(label_names(cfg.dataset))
 
 
 def global_adapter_config(cfg: SimConfig) -> AdapterConfig:
+    """The federated (global) adapter's config for the run's `method`.
+
+    Its random initial values come from the run's seed (`init_seed` here, or `build_model`'s
+    `torch.manual_seed`), so the server and every device build the same initial adapter.
+    Raises `ConfigError` for a method federated runs do not support.
+    """
     if cfg.method == "bottleneck":
         return BottleneckConfig(reduction_factor=cfg.reduction_factor)
     if cfg.method == "lora":
@@ -138,6 +145,7 @@ def full_model_state(model: AdapterModel) -> State:
 
 
 def load_full_model_state(model: AdapterModel, state: State) -> None:
+    """Load `full_model_state`'s tensors back into a full-model baseline; strict, none missing."""
     model.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
     model.heads[GLOBAL].load_state_dict(
         {k[5:]: v for k, v in state.items() if k.startswith("head.")}

@@ -34,6 +34,11 @@ PROVIDERS = {"cpu": CPU, "cuda": ("CUDAExecutionProvider", *CPU)}
 
 
 def model_version(base_sha256: str) -> int:
+    """The model version an adapter file carries: the first 28 bits of the base's SHA-256.
+
+    28 bits fit the format's 31-bit integer; `check_fits` refuses a file whose version is not
+    the exported graph's base.
+    """
     return int(base_sha256[:7], 16)
 
 

@@ -43,6 +43,7 @@ _UNSUPPORTED = (
 
 
 def uses_peft_keys(method: str) -> bool:
+    """Whether fedadapt saves `method`'s folders in PEFT's layout (LoRA and IA³ only)."""
     return method in PEFT_METHODS.values()
 
 

@@ -24,16 +24,19 @@ DELTA_KEY = "delta"
 
 
 def state_to_record(state: State) -> ArrayRecord:
+    """Named tensors as a Flower `ArrayRecord`, copied to CPU and detached from autograd."""
     return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in state.items()})
 
 
 def record_to_state(record: ArrayRecord) -> State:
+    """Named tensors back from an `ArrayRecord`: writable copies, not views of the message."""
     # Array.numpy() deserializes one array; ArrayRecord.to_numpy_ndarrays() would also run
     # gc.collect() on every call.
     return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
 
 
 def pack_delta(blob: bytes) -> ArrayRecord:
+    """A delta codec's bytes (`fedadapt.codecs.encode`) as one `uint8` Array under `delta`."""
     return ArrayRecord({DELTA_KEY: Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
@@ -43,6 +46,7 @@ def delta_blob(record: ArrayRecord) -> bytes:
 
 
 def unpack_delta(record: ArrayRecord) -> State:
+    """The fp32 delta in a reply: `DeltaError` if it is malformed, `KeyError` if missing."""
     return decode(delta_blob(record))
 
 

@@ -100,6 +100,7 @@ def size(n: float | None) -> str:
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table of already formatted cells; every row must have `header`'s length."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"

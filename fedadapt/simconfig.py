@@ -336,6 +336,11 @@ class SimConfig:
 
     @classmethod
     def from_dict(cls, raw: Any) -> SimConfig:
+        """A config from a table of keys (a TOML file, a run config), every value checked.
+
+        Unknown keys are refused with the nearest known one, as a bad value or a conflict is:
+        all as `ConfigError`, never silently dropped. Missing keys take their defaults.
+        """
         if not isinstance(raw, dict):
             raise ConfigError(f"config: a table of keys was expected, got {type(raw).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -375,6 +380,7 @@ class SimConfig:
         return SimConfig.from_dict({**self.to_dict(), **overrides, "resume": True})
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name: what `from_dict` reads back, and what a run config holds."""
         return dataclasses.asdict(self)
 
 

@@ -169,6 +169,9 @@ def supervise(parent: int, cmd: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
+    """`python -m fedadapt.supervise PARENT_PID -- CMD...`: supervise CMD; returns its exit code
+    (2 on a bad usage).
+    """
     if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
         print("usage: python -m fedadapt.supervise PARENT_PID -- CMD...", file=sys.stderr)
         return 2

@@ -19,6 +19,28 @@ from fedadapt.base.checkpoint import tokenize
 
 @dataclass
 class TrainConfig:
+    """Local training settings, shared by `train` and `train_probe`.
+
+    `train_probe` works on fixed features, so it ignores `max_length` and `max_steps`.
+
+    Parameters
+    ----------
+    lr : float (default: 2e-3)
+        AdamW's learning rate.
+    batch_size : int (default: 16)
+        Examples per optimizer step.
+    epochs : int (default: 1)
+        Passes over the client's training examples.
+    max_length : int (default: 64)
+        Tokens per example; longer texts are truncated.
+    seed : int (default: 0)
+        Fixes the shuffling and dropout.
+    weight_decay : float (default: 0.0)
+        AdamW's decoupled weight decay.
+    max_steps : int | None (default: None)
+        Stop after this many optimizer steps, even mid-epoch.
+    """
+
     lr: float = 2e-3
     batch_size: int = 16
     epochs: int = 1
@@ -35,6 +57,10 @@ def batches(
     batch_size: int,
     generator: torch.Generator | None = None,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """`(input_ids, attention_mask, labels)` batches; shuffled by `generator`, in order without one.
+
+    Truncation is the tokenizer's own setting: enable it first (`train` does).
+    """
     order = (
         torch.randperm(len(texts), generator=generator) if generator else torch.arange(len(texts))
     )
@@ -148,4 +174,5 @@ def _batched(
 
 
 def accuracy(logits: torch.Tensor, labels: list[int]) -> float:
+    """The share of rows whose arg-max logit is the label (NaN for no rows)."""
     return float((logits.argmax(-1) == torch.tensor(labels, dtype=torch.long)).float().mean())

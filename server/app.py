@@ -89,6 +89,15 @@ def _round_row(
 
 
 class FederatedRun:
+    """One run of the ServerApp: the adapter rounds, the final evaluation, the baselines, the
+    report, all under `cfg.out`.
+
+    Building one already talks to the nodes: it waits for `num_clients` of them and asks each
+    for its partition, so that clients are sampled, and their replies folded, in partition
+    order whatever their node ids. Too few nodes connected or answering in time raise
+    `FedAdaptError`.
+    """
+
     def __init__(self, cfg: SimConfig, grid: Grid, context: Context) -> None:
         self.cfg, self.out, self.context = cfg, Path(cfg.out), context
         grid = QuickPollGrid(grid, cfg.grid_poll_s)
@@ -312,6 +321,15 @@ class FederatedRun:
         )
 
     def execute(self) -> dict[str, Any]:
+        """Run everything and write the outputs: config.json, per-round checkpoints (a resume
+        continues from them; without `resume` older ones are deleted first), metrics.csv, the
+        final adapter, report.json and the plots.
+
+        Returns
+        -------
+        dict
+            The report, as written to report.json.
+        """
         cfg, t_start = self.cfg, time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -380,5 +398,8 @@ class FederatedRun:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """Flower's ServerApp entry point: run the run config to the end (under HetLoRA tiers, with
+    `lora_r` set to the largest tier's rank).
+    """
     cfg = global_config(SimConfig.from_run_config(dict(context.run_config)))  # HetLoRA: rank R
     FederatedRun(cfg, grid, context).execute()

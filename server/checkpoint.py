@@ -32,6 +32,10 @@ def _inner(strategy: Any) -> Any:
 
 
 def strategy_state(strategy: Any) -> dict[str, torch.Tensor]:
+    """The server optimizer's state as named tensors (`m_t/NAME`, `v_t/NAME`,
+    `momentum_vector/00000`...), unwrapping a DP wrapper; empty for plain FedAvg and before the
+    first round.
+    """
     s, out = _inner(strategy), {}
     for attr in _DICT_STATE:
         for k, v in (getattr(s, attr, None) or {}).items():
@@ -43,6 +47,10 @@ def strategy_state(strategy: Any) -> dict[str, torch.Tensor]:
 
 
 class Checkpoint(NamedTuple):
+    """What `read_latest` gives back: a finished round's global adapter, the optimizer's tensors
+    for `restore_strategy_state`, the progress (report rows...), and the DP ledger, if any.
+    """
+
     round: int
     global_state: State
     strategy_tensors: dict[str, torch.Tensor]
@@ -86,6 +94,27 @@ def _restore_accountant(strategy: Any, saved: dict[str, Any] | None) -> None:
 def write(
     folder: Path, server_round: int, global_state: State, strategy: Any, progress: dict[str, Any]
 ) -> Path:
+    """Checkpoint round `server_round`: write its file, then point `latest` at it, then keep only
+    the newest `KEEP` files. A crash at any point leaves `latest` naming a complete file.
+
+    Parameters
+    ----------
+    folder : Path
+        The checkpoint folder (created if missing).
+    server_round : int
+        The round just finished.
+    global_state : State
+        The global state after that round.
+    strategy : Strategy
+        The strategy whose optimizer state and DP accountant are saved.
+    progress : dict
+        JSON-able progress (the report rows so far), given back on resume.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"global/{k}": v.contiguous() for k, v in global_state.items()}
     tensors.update({f"strategy/{k}": v for k, v in strategy_state(strategy).items()})

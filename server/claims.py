@@ -21,6 +21,10 @@ from fedadapt.errors import DeltaError
 
 @dataclass(frozen=True)
 class Claims:
+    """A reply's metrics once checked (`read_claims`): `num-examples` a positive integer within the
+    cap, `train_loss` a finite number >= 0. Only these reach the strategy.
+    """
+
     num_examples: int
     train_loss: float
 

@@ -31,12 +31,16 @@ class FlatMean:
         self.loss = 0.0
 
     def add(self, flat: np.ndarray, weight: float, loss: float) -> None:
+        """Fold in one checked delta with its weight (`num-examples`) and its train loss. `flat` is
+        not kept, so it may be a view over the reply's bytes.
+        """
         np.multiply(flat, np.float32(weight), out=self._scaled)
         self.sum += self._scaled
         self.weight += weight
         self.loss += weight * loss
 
     def mean(self) -> np.ndarray:
+        """The weighted mean delta so far; needs at least one delta of positive weight."""
         return self.sum / np.float32(self.weight)
 
 
@@ -52,6 +56,9 @@ class FlatStack:
         self.loss = 0.0
 
     def add(self, flat: np.ndarray, weight: float, loss: float) -> None:
+        """Keep one checked delta (a reference, not a copy). The robust rules ignore the weight; it
+        only adds up to the combined reply's `num-examples` and weights the train loss.
+        """
         self.rows.append(flat)
         self.weight += weight
         self.loss += weight * loss
@@ -80,5 +87,8 @@ def mean_reply(global_state: State, mean_delta: State, weight: float, train_loss
 
 
 def combined_reply(global_state: State, layout: Layout, acc: FlatMean | FlatStack) -> Message:
+    """The one reply for the strategy: `global + combined delta`, weighted by the sum of the
+    clients' weights, with their weighted mean train loss. Needs at least one delta added.
+    """
     delta = acc.mean() if isinstance(acc, FlatMean) else acc.combine()
     return mean_reply(global_state, layout.unflatten(delta), acc.weight, acc.loss / acc.weight)

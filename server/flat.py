@@ -40,6 +40,9 @@ class Layout:
 
     @classmethod
     def of(cls, global_state: State, trainable: set[str]) -> Layout:
+        """The layout of `trainable`'s tensors, with the shapes they have in `global_state`, in name
+        order: the order `fedadapt.codecs.encode` writes them.
+        """
         names = tuple(sorted(trainable))
         shapes = tuple(tuple(global_state[k].shape) for k in names)
         bounds = np.concatenate([[0], np.cumsum([int(np.prod(s)) for s in shapes])])
@@ -51,9 +54,11 @@ class Layout:
 
     @property
     def size(self) -> int:
+        """Elements in the whole flat vector."""
         return self.bounds[-1]
 
     def sizes(self) -> np.ndarray:
+        """Elements in each tensor, in layout order (one int8 scale covers each)."""
         return np.diff(np.asarray(self.bounds))
 
     def unflatten(self, flat: np.ndarray) -> State:
@@ -186,4 +191,5 @@ def flatten(delta: State, layout: Layout) -> np.ndarray:
 
 
 def l2(flat: np.ndarray) -> float:
+    """The L2 norm of `flat`, accumulated in float64 so a long vector loses no precision."""
     return float(np.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64)))

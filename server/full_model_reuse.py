@@ -54,6 +54,10 @@ FIGURES = ("full_model_accuracy", "full_model_personalized_accuracy")
 
 @dataclass(frozen=True)
 class ReusedBaseline:
+    """The full-model baseline read from an earlier run's report, already checked against this
+    run's config (`load`); `check_clients` checks the client set once the nodes are known.
+    """
+
     report: Path
     per_client: dict[int, dict[str, float]]  # FIGURES, by partition id
     rounds: list[dict[str, Any]]  # the source's full-model round rows, for the report

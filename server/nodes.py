@@ -26,6 +26,9 @@ class PartitionOrderedGrid:
         self._grid, self._order = grid, order
 
     def get_node_ids(self) -> list[int]:
+        """The live nodes in partition order; a node that was not there when the order was taken is
+        left out.
+        """
         live = set(self._grid.get_node_ids())
         return [n for n in self._order if n in live]
 

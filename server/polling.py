@@ -23,6 +23,10 @@ from flwr.app import Message
 
 
 class QuickPollGrid:
+    """The grid, pulling replies every `interval` seconds, with a timeout that counts from the last
+    reply (see the module docstring). Everything else goes to the wrapped grid.
+    """
+
     def __init__(self, grid: Any, interval: float) -> None:
         self._grid, self.interval = grid, interval
 

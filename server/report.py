@@ -43,6 +43,23 @@ def bootstrap_diff(a: list[float], b: list[float], seed: int = 0, n: int = 2000)
 
 
 def comparisons(per_client: dict[int, dict[str, float]], seed: int) -> dict[str, Any]:
+    """The paired comparisons of report.json: for each pair of per-client accuracies, the mean
+    difference with its bootstrap CI, over the clients that have both figures.
+
+    A pair no client has both of (a baseline not run) is left out, not reported as empty.
+
+    Parameters
+    ----------
+    per_client : dict of int to dict of str to float
+        Each client's final figures, by client id.
+    seed : int
+        The bootstrap's seed (the run's), so a report can be reproduced.
+
+    Returns
+    -------
+    dict
+        Comparison name to `bootstrap_diff`'s result.
+    """
     pairs = {
         "personalized_vs_local_only": ("personalized_accuracy", "local_only_accuracy"),
         "personalized_vs_full_model_fedavg": ("personalized_accuracy", "full_model_accuracy"),
@@ -69,6 +86,7 @@ def comparisons(per_client: dict[int, dict[str, float]], seed: int) -> dict[str,
 
 
 def mean_of(per_client: dict[int, dict[str, float]], key: str) -> float | None:
+    """The mean of `key` over the clients that have it; None when none does."""
     vals = [m[key] for m in per_client.values() if key in m]
     return float(np.mean(vals)) if vals else None
 
@@ -148,6 +166,10 @@ def _cell(value: Any) -> str:
 
 
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.csv: one line per round, the `ROUND_FIELDS` first, then any other keys a row has
+    (sorted), so a new figure shows up without a schema change. A missing value is an empty
+    cell. Written atomically.
+    """
     extra = sorted({k for r in rows for k in r} - set(ROUND_FIELDS))
     lines = [",".join(ROUND_FIELDS + extra)]
     for r in rows:
@@ -156,12 +178,30 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
+    """Write `report` to `out`/report.json, atomically, so a reader never sees half a report."""
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
 
 
 def plot(
     out: Path, rows: list[dict[str, Any]], full_rows: list[dict[str, Any]], final: dict[str, Any]
 ) -> list[Path]:
+    """Draw plots/accuracy.png (accuracy per evaluated round, final baselines as lines) and
+    plots/upload_bytes.png (upload per round, log scale) under `out`.
+
+    Parameters
+    ----------
+    out : Path
+        The run's output folder.
+    rows, full_rows : list of dict
+        The run's rounds, and those of the full-model FedAvg baseline (empty when not run).
+    final : dict
+        report.json's "final" figures; the baselines among them that are set become lines.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

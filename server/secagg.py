@@ -59,6 +59,9 @@ MODULUS_RANGE = 2**32
 
 
 def clipping_range(cfg: SimConfig) -> float:
+    """SecAgg+'s per-coordinate `clipping_range`: `clip_norm` when clients clip their deltas
+    (no coordinate of a clipped delta exceeds it), else `secagg_clipping_range`.
+    """
     return cfg.clip_norm if cfg.clip_norm > 0 else cfg.secagg_clipping_range
 
 
@@ -76,6 +79,9 @@ class MeteredGrid:
         self._grid, self.sent, self.received = grid, 0, 0
 
     def send_and_receive(self, messages, timeout=None):
+        """The grid's `send_and_receive`, adding each message's wire size to `sent` and each reply's
+        (error replies left out) to `received`.
+        """
         messages = list(messages)
         self.sent += sum(wire_bytes(m.content) for m in messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
@@ -88,6 +94,24 @@ class MeteredGrid:
 
 @dataclass
 class SecAggRound:
+    """The outcome of one SecAgg+ round: the mean delta and what the round cost and claimed.
+
+    Parameters
+    ----------
+    mean_delta : State or None
+        The weighted mean of the clients' deltas; None when the protocol halted (too few
+        clients survived) and the global adapter must stay as it was.
+    num_examples : list
+        The `num-examples` each client in the mean claimed, unchecked: the caller judges them
+        (`claims.secagg_rejections`), since one bad weight voids the whole masked sum.
+    train_loss : float
+        The example-weighted mean train loss of the replies with valid metrics; NaN if none.
+    upload_bytes, download_bytes : int
+        Wire bytes of every SecAgg+ message from and to the clients, all stages.
+    skipped_metrics : Counter (default: empty)
+        Replies left out of `train_loss`, by reason.
+    """
+
     mean_delta: State | None  # None: the protocol halted (too few clients survived)
     num_examples: list[int]  # one per client in the mean
     train_loss: float
@@ -97,6 +121,7 @@ class SecAggRound:
 
     @property
     def clients(self) -> int:
+        """How many clients' deltas are in the mean."""
         return len(self.num_examples)
 
 

@@ -27,6 +27,36 @@ from fedadapt.simconfig import SimConfig
 
 
 def build_strategy(cfg: SimConfig) -> Strategy:
+    """Build the run's Flower strategy from its config, wrapped for central DP when asked.
+
+    Every strategy samples `clients_per_round` of the `num_clients` nodes each round and
+    evaluates none itself (the server evaluates every client for the report). Replies are
+    weighted by `num-examples`; under DP by `dp-weight` instead, which every client sets to 1,
+    since accounted DP needs equal weights. The strategy sees only `global + delta` replies
+    (`server.replies`), so its own math is unchanged (see the module docstring).
+
+    Parameters
+    ----------
+    cfg : SimConfig
+        The run config. Fields read:
+
+        - `strategy`: "fedavg", "fedprox" (`proximal_mu`), "fedadam" and "fedyogi" (server
+          learning rate `server_lr`; `lr` is passed as `eta_l`, which the server does not use;
+          `tau` is fixed at 1e-6), "fedavgm" (`server_momentum`), "trimmed-mean"
+          (`trim_fraction` cut at each end); any other name gets FedMedian, so the config must
+          have been checked first.
+        - `clients_per_round`, `num_clients`: the sample per round.
+        - `dp_noise_multiplier` (> 0 turns DP on), `dp_clipping_norm`, `dp_delta`: server-side
+          fixed clipping and Gaussian noise. Only FedAvg gets an RDP accountant (Flower's
+          accountant requires FedAvg's `aggregate_train`); other strategies are clipped and
+          noised, but no epsilon is accounted.
+
+    Returns
+    -------
+    Strategy
+        The stock strategy, or `DifferentialPrivacyServerSideFixedClipping` around it (the
+        inner one is its `.strategy`, which `server.checkpoint` unwraps).
+    """
     dp = cfg.dp_noise_multiplier > 0
     common = {
         "fraction_train": cfg.clients_per_round / cfg.num_clients,
@@ -81,5 +111,8 @@ def _accountant(cfg: SimConfig):
 
 
 def dp_epsilon(strategy: Strategy) -> float | None:
+    """The epsilon spent so far under accounted DP (at the config's `dp_delta`); None for a
+    strategy without an accountant.
+    """
     spent = getattr(strategy, "privacy_spent", lambda: None)()
     return None if spent is None else float(spent.epsilon)

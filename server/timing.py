@@ -22,6 +22,9 @@ class RoundClock:
         self.laps: dict[str, float] = {}
 
     def lap(self, part: str) -> None:
+        """Book the seconds since the previous lap under `part` (rounded to 0.1 ms); lapping a part
+        again replaces its time, it does not add to it.
+        """
         now = time.perf_counter()
         self.laps[part] = round(now - self._t, 4)
         self._t = now

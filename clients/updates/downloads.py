@@ -26,6 +26,11 @@ from fedadapt.updates.bundles import BundleError
 
 
 class Deadline:
+    """One overall time limit, counted from when it is made (not from the first read): share one
+    between every request of a fetch so the whole fetch ends by it. Raises `FedAdaptError` for
+    a limit that is not positive.
+    """
+
     def __init__(self, seconds: float) -> None:
         if not seconds > 0:
             raise FedAdaptError(f"the fetch timeout must be positive, got {seconds}")

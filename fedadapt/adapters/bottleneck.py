@@ -30,6 +30,12 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tan
 
 
 class Bottleneck(nn.Module):
+    """One bottleneck adapter: `d → hidden → d` with `up` at zero, so it starts as the identity.
+
+    `parallel` marks the `parallel` placement: the wrapping block then feeds it the residual
+    input instead of the sub-layer's output.
+    """
+
     def __init__(self, d: int, hidden: int, cfg: BottleneckConfig) -> None:
         super().__init__()
         self.adapter_down = nn.Linear(d, hidden)
@@ -57,6 +63,12 @@ class BottleneckBlock(AdapterLayer):
         self.fusions = nn.ModuleDict()  # fusion_key(names) -> Fusion
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """`ResidualOutput`'s computation with the active adapters' changes added before LayerNorm.
+
+        Stack feeds each sequential adapter the previous one's output, Parallel feeds them all the
+        sub-layer output, Fuse weighs their changes by the matching `Fusion`; parallel-placement
+        adapters always read `residual`.
+        """
         base = self.base_layer
         h0 = base.dropout(base.dense(hidden))
         kind, adapters = self.active()
@@ -74,6 +86,27 @@ class BottleneckBlock(AdapterLayer):
 
 @dataclass
 class BottleneckConfig:
+    """Bottleneck adapter settings.
+
+    Parameters
+    ----------
+    placement : str (default: "pfeiffer")
+        `pfeiffer`, `houlsby` or `parallel` (see the module's docstring); picks the targets
+        when `target_modules` is empty.
+    reduction_factor : int (default: 16)
+        Hidden width is the block width divided by this, at least 1.
+    hidden_size : int | None (default: None)
+        The hidden width; overrides `reduction_factor` when set.
+    activation : str (default: "relu")
+        One of `ACTIVATIONS`.
+    residual : bool (default: True)
+        False: the adapter's output replaces its input instead of adding to it.
+    scaling : float (default: 1.0)
+        Multiplies the adapter's output.
+    target_modules : list[str] (default: [])
+        Residual output blocks to wrap; empty means the placement's preset.
+    """
+
     placement: str = "pfeiffer"
     reduction_factor: int = 16
     hidden_size: int | None = None  # overrides reduction_factor when set
@@ -96,9 +129,11 @@ class BottleneckConfig:
             raise ValueError("reduction_factor and hidden_size must be positive")
 
     def targets(self) -> list[str]:
+        """`target_modules`, or the placement's preset if it is empty."""
         return self.target_modules or PLACEMENTS[self.placement]
 
     def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module:
+        """A fresh `Bottleneck` as wide as the block; `TypeError` if it is not a residual block."""
         if not hasattr(base_layer, "dense") or not hasattr(base_layer, "LayerNorm"):
             raise TypeError(
                 f"bottleneck adapters wrap residual output blocks, not {type(base_layer).__name__}"

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, init=False)
 class Block:
+    """An ordered, non-empty tuple of adapter names; its subclass says how they compose.
+
+    Use `Stack`, `Parallel` or `Fuse`: each adapter layer reads the subclass.
+    """
+
     names: tuple[str, ...]
 
     def __init__(self, *names: str) -> None:

@@ -19,11 +19,27 @@ from torch import nn
 
 @dataclass
 class FusionConfig:
+    """AdapterFusion settings.
+
+    Parameters
+    ----------
+    temperature : float (default: 1.0)
+        Divides the attention scores; higher spreads the weights across adapters.
+    init_seed : int (default: 0)
+        Seeds the initial `query` and `key` weights.
+    """
+
     temperature: float = 1.0
     init_seed: int = 0
 
 
 class Fusion(nn.Module):
+    """One block's fusion over `d`-wide adapter changes: query, key and value projections.
+
+    `value` starts as the identity and `query`/`key` near zero, so a fresh fusion averages the
+    adapters' changes.
+    """
+
     def __init__(self, d: int, cfg: FusionConfig) -> None:
         super().__init__()
         self.query = nn.Linear(d, d)
@@ -39,6 +55,7 @@ class Fusion(nn.Module):
                 lin.bias.zero_()
 
     def forward(self, h: torch.Tensor, changes: list[torch.Tensor]) -> torch.Tensor:
+        """The fused change for sub-layer output `h`, from adapter `changes` shaped like `h`."""
         f = torch.stack(changes, dim=-2)  # [..., K, d]
         scores = (self.query(h).unsqueeze(-2) * self.key(h.unsqueeze(-2) + f)).sum(-1)
         p = torch.softmax(scores / self.temperature, dim=-1)  # [..., K]

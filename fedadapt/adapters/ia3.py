@@ -16,6 +16,12 @@ from fedadapt.adapters.layer import AdapterLayer, linear_dims
 
 
 class IA3Vector(nn.Module):
+    """One adapter's learned scale for one layer, all ones at start.
+
+    A feed-forward vector scales the layer's input (shape `[1, d_in]`), any other its output
+    (shape `[d_out, 1]`): PEFT's shapes, so files convert both ways.
+    """
+
     def __init__(self, d_in: int, d_out: int, feedforward: bool) -> None:
         super().__init__()
         self.feedforward = feedforward
@@ -23,6 +29,7 @@ class IA3Vector(nn.Module):
         self.ia3_l = nn.Parameter(torch.ones(shape))
 
     def vector(self) -> torch.Tensor:
+        """The scale as a flat vector, ready to broadcast over the last dimension."""
         return self.ia3_l.flatten()
 
 
@@ -30,6 +37,7 @@ class IA3Linear(AdapterLayer):
     """Scales compose by product, under Stack and Parallel alike."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale the input by feed-forward vectors, run the base, scale its output by the rest."""
         vectors = self.active()[1]
         for v in vectors:
             if v.feedforward:
@@ -43,6 +51,17 @@ class IA3Linear(AdapterLayer):
 
 @dataclass
 class IA3Config:
+    """IA³ settings: which Linears are rescaled, and which of them scale their input.
+
+    Parameters
+    ----------
+    target_modules : list[str] (default: `["key", "value", "output.dense"]`)
+        Module names or patterns (`fedadapt.adapters.inject.matches`), or presets.
+    feedforward_modules : list[str] (default: `["output.dense"]`)
+        Targets whose input is scaled instead of their output. A name matches by the same
+        suffix rule, so `output.dense` also covers `attention.output.dense`, as in PEFT.
+    """
+
     target_modules: list[str] = field(default_factory=lambda: ["key", "value", "output.dense"])
     feedforward_modules: list[str] = field(default_factory=lambda: ["output.dense"])
 
@@ -50,8 +69,10 @@ class IA3Config:
     wrapper: ClassVar[type[AdapterLayer]] = IA3Linear
 
     def targets(self) -> list[str]:
+        """The patterns `inject` wraps."""
         return self.target_modules
 
     def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module:
+        """An all-ones `IA3Vector` for layer `name`; feed-forward if `feedforward_modules` match."""
         ff = any(name == p or name.endswith("." + p) for p in self.feedforward_modules)
         return IA3Vector(*linear_dims(base_layer), feedforward=ff)

@@ -26,21 +26,35 @@ BERT_PRESETS: dict[str, list[str]] = {
 
 
 class AdapterConfig(Protocol):
+    """What `inject` needs of an adapter method's config.
+
+    `method` names the method (as saved in adapter files), `wrapper` is the `AdapterLayer`
+    subclass that wraps a target module. Every adapter config class in this package fits.
+    """
+
     method: str
     wrapper: type[AdapterLayer]
 
-    def targets(self) -> list[str]: ...
+    def targets(self) -> list[str]:
+        """The target patterns (names, regexes or `BERT_PRESETS` keys)."""
 
-    def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module: ...
+    def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module:
+        """A fresh adapter module for `base_layer`, found at logical name `name`."""
 
 
 def matches(name: str, pattern: str) -> bool:
+    """Whether logical module name `name` is selected by `pattern`.
+
+    A pattern with regex characters must match the whole name; a plain one must equal the name
+    or be a dot-separated suffix of it (`value` selects `encoder.layer.0.attention.self.value`).
+    """
     if _REGEX_CHARS & set(pattern):
         return re.fullmatch(pattern, name) is not None
     return name == pattern or name.endswith("." + pattern)
 
 
 def expand(patterns: list[str]) -> list[str]:
+    """Replace preset names (`BERT_PRESETS`) by their patterns; other patterns pass through."""
     out: list[str] = []
     for p in patterns:
         out.extend(BERT_PRESETS.get(p, [p]))

@@ -17,6 +17,8 @@ from fedadapt.adapters.composition import Block, Fuse
 
 @dataclass
 class AdapterControl:
+    """The active setup, shared by every wrapper of one model; None means no adapter is active."""
+
     active: Block | None = None
 
 

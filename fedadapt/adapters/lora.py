@@ -18,6 +18,13 @@ from fedadapt.adapters.layer import AdapterLayer, layer_generator, linear_dims
 
 
 class LoraBranch(nn.Module):
+    """One adapter's low-rank update `(alpha / r) · B A` for one Linear.
+
+    A is drawn from `(init_seed, layer name)`, so clients that build the same config draw the
+    same A; B starts at zero, so a fresh branch changes nothing. With `freeze_a` A gets no
+    gradient (FFA-LoRA).
+    """
+
     def __init__(self, d_in: int, d_out: int, cfg: LoraConfig, name: str) -> None:
         super().__init__()
         self.lora_A = nn.Linear(d_in, cfg.r, bias=False)
@@ -35,6 +42,7 @@ class LoraBranch(nn.Module):
         self.freeze_a = cfg.freeze_a
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch's contribution `(alpha / r) · B A dropout(x)`, added to the base output."""
         return self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
@@ -46,6 +54,7 @@ class LoraLinear(AdapterLayer):
     """LoRA branches are additive, so Stack and Parallel both sum them."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base output plus every active branch, each applied to the same `x`."""
         y = self.base_layer(x)
         for branch in self.active()[1]:
             y = y + branch(x)
@@ -54,6 +63,24 @@ class LoraLinear(AdapterLayer):
 
 @dataclass
 class LoraConfig:
+    """LoRA settings.
+
+    Parameters
+    ----------
+    r : int (default: 8)
+        The rank; must be at least 1.
+    lora_alpha : float (default: 16.0)
+        The update is scaled by `lora_alpha / r`.
+    lora_dropout : float (default: 0.0)
+        Dropout on the branch's input, in training only.
+    target_modules : list[str] (default: `["query", "value"]`)
+        Module names or patterns (`fedadapt.adapters.inject.matches`), or presets.
+    freeze_a : bool (default: False)
+        FFA-LoRA: keep A fixed so that averaging B across clients is exact.
+    init_seed : int (default: 0)
+        Seeds A per layer; clients must agree on it when `freeze_a` is set.
+    """
+
     r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -69,7 +96,9 @@ class LoraConfig:
             raise ValueError(f"LoRA rank must be positive, got {self.r}")
 
     def targets(self) -> list[str]:
+        """The patterns `inject` wraps."""
         return self.target_modules
 
     def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module:
+        """A fresh `LoraBranch` sized to `base_layer`, with A drawn for layer `name`."""
         return LoraBranch(*linear_dims(base_layer), self, name)

@@ -25,6 +25,13 @@ HEAD_PREFIX = "head."
 
 
 class AdapterModel(nn.Module):
+    """A frozen base encoder with named adapters, fusions and classification heads.
+
+    The encoder is shared with `base` and frozen on construction; adapters are injected into
+    it in place. Nothing is active until `set_active` (or a `train_*` method) is called, and
+    `forward` needs an active head.
+    """
+
     def __init__(self, base: BaseModel) -> None:
         super().__init__()
         self.encoder = base.encoder
@@ -37,6 +44,17 @@ class AdapterModel(nn.Module):
 
     # -- adapters ---------------------------------------------------------------------------
     def add_adapter(self, name: str, cfg: AdapterConfig, num_labels: int | None = None) -> None:
+        """Inject a new adapter `name` into every layer `cfg` targets; it is not activated.
+
+        Parameters
+        ----------
+        name : str
+            A name not yet in use (`ValueError` otherwise).
+        cfg : AdapterConfig
+            The method and its settings (LoRA, IA³, bottleneck...).
+        num_labels : int | None (default: None)
+            If given, also add a head of that many classes under the same name.
+        """
         if name in self.configs:
             raise ValueError(f"adapter {name!r} already exists")
         inject(self.encoder, self.control, name, cfg)
@@ -45,6 +63,11 @@ class AdapterModel(nn.Module):
             self.add_head(name, num_labels)
 
     def add_head(self, name: str, num_labels: int, seed: int = 0) -> None:
+        """Add (or replace) linear head `name` on the pooled embedding.
+
+        Weights are drawn from N(0, 0.02) with a generator seeded by `seed`, biases are zero, so
+        every client that adds the same head starts from the same tensors.
+        """
         head = nn.Linear(self.encoder.config.hidden_size, num_labels)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -121,6 +144,7 @@ class AdapterModel(nn.Module):
         )
 
     def deactivate(self) -> None:
+        """Turn every adapter off but keep the active head: the head over the bare base."""
         self.set_active(None, head=self.active_head)
 
     def swap(self, old: str, new: str) -> None:
@@ -173,6 +197,11 @@ class AdapterModel(nn.Module):
         ]
 
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
+        """The live parameters of adapter `name` and of its head, if any.
+
+        Keys are `<logical module name>.<tensor>` and `head.<tensor>`, without the adapter's
+        name, so they match adapter files and load under another name.
+        """
         out: dict[str, nn.Parameter] = {}
         for prefix, adapter in self._adapter_modules(name):
             for k, p in adapter.named_parameters():
@@ -240,16 +269,20 @@ class AdapterModel(nn.Module):
                 own[k].copy_(v.to(own[k].dtype))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that currently require gradients: what an optimizer should get."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def num_trainable(self) -> int:
+        """How many scalars `trainable_parameters` holds."""
         return sum(p.numel() for p in self.trainable_parameters())
 
     # -- forward ----------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The mean-pooled sentence embedding `[B, d]`, through the active adapters."""
         return mean_pool(self.encoder(input_ids, attention_mask), attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The active head's logits `[B, num_labels]`; `RuntimeError` if no head is active."""
         if self.active_head is None:
             raise RuntimeError("no active head: add one with add_adapter(..., num_labels=N)")
         return self.heads[self.active_head](self.embed(input_ids, attention_mask))

@@ -62,6 +62,7 @@ class PrefixStates(nn.Module):
 
     @property
     def reparametrized(self) -> bool:
+        """Whether the states come from the MLP (not yet folded)."""
         return hasattr(self, "reparam")
 
     def key_values(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +104,7 @@ class PrefixAttention(AdapterLayer):
     """Wraps a `SelfAttention`; Stack and Parallel both concatenate the active prefixes."""
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        """Self-attention with the active prefixes' keys and values in front, always attended."""
         base = self.base_layer
         prefixes = self.active()[1]
         if not prefixes:
@@ -118,6 +120,22 @@ class PrefixAttention(AdapterLayer):
 
 @dataclass
 class PrefixConfig:
+    """Prefix tuning settings.
+
+    Parameters
+    ----------
+    num_virtual_tokens : int (default: 10)
+        P, the number of prefix states per layer; 0 changes nothing.
+    reparam_hidden : int (default: 0)
+        If > 0, train through a per-layer MLP of this width; `fold` removes it for serving.
+    init_std : float (default: 0.02)
+        The standard deviation of plain (not reparametrized) initial keys and values.
+    init_seed : int (default: 0)
+        Seeds the init per layer, so clients that build the same config start alike.
+    target_modules : list[str] (default: every `attention.self`)
+        The self-attention modules to wrap.
+    """
+
     num_virtual_tokens: int = 10
     reparam_hidden: int = 0  # > 0: train through a per-layer MLP of this width, folded on save
     init_std: float = 0.02
@@ -135,6 +153,7 @@ class PrefixConfig:
             )
 
     def targets(self) -> list[str]:
+        """The patterns `inject` wraps: self-attention modules."""
         return self.target_modules
 
     def folded(self) -> PrefixConfig:
@@ -142,6 +161,7 @@ class PrefixConfig:
         return replace(self, reparam_hidden=0)
 
     def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module:
+        """Fresh `PrefixStates` for layer `name`; `TypeError` unless it wraps self-attention."""
         if not hasattr(base_layer, "project") or not hasattr(base_layer, "attend"):
             raise TypeError(
                 f"prefix tuning wraps self-attention modules, not {type(base_layer).__name__}"

@@ -30,6 +30,12 @@ FIRST_WORD_ID = 1000  # BERT's uncased vocab: ids below are [PAD], [unused*], [C
 
 
 class SoftPrompt(nn.Module):
+    """One adapter's soft prompt, `prompt_embeddings` of shape `[P, hidden]`.
+
+    Drawn from `(init_seed, layer name)`: with `init="vocab"`, P word embeddings passed through
+    the embedding LayerNorm (no position); with `init="random"`, N(0, init_std).
+    """
+
     def __init__(self, embeddings: nn.Module, cfg: PromptConfig, name: str) -> None:
         super().__init__()
         g = layer_generator(cfg.init_seed, name)
@@ -49,6 +55,7 @@ class PromptEmbeddings(AdapterLayer):
     """Wraps the embedding layer; Stack and Parallel both concatenate the active prompts."""
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings `[B, S, d]` with the active prompts in front: `[B, P_total + S, d]`."""
         x = self.base_layer(input_ids)
         prompts = [p.prompt_embeddings for p in self.active()[1]]
         if not prompts:
@@ -59,6 +66,22 @@ class PromptEmbeddings(AdapterLayer):
 
 @dataclass
 class PromptConfig:
+    """Prompt tuning settings.
+
+    Parameters
+    ----------
+    num_virtual_tokens : int (default: 10)
+        P, the prompt's length; 0 is allowed and changes nothing.
+    init : str (default: "vocab")
+        `vocab` (embeddings of seeded vocabulary tokens) or `random`.
+    init_std : float (default: 0.02)
+        The standard deviation of a `random` init.
+    init_seed : int (default: 0)
+        Seeds the init, so clients that build the same config start from the same prompt.
+    target_modules : list[str] (default: `["embeddings"]`)
+        The embedding layer to wrap.
+    """
+
     num_virtual_tokens: int = 10
     init: str = "vocab"
     init_std: float = 0.02
@@ -77,9 +100,11 @@ class PromptConfig:
             raise ValueError(f"prompt init must be one of {INITS}, got {self.init!r}")
 
     def targets(self) -> list[str]:
+        """The patterns `inject` wraps: the embedding layer."""
         return self.target_modules
 
     def make_adapter(self, base_layer: nn.Module, name: str) -> nn.Module:
+        """A fresh `SoftPrompt`; `TypeError` unless `base_layer` is an embedding layer."""
         if not hasattr(base_layer, "word_embeddings"):
             raise TypeError(
                 f"prompt tuning wraps the embedding layer, not {type(base_layer).__name__}"

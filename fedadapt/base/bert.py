@@ -21,6 +21,11 @@ from torch import nn
 
 @dataclass(frozen=True)
 class BertConfig:
+    """Shape and dropout settings of a BERT encoder; the defaults are all-MiniLM-L6-v2's.
+
+    Field names match Hugging Face's `config.json`, so `from_json` reads it directly.
+    """
+
     vocab_size: int = 30522
     hidden_size: int = 384
     num_hidden_layers: int = 6
@@ -34,6 +39,11 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> BertConfig:
+        """Read a Hugging Face `config.json`, keeping only the fields this encoder knows.
+
+        Unknown keys are ignored. Raises `ValueError` if `hidden_act` is not `gelu`, since
+        `Intermediate` applies GELU.
+        """
         raw = json.loads(Path(path).read_text())
         if raw.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"{path}: only GELU BERTs are supported, got {raw['hidden_act']!r}")
@@ -41,6 +51,8 @@ class BertConfig:
 
 
 class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout (as `BertEmbeddings`)."""
+
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
@@ -50,6 +62,7 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embed `[B, S]` token ids as `[B, S, d]`; every token gets type 0 (single segment)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         # Single-segment inputs only: token type 0 everywhere, as sentence-transformers does.
         types = torch.zeros_like(input_ids)
@@ -62,6 +75,11 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention over `query`, `key`, `value` projections.
+
+    `project` and `attend` are separate so prefix tuning can extend keys and values between them.
+    """
+
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.num_heads = cfg.num_attention_heads
@@ -79,11 +97,27 @@ class SelfAttention(nn.Module):
         return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        """`attend(*project(x))`: the plain path, with no prefix."""
         return self.attend(*self.project(x), mask_bias)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor
     ) -> torch.Tensor:
+        """Attention of `q` over `k`, `v`, with heads merged back into `[B, S, d]`.
+
+        Parameters
+        ----------
+        q, k, v : torch.Tensor
+            `[B, heads, S, head_dim]` from `project`; `k` and `v` may be longer than `q` (prefixes).
+        mask_bias : torch.Tensor
+            Additive mask broadcastable to `[B, heads, S, S_kv]`: 0 where attended, a large
+            negative where not. Its last dimension must match the length of `k`.
+
+        Returns
+        -------
+        torch.Tensor
+            `[B, S, d]` context. Dropout on the attention weights applies in training mode only.
+        """
         p = self.dropout_p if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=p)
         b, _, s, _ = ctx.shape
@@ -100,30 +134,42 @@ class ResidualOutput(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Project `hidden`, add `residual`, normalize; bottleneck adapters wrap this module."""
         return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
 
 
 class Attention(nn.Module):
+    """Self-attention followed by its residual output (`BertAttention`)."""
+
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.self = SelfAttention(cfg)
         self.output = ResidualOutput(cfg.hidden_size, cfg)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        """Attend over `x`, then add `x` back as the residual."""
         return self.output(self.self(x, mask_bias), x)
 
 
 class Intermediate(nn.Module):
+    """The feed-forward expansion to `intermediate_size`, with GELU.
+
+    `act` is an attribute, not a call to `F.gelu`, so the exporter can swap the activation.
+    """
+
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.act = F.gelu  # the exporter may swap in a decomposition (export/decompose.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`act(dense(x))`, shape `[B, S, intermediate_size]`."""
         return self.act(self.dense(x))
 
 
 class Layer(nn.Module):
+    """One transformer block: attention, then the feed-forward sub-block (`BertLayer`)."""
+
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.attention = Attention(cfg)
@@ -131,16 +177,20 @@ class Layer(nn.Module):
         self.output = ResidualOutput(cfg.intermediate_size, cfg)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        """Attention, then feed-forward with the attention output as the residual."""
         a = self.attention(x, mask_bias)
         return self.output(self.intermediate(a), a)
 
 
 class Encoder(nn.Module):
+    """The stack of `num_hidden_layers` blocks, named `layer.N` as in `BertEncoder`."""
+
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        """Run every block in order with the same additive mask."""
         for layer in self.layer:
             x = layer(x, mask_bias)
         return x

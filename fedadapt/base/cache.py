@@ -33,6 +33,11 @@ _DTYPES = {"I8": np.int8, "U8": np.uint8, "F16": np.float16, "F32": np.float32, 
 
 
 def cache_file(folder: Path, quantization: str, sha256: str) -> Path:
+    """The cache file for this base and quantization in `folder`.
+
+    The name holds the quantization and the checkpoint's hash, so another base or mode never
+    reads a stale cache: it simply finds no file.
+    """
     return Path(folder) / f"base-{quantization}-{sha256[:16]}.safetensors"
 
 

@@ -27,9 +27,14 @@ class BaseModel:
 
     @property
     def bytes_in_memory(self) -> int:
+        """Bytes the encoder's tensors occupy now, quantized or not.
+
+        Adapters injected into the encoder (`AdapterModel` does so in place) count too.
+        """
         return weight_bytes(self.encoder)
 
     def describe(self) -> dict:
+        """Name, hash, size and quantization of the base: what a run's report says of it."""
         return {
             "name": BASE_MODEL_NAME,
             "sha256": self.sha256,

@@ -58,6 +58,7 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The fp32 weight back from `quantize_int8`'s `(q, scale)`: `q * scale[:, None]`."""
     return q.float() * scale[:, None]
 
 
@@ -99,6 +100,10 @@ def quantize_int4(
 def dequantize_int4(
     packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group: int = INT4_GROUP
 ) -> torch.Tensor:
+    """The fp32 weight `[rows, cols]` back from `quantize_int4`'s output.
+
+    `group` must be the one the weight was quantized with.
+    """
     rows = packed.shape[0]
     q = torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(rows, -1, group).float()
     return (q * scale.float()[..., None] + offset.float()[..., None]).reshape(rows, -1)
@@ -182,9 +187,11 @@ class QuantLinear(nn.Module):
         return self.qweight.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x @ W.T + b`; only `x` gets a gradient (exact), weight and bias stay frozen."""
         return _DequantLinear.apply(x, self.qweight, self.bias)
 
     def extra_repr(self) -> str:
+        """Shape and bit width, for `print(model)`."""
         return f"in={self.in_features}, out={self.out_features}, bits={self.qweight.bits}"
 
 
@@ -200,9 +207,11 @@ class QuantEmbedding(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
+        """The whole dequantized table (each access dequantizes it again)."""
         return self.qweight.dequantize()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows for `ids`, shape `[*ids.shape, embedding_dim]`; no gradient."""
         return self.qweight.dequantize(ids)
 
 

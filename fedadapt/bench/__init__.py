@@ -23,6 +23,9 @@ PROVIDERS = ("cpu", "cuda")
 
 
 def machine() -> dict:
+    """Where the figures were measured: CPU model, cores, Python, torch, ORT and Flower versions,
+    and the UTC date; stored beside every section, since figures only compare on one machine.
+    """
     import flwr
     import onnxruntime
     import torch

@@ -141,6 +141,10 @@ def measure(n: int, path: str) -> dict[str, float]:
 
 
 def run(quick: bool = False) -> dict:
+    """The section's figures, keyed by reply count: `<path>_<figure>` per path, plus `floor_ms`.
+
+    Each case runs in a process of its own; the median of 3 runs (1 with `quick`) is kept.
+    """
     out: dict = {}
     repeats = 1 if quick else 3
     cases = [(n, p) for n in SIZES for p in PATHS]

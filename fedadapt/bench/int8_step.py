@@ -47,6 +47,11 @@ def _step_fn(precision: str):
 
 
 def measure(steps: int) -> dict:
+    """Median step times (ms) of fp32 and each int8 kernel over `steps` steps, after one warm-up.
+
+    Also their ratios to fp32, the load average and torch's thread count, since a shared
+    machine's load moves these figures.
+    """
     fp32, int8 = _step_fn("none"), _step_fn("int8")
     cases = {"fp32": (fp32, "dequant")} | {f"int8-{k}": (int8, k) for k in INT8_KERNELS}
     times: dict[str, list[float]] = {name: [] for name in cases}

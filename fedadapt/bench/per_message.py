@@ -30,6 +30,12 @@ MESSAGE_FILE, CONTEXT_FILE = "message.pb", "context.pb"
 
 
 def thin(folder: Path) -> dict:
+    """The `thin` case: seconds to import the thin app after Flower, and to forward a message.
+
+    The message and context are read from `folder`, and a warm worker must listen for
+    `folder/dev` (`RuntimeError` if it does not answer). Run it in a fresh process, or the
+    import time means nothing.
+    """
     import flwr.app
     import flwr.clientapp
     import flwr.supernode.runtime.run_clientapp  # noqa: F401  (what flwr-clientapp imports)
@@ -51,6 +57,7 @@ def thin(folder: Path) -> dict:
 
 
 def base() -> dict:
+    """The `base` case: seconds to build the model over the cached base, handlers imported."""
     import fedadapt.clients.handlers  # noqa: F401  (what the worker imported at its start)
     from fedadapt.model_setup import cached_model
     from fedadapt.simconfig import SimConfig
@@ -61,6 +68,10 @@ def base() -> dict:
 
 
 def in_process() -> dict:
+    """The `in-process` case: seconds to import the handlers (torch too), then build the model.
+
+    Run it in a fresh process, or the import time means nothing.
+    """
     import flwr.app
     import flwr.clientapp  # noqa: F401
 
@@ -77,6 +88,7 @@ def in_process() -> dict:
 
 
 def main(argv: list[str]) -> None:
+    """Run the case `argv` names and print its JSON line; a bad usage exits with a message."""
     case = argv[0] if argv else ""
     if case == "thin" and len(argv) == 2:
         out = thin(Path(argv[1]))

@@ -62,6 +62,11 @@ def figures(report: dict, wall_s: float) -> dict:
 
 
 def measure(clients: int, rounds: int) -> dict:
+    """Run one fleet in its own process; its first round's figures (`figures`).
+
+    Copies the run's report.json and metrics.csv to `simulations/results/fleet-N/`; a failed
+    run raises `RuntimeError`.
+    """
     with tempfile.TemporaryDirectory(prefix="fedadapt-scale-") as tmp:
         out = Path(tmp) / "run"
         t = time.perf_counter()

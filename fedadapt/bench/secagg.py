@@ -16,6 +16,11 @@ from tqdm import tqdm
 
 
 def bench_config(nodes: int, secagg: bool, folder: Path, **extra):
+    """The bench's run: `nodes` clients all sampled, two rounds, clipping on, no personal training.
+
+    Plain and SecAgg+ differ in `secagg` only, so their figures compare; the `deploy` section
+    reuses it. `extra` overrides or adds `SimConfig` fields (e.g. `grid_poll_s`).
+    """
     from fedadapt.simconfig import SimConfig
 
     return SimConfig(
@@ -34,6 +39,7 @@ def bench_config(nodes: int, secagg: bool, folder: Path, **extra):
 
 
 def measure(nodes: int, secagg: bool, folder: Path) -> dict:
+    """Run one case in simulation: round 1's seconds, and its bytes both ways per client."""
     from fedadapt.launch import simulate
 
     simulate.run(bench_config(nodes, secagg, folder))
@@ -45,6 +51,10 @@ def measure(nodes: int, secagg: bool, folder: Path) -> dict:
 
 
 def run(quick: bool = False) -> dict:
+    """The section's figures, keyed by node count: plain and SecAgg+ round seconds and bytes.
+
+    `quick` measures 3 nodes only.
+    """
     out: dict = {}
     sizes = (3,) if quick else (3, 10)
     cases = [(n, s) for n in sizes for s in (False, True)]

@@ -29,6 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
     and `sys.exit`, so `main` prints every failure the same way."""
 
     def error(self, message: str) -> NoReturn:
+        """argparse's error hook: raise `ArgumentError` with a pointer to `--help`, never exit."""
         raise ArgumentError(f"{message} (see `{self.prog} --help`)")
 
 

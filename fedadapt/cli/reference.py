@@ -203,6 +203,7 @@ def write_pages(folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fedadapt.cli.reference [--out DIR]`: regenerate cli.md and config.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--out", default="docs/reference", help="the folder to write cli.md and config.md into"

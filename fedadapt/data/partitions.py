@@ -34,6 +34,11 @@ def client_datasets(
 
 
 def client_data(cfg: SimConfig, partition_id: int) -> ClientData:
+    """Client `partition_id`'s data (0-based, below `num_clients`), the same on every party.
+
+    Only the config's data fields matter; all clients are drawn and cached together, so the
+    first call pays for the whole data set.
+    """
     return client_datasets(
         cfg.dataset,
         cfg.num_clients,

@@ -38,6 +38,24 @@ CONNECTION = "fedadapt-deploy"
 
 @dataclass
 class Cluster:
+    """A SuperLink and `nodes` SuperNodes on loopback, all state under `folder`.
+
+    `folder` holds the certificates, Flower's home (`.flwr`), the SuperLink's state, one device
+    folder per node and every process's log. Call `stop` however the run ends: otherwise the
+    processes live on until this process exits (their supervisors then take them down).
+
+    Parameters
+    ----------
+    folder : Path
+        Where everything of this cluster lives; reused certificates are kept across starts.
+    nodes : int (default: 3)
+        How many SuperNodes (and node keys, and demo partitions) the cluster has.
+    port : int (default: a free port)
+        The SuperLink's Fleet API port on 127.0.0.1.
+    lock : int | None (default: None)
+        The run folder's lock descriptor (`runlock`); every supervisor keeps it open.
+    """
+
     folder: Path
     nodes: int = 3
     port: int = field(default_factory=free_port)
@@ -57,12 +75,15 @@ class Cluster:
 
     @property
     def address(self) -> str:
+        """The SuperLink's `host:port`, as SuperNodes and the connection config use it."""
         return f"127.0.0.1:{self.port}"
 
     def node_key(self, i: int) -> Path:
+        """Node `i`'s private key (1-based); its public key is the same path plus `.pub`."""
         return self.certs / "supernodes" / f"node-{i}"
 
     def device_dir(self, i: int) -> Path:
+        """Node `i`'s device folder: its personal adapter and, if present, its own `data/`."""
         return self.folder / "devices" / f"node-{i}"
 
     def _spawn(self, cmd: list[str], log: str) -> subprocess.Popen:
@@ -92,6 +113,10 @@ class Cluster:
             self.register(self.node_key(i))
 
     def start_superlink(self) -> None:
+        """Start the SuperLink with `server/start-superlink.sh` and wait until it answers over TLS.
+
+        Raises if it exits or does not become healthy in time (`wait_healthy`).
+        """
         script = project_dir() / "server" / "start-superlink.sh"
         cmd = [
             "bash",
@@ -116,12 +141,32 @@ class Cluster:
             raise FedAdaptError(f"registering {key.name} failed:\n{res.stdout}{res.stderr}")
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run this environment's `flwr` CLI with the cluster's `FLWR_HOME`.
+
+        Output is captured and the exit code is not checked: callers read both.
+        """
         exe = str(Path(sys.executable).parent / "flwr")
         return subprocess.run(
             [exe, *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
     def start_supernode(self, i: int, key: Path | None = None) -> subprocess.Popen:
+        """Start SuperNode `i` with `clients/start-supernode.sh`, without waiting for it to connect.
+
+        Parameters
+        ----------
+        i : int
+            The node number, 1-based; it serves demo partition `i - 1` and uses `device_dir(i)`.
+            The device's own `data/` folder is passed on if it exists.
+        key : Path | None (default: None)
+            The private key to authenticate with; `node_key(i)` if None. A key never
+            registered lets one test that the SuperLink refuses it.
+
+        Returns
+        -------
+        subprocess.Popen
+            The supervisor, also kept in `supernodes[i]` for `kill_supernode` and `stop`.
+        """
         script = project_dir() / "clients" / "start-supernode.sh"
         cmd = [
             "bash",
@@ -147,6 +192,7 @@ class Cluster:
             self.start_supernode(i)
 
     def online(self) -> int:
+        """How many SuperNodes the SuperLink lists as online; 0 if `flwr` printed no JSON."""
         res = self.flwr("supernode", "list", CONNECTION, "--format", "json", timeout=60)
         try:
             nodes = json.loads(res.stdout).get("nodes", [])
@@ -169,6 +215,7 @@ class Cluster:
         return self.submit(cfg).wait()
 
     def kill_supernode(self, i: int) -> None:
+        """Stop SuperNode `i` with one SIGTERM, so it deactivates itself at the SuperLink."""
         supervise.stop(self.supernodes.pop(i))
 
     def kill_superlink(self) -> None:
@@ -178,6 +225,7 @@ class Cluster:
         self.link = None
 
     def stop(self) -> None:
+        """Stop every SuperNode, then the SuperLink; safe to call twice or after a failed start."""
         for proc in [*self.supernodes.values(), self.link]:
             if proc is not None:
                 supervise.stop(proc)

@@ -42,6 +42,13 @@ def held_out(cfg: SimConfig, device_dir: Path, node: int) -> tuple[list[str], li
 
 
 def device_row(cfg: SimConfig, device_dir: Path, node: int) -> dict:
+    """One device's row of `devices.json`: torch's figures from its `evaluation.json` beside the
+    accuracy its personalized ONNX model reaches under ONNX Runtime, on the same held-out split.
+
+    Raises `FedAdaptError` if the device never evaluated, serves no personalized model, or
+    its held-out split here is not the size torch evaluated (another split would compare
+    nothing).
+    """
     from fedadapt.clients.personalized import EVALUATION_FILE
     from fedadapt.clients.runtime import EdgeRuntime
 
@@ -78,6 +85,7 @@ def write_devices(cfg: SimConfig, device_dirs: dict[int, Path], out: Path) -> li
 
 
 def table(rows: list[dict]) -> str:
+    """The rows as a fixed-width text table, one device a line, for the terminal."""
     head = "node  train  held-out  global  personalized (torch)  personalized (ORT)"
     lines = [head]
     for r in rows:

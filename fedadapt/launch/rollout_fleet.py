@@ -68,6 +68,27 @@ class Watch:
 
 
 class Fleet:
+    """A registry, an update service and `devices` device folders for one scenario under `root`.
+
+    The constructor creates a signing key, publishes the stable head as version 1 and the
+    candidate as version 2, gives every device its own key and registers those for signed
+    reports. `root` must be fresh: an existing key or device-key folder is refused. The
+    service is built, not started; the caller serves it and shuts it down.
+
+    Parameters
+    ----------
+    root : Path
+        The scenario's folder (registry, keys, devices).
+    pool : Pool
+        The heads and per-device held-out rows (`fedadapt.launch.rollout_pool`).
+    candidate : str
+        Which of the pool's heads is version 2: `good` or `bad`.
+    devices : int
+        How many devices (threads) the fleet runs.
+    poll_s : float
+        The mean seconds between a device's polls (each wait is jittered by ±50%).
+    """
+
     def __init__(self, root: Path, pool: Pool, candidate: str, devices: int, poll_s: float):
         self.root, self.pool, self.poll_s = root, pool, poll_s
         keygen(root / "keys")
@@ -105,6 +126,11 @@ class Fleet:
         fetch(self.server.url, folder, [self.pub], self.pool.base_sha256, version=STABLE)
 
     def run_device(self, i: int, agent: RolloutAgent) -> None:
+        """Device `i`'s thread: poll with `agent` until `stop` is set, recording into `watch[i]`.
+
+        A `FedAdaptError` from a poll is kept in `Watch.errors`, not raised, so one device's
+        failure does not end the scenario.
+        """
         w, store = self.watch[i], DeviceStore(self.folders[i])
         rng = random.Random(i)
         self.stop.wait(rng.uniform(0, self.poll_s))
@@ -124,6 +150,16 @@ class Fleet:
             self.stop.wait(self.poll_s * rng.uniform(0.5, 1.5))
 
     def start_devices(self, salt: str, local_bound: float) -> list[threading.Thread]:
+        """Start one polling thread per device; returns them so the caller can join them.
+
+        Parameters
+        ----------
+        salt : str
+            The rollout's cohort salt, which places each device's point in [0, 1).
+        local_bound : float
+            How much worse than stable a device lets the candidate score before it rolls it back
+            on its own (`RolloutAgent`).
+        """
         self.watch = [Watch(cohort_point(d, salt)) for d in self.ids]
         threads = []
         for i, folder in enumerate(self.folders):
@@ -143,9 +179,11 @@ class Fleet:
         return threads
 
     def reported(self) -> set[str]:
+        """The ids of the devices that have reported on the current rollout."""
         return {r["device"] for r in self.rollouts.rollout_reports(CHANNEL)}
 
     def wait(self, done, timeout: float) -> bool:
+        """Poll `done()` every 0.2 s for up to `timeout` seconds; returns its last value."""
         end = time.time() + timeout
         while time.time() < end:
             if done():
@@ -243,6 +281,7 @@ def _kind(error: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fedadapt.launch.rollout_fleet`: both scenarios, their figures and plots."""
     p = argparse.ArgumentParser(description="Staged-rollout fleet: a good and a bad candidate.")
     p.add_argument("--devices", type=int, default=200)
     p.add_argument("--poll", type=float, default=1.0, help="seconds between a device's polls")

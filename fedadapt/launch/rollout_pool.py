@@ -36,6 +36,13 @@ HEAD_KEYS = ("head.weight", "head.bias")
 
 @dataclass
 class Pool:
+    """Everything the fleet scores with: held-out embeddings, their labels and the three versions.
+
+    `devices[i]` indexes the rows of `embeddings` and `labels` that device `i` holds out;
+    `body_sha256` identifies the adapter body every version shares, and `base_sha256` the base
+    model the adapter files were built for.
+    """
+
     embeddings: np.ndarray  # (examples, hidden): every device's held-out snippets
     labels: np.ndarray
     devices: list[np.ndarray]  # per device, its rows of `embeddings`
@@ -45,6 +52,11 @@ class Pool:
 
 
 def body_sha256(tensors: dict[str, np.ndarray]) -> str:
+    """A SHA-256 over every tensor but the head (names and raw bytes, in name order).
+
+    Two versions with the same body differ in their head only, so the pool's embeddings
+    score both.
+    """
     h = hashlib.sha256()
     for k in sorted(tensors):
         if k not in HEAD_KEYS:
@@ -179,6 +191,10 @@ class HeadScorer:
         self.lock = threading.Lock()
 
     def head(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """`(weight, bias)` of the version file at `path`, parsed once per file hash (thread-safe).
+
+        Raises `FedAdaptError` if the file's body is not the pool's: its embeddings would be wrong.
+        """
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         with self.lock:

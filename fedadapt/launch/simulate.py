@@ -48,6 +48,9 @@ def project_dir() -> Path:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago; another process may take it before
+    the caller binds it, so a start on it can still fail.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

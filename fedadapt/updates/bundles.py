@@ -47,6 +47,14 @@ class BundleError(FedAdaptError):
 
 @dataclass(frozen=True)
 class Manifest:
+    """What a bundle claims about its payload; the signature covers exactly `canonical()`.
+
+    Fields are not validated here: `parse_manifest` does that for bytes from outside.
+    `from_version` is None for a full bundle and names the version a delta applies to
+    otherwise; `result_sha256` is the hash of the full adapter file after installing, and
+    `key_id` names the signing key (`fedadapt.updates.keys.key_id`).
+    """
+
     adapter_name: str
     version: int
     base_model_sha256: str
@@ -59,17 +67,25 @@ class Manifest:
 
     @property
     def kind(self) -> str:
+        """`full` or `delta`, from whether `from_version` is set."""
         return "full" if self.from_version is None else "delta"
 
     def canonical(self) -> bytes:
+        """The canonical JSON bytes that are signed and shipped as the manifest file."""
         return canonical_json(asdict(self))
 
 
 def sha256(data: bytes) -> str:
+    """Lowercase hex SHA-256, the form every hash in a manifest takes."""
     return hashlib.sha256(data).hexdigest()
 
 
 def sign(manifest: Manifest, key: Ed25519PrivateKey) -> bytes:
+    """The Ed25519 signature of `manifest.canonical()`.
+
+    Raises `ValueError` if the manifest's `key_id` is not this key's: a device looks the key
+    up by that id, so such a bundle could never verify.
+    """
     if manifest.key_id != key_id(key.public_key()):
         raise ValueError("the manifest names another key than the one signing it")
     return key.sign(manifest.canonical())
@@ -100,6 +116,10 @@ def parse_time(value: object, what: str) -> dt.datetime:
 
 
 def check_hex(value: object, what: str, pattern: re.Pattern[str] = _HEX64) -> str:
+    """`value` if it is a string matching `pattern` (64 lowercase hex digits by default).
+
+    Raises `BundleError` (`malformed`) naming `what` otherwise.
+    """
     if not isinstance(value, str) or not pattern.match(value):
         raise BundleError(
             f"{what} must be lowercase hex ({pattern.pattern}), got {value!r}", "malformed"
@@ -128,6 +148,11 @@ def canonical_json(value: object) -> bytes:
 
 
 def parse_manifest(data: bytes) -> Manifest:
+    """A manifest from untrusted bytes, every field checked for type and form.
+
+    The signature is not checked here (`verify_manifest` does both). Raises `BundleError`
+    (`malformed`) for anything that is not canonical JSON with exactly the expected fields.
+    """
     raw = parse_canonical(data, MAX_MANIFEST_BYTES, "manifest")
     try:
         m = Manifest(**raw)
@@ -212,6 +237,10 @@ def check_against_installed(
 
 
 def check_payload(m: Manifest, payload: bytes) -> None:
+    """The payload has exactly the signed size and hash.
+
+    Raises `BundleError` with reason `truncated`, `oversize` or `hash-mismatch`.
+    """
     if len(payload) < m.payload_bytes:
         raise BundleError(f"{len(payload)} of {m.payload_bytes} bytes", "truncated")
     if len(payload) > m.payload_bytes:
@@ -231,6 +260,12 @@ def make_delta(old: bytes, new: bytes) -> bytes | None:
 
 
 def apply_delta(old: bytes, delta: bytes) -> bytes:
+    """Rebuild the new adapter file from the installed one and an XOR delta (`make_delta`).
+
+    The result is not checked here: the caller compares its hash with the manifest's
+    `result_sha256` before installing it. A delta that does not fit `old` raises
+    `BundleError` (`malformed`).
+    """
     try:
         raw = lzma.decompress(delta)
         xor, meta = np_load(raw), json.loads(_metadata(raw)["target"])

@@ -39,10 +39,15 @@ def cohort_point(device_id: str, salt: str) -> float:
 
 
 def in_cohort(device_id: str, salt: str, fraction: float) -> bool:
+    """Whether the device runs the candidate at this `fraction` (its point is below it)."""
     return cohort_point(device_id, salt) < fraction
 
 
 def check_channel_name(name: object) -> str:
+    """`name` if it is a valid channel name (1-32 of a-z, 0-9, `-`, `_`, not starting with
+    `-` or `_`); `BundleError` (`malformed`) otherwise. The name becomes a file name, so this
+    also keeps it inside the registry.
+    """
     if not isinstance(name, str) or not CHANNEL_NAME_RE.match(name):
         raise BundleError(
             f"a channel name is 1-32 of a-z, 0-9, '-' and '_', got {name!r}", "malformed"
@@ -77,6 +82,7 @@ class Channel:
     salt: str
 
     def body(self) -> dict[str, Any]:
+        """The channel as the JSON body of its signed file (what `parse` reads back)."""
         return asdict(self)
 
     def version_for(self, device_id: str) -> int:

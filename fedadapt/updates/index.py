@@ -29,6 +29,10 @@ _PATH = re.compile(r"^v\d{4,}/(full|from-\d{4,})$")
 
 
 def timestamp_body(index_bytes: bytes) -> dict[str, Any]:
+    """The timestamp's body for these exact index bytes: their size and SHA-256.
+
+    Sign the bytes that are served: `check_index_matches` compares byte for byte.
+    """
     return {"index_bytes": len(index_bytes), "index_sha256": sha256(index_bytes)}
 
 

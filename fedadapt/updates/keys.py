@@ -25,11 +25,27 @@ class SigningKeyError(FedAdaptError):
 
 
 def key_id(public: Ed25519PublicKey) -> str:
+    """The key's id: the first 16 hex digits of the SHA-256 of its raw public bytes."""
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def keygen(out: str | Path, passphrase: bytes | None = None) -> tuple[Path, Path]:
+    """Create a new signing key pair in `out`; an existing private key is never overwritten.
+
+    Parameters
+    ----------
+    out : str | Path
+        The folder to write `signing_key.pem` (mode 0600) and `signing_key.pub.pem` to;
+        created if missing.
+    passphrase : bytes | None (default: None)
+        Encrypts the private key if given and non-empty.
+
+    Returns
+    -------
+    tuple[Path, Path]
+        The private and the public key file.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     private = Ed25519PrivateKey.generate()
@@ -53,6 +69,11 @@ def keygen(out: str | Path, passphrase: bytes | None = None) -> tuple[Path, Path
 
 
 def load_private(path: str | Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """The Ed25519 private key in PEM file `path`.
+
+    Every failure (missing file, wrong or missing passphrase, another key type) raises
+    `SigningKeyError` with a message an operator can act on.
+    """
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
     except FileNotFoundError as e:
@@ -67,6 +88,7 @@ def load_private(path: str | Path, passphrase: bytes | None = None) -> Ed25519Pr
 
 
 def load_public(path: str | Path) -> Ed25519PublicKey:
+    """The Ed25519 public key in PEM file `path`; any failure raises `SigningKeyError`."""
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except FileNotFoundError as e:

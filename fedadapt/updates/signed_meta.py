@@ -59,6 +59,12 @@ TIMESTAMP = Role("timestamp", stale="stale-index", replay="index-rollback")
 
 @dataclass(frozen=True)
 class SignedMeta:
+    """One signed metadata file: the envelope fields and the role's own `body`.
+
+    Not validated on construction: `parse_meta` checks bytes from outside, `verify_meta`
+    also checks trust, replay and expiry.
+    """
+
     role: str
     version: int
     expires_at: str  # ISO 8601 with an offset
@@ -66,6 +72,7 @@ class SignedMeta:
     body: dict[str, Any]
 
     def canonical(self) -> bytes:
+        """The canonical JSON bytes that are signed and served."""
         return canonical_json(asdict(self))
 
 
@@ -132,6 +139,11 @@ class SeenVersions:
         self.path = Path(folder) / SEEN_FILE
 
     def load(self) -> dict[str, int]:
+        """Role name → newest accepted version; empty if the file does not exist yet.
+
+        A file that exists but is unreadable or malformed raises `FedAdaptError` rather than
+        counting as empty, since that would let a replay in.
+        """
         if not self.path.exists():
             return {}
         try:
@@ -145,9 +157,11 @@ class SeenVersions:
         return raw
 
     def get(self, role: Role) -> int | None:
+        """The newest version of `role` accepted so far, or None if none was."""
         return self.load().get(role.name)
 
     def record(self, role: Role, version: int) -> None:
+        """Remember `version` of `role` as accepted; the stored version never goes down."""
         seen = self.load()
         if seen.get(role.name, 0) < version:
             seen[role.name] = version

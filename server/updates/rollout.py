@@ -51,6 +51,19 @@ ROLLOUT_FILE, REPORTS_FILE = "rollout.json", "reports.jsonl"
 
 @dataclass(frozen=True)
 class Guardrail:
+    """When a rollout halts on its own; checked when made, and stored with the rollout.
+
+    Parameters
+    ----------
+    threshold : float (default: 0.02)
+        The accuracy loss tolerated: the guardrail fires when the whole 95% interval of the
+        paired difference lies below -threshold. In [0, 1).
+    max_failure_rate : float (default: 0.05)
+        Failed candidate inferences over examples scored, summed over devices. In [0, 1].
+    min_devices : int (default: 5)
+        Devices that must have reported before either test runs; at least 2.
+    """
+
     threshold: float = 0.02  # tolerated accuracy loss (the interval must lie below −this)
     max_failure_rate: float = 0.05  # failed candidate inferences / examples scored
     min_devices: int = 5
@@ -128,6 +141,10 @@ class Rollouts:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
+        """Hold the state folder's exclusive file lock, across processes, for one change.
+
+        Not reentrant: a method called inside it must not take it again (hence `_halt`).
+        """
         self.state.mkdir(parents=True, exist_ok=True)
         with open(self.state / ".lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -138,6 +155,11 @@ class Rollouts:
 
     # --- the signed channel file -------------------------------------------------------
     def read_channel(self, name: str) -> tuple[SignedMeta, Channel] | None:
+        """The channel file's signed metadata and body, or None if the channel was never written.
+
+        A file that exists but does not parse raises `FedAdaptError`: writing over it would lose
+        the version number that stops a replay.
+        """
         path = self.registry / channel_files(name)[0]
         if not path.exists():
             return None
@@ -161,9 +183,11 @@ class Rollouts:
 
     # --- rollout state -------------------------------------------------------------------
     def folder(self, name: str) -> Path:
+        """The channel's state folder; the name is checked, so it cannot reach outside the state."""
         return self.state / check_channel_name(name)
 
     def rollout(self, name: str) -> dict[str, Any]:
+        """The channel's rollout state (`rollout.json`); raises `FedAdaptError` if there is none."""
         path = self.folder(name) / ROLLOUT_FILE
         if not path.exists():
             raise FedAdaptError(f"channel {name!r} has no rollout: `fedadapt rollout start` first")
@@ -176,6 +200,20 @@ class Rollouts:
         atomic_write_text(self.folder(name) / ROLLOUT_FILE, json.dumps(state, indent=1) + "\n")
 
     def reports(self, name: str, candidate: int | None = None) -> list[dict[str, Any]]:
+        """The channel's stored reports, in arrival order, on every rollout ever run.
+
+        Parameters
+        ----------
+        name : str
+            The channel.
+        candidate : int or None (default: None)
+            Keep only reports on this candidate version; None keeps all.
+
+        Returns
+        -------
+        list of dict
+            One row per report, with its `received_at` time; empty when none arrived.
+        """
         path = self.folder(name) / REPORTS_FILE
         if not path.exists():
             return []
@@ -197,6 +235,7 @@ class Rollouts:
         return [r for r in reports if r["received_at"] >= state["started_at"]]
 
     def guardrail(self, name: str) -> Guardrail:
+        """The guardrail the channel's current (or last) rollout was started with."""
         return Guardrail(**self.rollout(name)["guardrail"])
 
     # --- operations ------------------------------------------------------------------------
@@ -277,6 +316,11 @@ class Rollouts:
     def halt(
         self, name: str, key: Ed25519PrivateKey, reason: str = "halted by operator"
     ) -> Channel:
+        """Revert the channel to its stable version now, signed as the next version.
+
+        Raises `FedAdaptError` when no candidate is rolling out. `reason` is stored with the
+        rollout state and shown by `fedadapt rollout status`.
+        """
         with self.locked():
             return self._halt(name, key, reason)
 

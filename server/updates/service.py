@@ -40,10 +40,17 @@ CHUNK = 64 * 1024
 
 
 class RegistryHandler(BaseHTTPRequestHandler):
+    """Serves one connection: GET/HEAD of registry files (with single ranges), POST of reports.
+
+    Paths resolve inside the server's root or get a 404; a client that goes away or stalls
+    only loses its own connection.
+    """
+
     server: UpdateServer
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
+        """Apply the server's timeout and swap in a reader bounded by the request-head deadline."""
         self.timeout = self.server.timeout_s  # StreamRequestHandler sets it on the socket
         self.head_deadline: float | None = None
         super().setup()
@@ -56,11 +63,27 @@ class RegistryHandler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def parse_request(self) -> bool:
+        """The head is in: drop its deadline, so the body and the reply get the plain timeout."""
         self.head_deadline = None  # the head is in; reads and writes get the plain timeout
         self.connection.settimeout(self.timeout)
         return super().parse_request()
 
     def read_timeout(self) -> float:
+        """The timeout for the next socket read.
+
+        While a request head is arriving this is the time left until its deadline, so a slowloris
+        client cannot stretch the wait read by read; otherwise the plain per-operation timeout.
+
+        Returns
+        -------
+        float
+            Seconds, positive.
+
+        Raises
+        ------
+        TimeoutError
+            The head deadline has passed; the connection is dropped.
+        """
         if self.head_deadline is None:
             return self.timeout
         left = self.head_deadline - time.monotonic()
@@ -69,6 +92,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
         return min(left, self.timeout)
 
     def log_message(self, fmt: str, *args) -> None:  # route to logging, not stderr
+        """Per-request lines go to the `fedadapt.updates` logger at debug, not to stderr."""
         log.debug("%s " + fmt, self.address_string(), *args)
 
     def _resolve(self) -> Path | None:
@@ -171,6 +195,28 @@ _BUSY = (
 
 
 class UpdateServer(ThreadingHTTPServer):
+    """The HTTP server for a registry folder, with a cap on open connections.
+
+    Every check (registry folder, cap, timeout, port, bind) runs here, so a bad setting fails
+    before anything is served, with one `FedAdaptError` line.
+
+    Parameters
+    ----------
+    root : Path
+        The registry folder; must hold the index that `fedadapt publish` writes.
+    host : str (default: "127.0.0.1")
+        The address to bind.
+    port : int (default: 0)
+        The port to bind; 0 picks a free one (read it back from `url`).
+    max_connections : int (default: 64)
+        Connections served at once. Up to as many more at a time get an explicit 503; past
+        that they are closed without a reply.
+    timeout : float (default: 30.0)
+        Seconds allowed for each socket operation, and for a whole request head.
+    reports : ReportSink or None (default: None)
+        Where POSTed rollout reports go; without one a POST gets a 404.
+    """
+
     daemon_threads = True
     request_queue_size = 128  # listen backlog: a fleet polling at once got resets at the default 5
 
@@ -221,6 +267,7 @@ class UpdateServer(ThreadingHTTPServer):
             self.shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        """Handle the connection, then give back the slot `process_request` took for it."""
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -244,10 +291,12 @@ class UpdateServer(ThreadingHTTPServer):
             self.refusals.release()
 
     def handle_error(self, request: socket.socket, client_address: tuple) -> None:
+        """A failed connection is logged at debug, not printed as a traceback to stderr."""
         log.debug("connection from %s failed", client_address, exc_info=True)
 
     @property
     def url(self) -> str:
+        """The base URL clients fetch from: the bound address, with a port 0 resolved."""
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
