@@ -41,10 +41,13 @@ def forward(message: Message, context: Context) -> Message | None:
     if not device:
         return None
     path = warm_link.socket_path(Path(str(device)))
-    if not path.exists():
+    if path is None or not path.exists():
         return None
+    # the round's own deadline: past it the server has moved on, and a hung worker must not
+    # keep this message from running here
+    timeout = float(context.run_config.get("round_timeout", warm_link.CALL_TIMEOUT_S))
     try:
-        reply, updated = warm_link.call(path, message, context)
+        reply, updated = warm_link.call(path, message, context, timeout)
     except (OSError, warm_link.LinkError) as e:
         log.warning("warm worker %s did not answer (%s); running the message here", path, e)
         return None
@@ -54,6 +57,9 @@ def forward(message: Message, context: Context) -> Message | None:
 
 
 def run(category: str, message: Message, context: Context) -> Message:
+    """Run a `category` message: on the warm worker when one answers, else here (importing the
+    handlers, and torch, on first use).
+    """
     reply = forward(message, context)
     if reply is not None:
         return reply
@@ -71,14 +77,19 @@ def secagg_when_asked(message: Message, context: Context, call_next) -> Message:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
+    """Flower's query entry point: forwarded to the `query` handler."""
     return run("query", message, context)
 
 
 @app.train(mods=[secagg_when_asked])
 def train(message: Message, context: Context) -> Message:
+    """Flower's train entry point: forwarded to the `train` handler, inside the SecAgg+ mod when
+    the message asks for it.
+    """
     return run("train", message, context)
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
+    """Flower's evaluate entry point: forwarded to the `evaluate` handler."""
     return run("evaluate", message, context)

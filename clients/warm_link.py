@@ -11,23 +11,27 @@ The wire: a request is two frames, the Flower `Message` then its `Context`, each
 with Flower's own protobuf serde (never pickle: the worker must not run what it reads). A
 reply is the same two frames (the reply and the updated context), or one error frame (UTF-8
 text) when the request was refused. A frame is a kind byte and an 8-byte big-endian length,
-then that many bytes; a frame over `MAX_FRAME` is refused from its header, before its body is
-read.
+then that many bytes; a frame over `MAX_FRAME` is refused from its header, and a body is read
+in pieces as it arrives, so a header alone allocates nothing.
 
 The socket lives in a 0700 folder of the device folder, itself 0600. Linux limits a socket's
-path to 107 bytes; a deeper device folder gets a folder under the temp directory instead,
-named by a hash of the device folder so both sides find it without talking. Either side
-refuses a folder that is not its own and private: the context carries the personal state.
+path to 107 bytes; for a deeper device folder the worker makes a folder of its own under the
+temp directory, with a random name (`mkdtemp`: nobody can take it first), and records its path
+in the device folder, where the ClientApp reads it. Either side refuses a folder that is not
+its own and private, and a peer that runs as another user (`SO_PEERCRED`): the context
+carries the personal state. A call has a deadline; past it the ClientApp runs the message
+itself, so a hung worker cannot stall a round.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
 import socket
 import stat
 import struct
 import tempfile
+import time
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -47,6 +51,10 @@ MAX_FRAME = 1 << 30  # a full-model message is ~100 MB; nothing legitimate comes
 HEADER = struct.Struct("!cQ")
 MESSAGE, CONTEXT, ERROR = b"M", b"C", b"E"
 CONNECT_TIMEOUT_S = 5.0
+CALL_TIMEOUT_S = 900.0  # a whole call, by default; the ClientApp passes the round's timeout
+CHUNK = 1 << 20  # a frame's body is read (and allocated) this much at a time
+FALLBACK = "fallback"  # in the device's warm folder: the path of a socket kept elsewhere
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class LinkError(Exception):
@@ -54,14 +62,65 @@ class LinkError(Exception):
     or the worker's refusal."""
 
 
-def socket_path(device_dir: Path) -> Path:
-    """Where the warm worker of `device_dir` listens (the same answer on both sides)."""
-    device_dir = Path(device_dir).resolve()
-    path = device_dir / FOLDER / SOCKET
+def _in_folder(device_dir: Path) -> Path:
+    return Path(device_dir).resolve() / FOLDER / SOCKET
+
+
+def socket_path(device_dir: Path) -> Path | None:
+    """Where the warm worker of `device_dir` listens: in the device folder, or where the
+    worker recorded its own folder when that path is too long; None when it recorded none."""
+    path = _in_folder(device_dir)
     if len(os.fsencode(path)) <= MAX_PATH:
         return path
-    digest = hashlib.sha256(os.fsencode(device_dir)).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"fedadapt-{digest}" / SOCKET
+    pointer = path.parent / FALLBACK
+    try:
+        check_private(pointer.parent)
+        st = os.lstat(pointer)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return None
+        return Path(pointer.read_text(encoding="utf-8").strip())
+    except (OSError, LinkError, UnicodeDecodeError):
+        return None
+
+
+def listen_path(device_dir: Path) -> Path:
+    """Where a new worker of `device_dir` listens: `socket_path`'s place, or, for a deep
+    device folder, a fresh private folder with an unguessable name, recorded for the ClientApp.
+    """
+    path = _in_folder(device_dir)
+    make_private(path.parent)
+    if len(os.fsencode(path)) <= MAX_PATH:
+        return path
+    folder = Path(tempfile.mkdtemp(prefix="fedadapt-warm-"))  # 0700, a random name
+    pointer, tmp = path.parent / FALLBACK, path.parent / f".{FALLBACK}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"{folder / SOCKET}\n")
+    os.replace(tmp, pointer)
+    return folder / SOCKET
+
+
+def forget(device_dir: Path, path: Path) -> None:
+    """Remove a stopped worker's socket, and the folder and record of a fallback one."""
+    path.unlink(missing_ok=True)
+    if path.parent != _in_folder(device_dir).parent:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        (_in_folder(device_dir).parent / FALLBACK).unlink(missing_ok=True)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a connected AF_UNIX socket."""
+    _, uid, _ = PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+    )
+    return uid
+
+
+def check_peer(sock: socket.socket) -> None:
+    """Refuse a peer that runs as another user: it could read or forge the personal state."""
+    uid = peer_uid(sock)
+    if uid != os.getuid():
+        raise LinkError(f"the peer runs as user {uid}, not as this user ({os.getuid()})")
 
 
 def check_private(folder: Path) -> None:
@@ -85,48 +144,63 @@ def make_private(folder: Path) -> None:
 
 # -- frames ----------------------------------------------------------------------------------
 def send_frame(sock: socket.socket, kind: bytes, payload: bytes) -> None:
+    """Write one frame: the kind byte, the payload's 8-byte big-endian length, the payload."""
     sock.sendall(HEADER.pack(kind, len(payload)))
     sock.sendall(payload)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """`n` bytes, read and allocated a piece at a time: a peer that announces a large frame
+    and sends little costs what it sent, not what it announced. Past `deadline` (a
+    `time.monotonic()` value) the read fails with `TimeoutError`."""
+    parts, got = [], 0
     while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply within the call's deadline ({got} of {n} bytes)")
+            sock.settimeout(left)
+        part = sock.recv(min(CHUNK, n - got))
+        if not part:
             raise ConnectionError(f"the peer closed the connection after {got} of {n} bytes")
-        got += k
-    return bytes(buf)
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
-def recv_frame(sock: socket.socket, max_frame: int = MAX_FRAME) -> tuple[bytes, bytes]:
+def recv_frame(
+    sock: socket.socket, max_frame: int = MAX_FRAME, deadline: float | None = None
+) -> tuple[bytes, bytes]:
     """One frame (kind, payload). Raises `LinkError` for an oversize or unknown frame,
-    `ConnectionError` when the peer goes away mid-frame."""
-    kind, size = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    `ConnectionError` when the peer goes away mid-frame, `TimeoutError` past `deadline`."""
+    kind, size = HEADER.unpack(_recv_exact(sock, HEADER.size, deadline))
     if kind not in (MESSAGE, CONTEXT, ERROR):
         raise LinkError(f"unknown frame kind {kind!r}")
     if size > max_frame:
         raise LinkError(f"a frame of {size} bytes is over the {max_frame}-byte limit")
-    return kind, _recv_exact(sock, size)
+    return kind, _recv_exact(sock, size, deadline)
 
 
 def send_pair(sock: socket.socket, message: Message, context: Context) -> None:
+    """Send `message` then `context` as two frames, in Flower's protobuf serde; what `recv_pair`
+    reads on the other side.
+    """
     send_frame(sock, MESSAGE, message_to_proto(message).SerializeToString())
     send_frame(sock, CONTEXT, context_to_proto(context).SerializeToString())
 
 
-def recv_pair(sock: socket.socket, max_frame: int = MAX_FRAME) -> tuple[Message, Context]:
+def recv_pair(
+    sock: socket.socket, max_frame: int = MAX_FRAME, deadline: float | None = None
+) -> tuple[Message, Context]:
     """A message and its context; the other side's error frame raises `LinkError` with its
     text."""
-    kind, payload = recv_frame(sock, max_frame)
+    kind, payload = recv_frame(sock, max_frame, deadline)
     if kind == ERROR:
         raise LinkError(payload.decode("utf-8", "replace"))
     if kind != MESSAGE:
         raise LinkError(f"expected a message frame, got {kind!r}")
     message = _parse(ProtoMessage(), payload, message_from_proto)
-    kind, payload = recv_frame(sock, max_frame)
+    kind, payload = recv_frame(sock, max_frame, deadline)
     if kind != CONTEXT:
         raise LinkError(f"expected a context frame, got {kind!r}")
     return message, _parse(ProtoContext(), payload, context_from_proto)
@@ -141,17 +215,20 @@ def _parse(proto, payload: bytes, convert):
 
 
 # -- the ClientApp's side --------------------------------------------------------------------
-def call(path: Path, message: Message, context: Context) -> tuple[Message, Context]:
+def call(
+    path: Path, message: Message, context: Context, timeout: float = CALL_TIMEOUT_S
+) -> tuple[Message, Context]:
     """Send one message to the worker at `path`; its reply and the updated context.
 
-    Raises `OSError` (no worker, a dead one, a connection lost mid-frame) or `LinkError`
-    (the worker refused the request). No timeout once sent: the reply waits for the
-    handler, as it would in-process.
+    Raises `OSError` (no worker, a dead one, a connection lost mid-frame, no reply within
+    `timeout` seconds of the connect) or `LinkError` (the worker refused the request, or it
+    runs as another user).
     """
     check_private(path.parent)
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(CONNECT_TIMEOUT_S)
+        sock.settimeout(min(CONNECT_TIMEOUT_S, timeout))
         sock.connect(str(path))
-        sock.settimeout(None)
+        check_peer(sock)
         send_pair(sock, message, context)
-        return recv_pair(sock)
+        return recv_pair(sock, deadline=deadline)

@@ -35,7 +35,7 @@ from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
 from fedadapt.clients import warm_link
-from fedadapt.clients.handlers import HANDLERS
+from fedadapt.clients.handlers import HANDLERS, wire_reason
 from fedadapt.model_setup import clear_model_cache
 
 IO_TIMEOUT_S = 60.0  # one frame, even 100 MB, crosses a local socket in well under a second
@@ -53,7 +53,8 @@ def run_handler(message: Message, context: Context) -> Message:
         return handler(message, context)
     except Exception as ex:
         log.exception("%s raised an exception", category)
-        reason = str(type(ex)) + ":<'" + str(ex) + "'>"
+        # a code, never the exception's text (it may quote the user's data)
+        reason = wire_reason(ex)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
 
@@ -61,11 +62,11 @@ class Worker:
     """One listening socket; `serve` answers one connection at a time until `stop`."""
 
     def __init__(self, device_dir: Path, max_frame: int = warm_link.MAX_FRAME) -> None:
-        self.path = warm_link.socket_path(device_dir)
+        self.device_dir = Path(device_dir)
+        self.path = warm_link.listen_path(device_dir)
         self.max_frame = max_frame
         self.run_id: int | None = None
         self.stopping = False
-        warm_link.make_private(self.path.parent)
         self.path.unlink(missing_ok=True)  # a killed worker's socket: nobody answers on it
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(self.path))
@@ -73,6 +74,9 @@ class Worker:
         self.sock.listen(8)
 
     def serve(self) -> None:
+        """Accept and answer connections one after another until `close`; a request that fails is
+        logged and the next one served. Raises only if the listening socket itself fails.
+        """
         while not self.stopping:
             try:
                 conn, _ = self.sock.accept()
@@ -87,7 +91,16 @@ class Worker:
                     log.exception("a request failed; serving on")
 
     def answer(self, conn: socket.socket) -> None:
+        """Answer one connection's request: read the message and context, run the handler, send the
+        reply and the updated context. A refused frame gets an error frame; a client that leaves
+        is logged. A message of a new run drops the model cache first.
+        """
         conn.settimeout(IO_TIMEOUT_S)
+        try:
+            warm_link.check_peer(conn)  # another user's process gets nothing, not even an error
+        except (OSError, warm_link.LinkError) as e:
+            log.warning("refused a connection: %s", e)
+            return
         try:
             message, context = warm_link.recv_pair(conn, self.max_frame)
         except warm_link.LinkError as e:
@@ -110,9 +123,12 @@ class Worker:
             log.warning("the client left before its reply: %s", e)
 
     def close(self) -> None:
+        """Stop listening and remove the socket, so ClientApps run messages themselves. Safe from a
+        signal handler: a request being answered is finished first.
+        """
         self.stopping = True
         self.sock.close()
-        self.path.unlink(missing_ok=True)
+        warm_link.forget(self.device_dir, self.path)
 
 
 def _stop_on(signals: tuple[int, ...], worker: Worker) -> Callable[[], None]:
@@ -125,6 +141,10 @@ def _stop_on(signals: tuple[int, ...], worker: Worker) -> Callable[[], None]:
 
 
 def main(argv: list[str]) -> int:
+    """`python -m fedadapt.clients.warm_worker DEVICE_DIR`: serve until SIGTERM or SIGINT.
+
+    Returns the exit code: 0 after a stop, 1 if the socket cannot be set up, 2 on bad usage.
+    """
     if len(argv) != 1:
         print("usage: python -m fedadapt.clients.warm_worker DEVICE_DIR", file=sys.stderr)
         return 2

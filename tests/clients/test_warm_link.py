@@ -18,20 +18,28 @@ def test_the_socket_is_in_the_device_folder(tmp_path):
     assert warm_link.socket_path(tmp_path / "dev") == tmp_path / "dev" / "warm" / "worker.sock"
 
 
-def test_a_deep_device_folder_gets_a_short_path_of_its_own(tmp_path):
-    deep, other = tmp_path / ("d" * 100) / "dev", tmp_path / ("d" * 100) / "dev2"
-    path = warm_link.socket_path(deep)
-    assert len(os.fsencode(path)) <= warm_link.MAX_PATH
-    assert path.parent.parent == Path(tempfile.gettempdir())
-    assert path == warm_link.socket_path(deep / ".." / "dev")  # the same folder, the same path
-    assert path != warm_link.socket_path(other)
-    warm_link.make_private(path.parent)
+def test_a_deep_device_folder_gets_an_unguessable_folder_of_its_own(tmp_path):
+    deep = tmp_path / ("d" * 100) / "dev"
+    assert warm_link.socket_path(deep) is None  # no worker has recorded one yet
+    path = warm_link.listen_path(deep)
     try:
+        assert len(os.fsencode(path)) <= warm_link.MAX_PATH
+        assert path.parent.parent == Path(tempfile.gettempdir())
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        # the ClientApp finds it through the device folder, by any spelling of it
+        assert warm_link.socket_path(deep) == path == warm_link.socket_path(deep / ".." / "dev")
+        pointer = deep / warm_link.FOLDER / warm_link.FALLBACK
+        assert stat.S_IMODE(pointer.stat().st_mode) == 0o600
         with socket.socket(socket.AF_UNIX) as s:
             s.bind(str(path))  # Linux takes it
+        # a second worker gets another name: nobody can create it first
+        again = warm_link.listen_path(deep)
+        assert again.parent != path.parent
+        warm_link.forget(deep, again)
+        assert warm_link.socket_path(deep) is None and not again.parent.exists()
     finally:
-        path.unlink(missing_ok=True)
-        path.parent.rmdir()
+        warm_link.forget(deep, path)
+    assert not path.parent.exists()
 
 
 def test_an_open_or_linked_folder_is_refused(tmp_path):
@@ -67,3 +75,64 @@ def test_a_frame_over_the_limit_is_refused_before_its_body():
         a.sendall(warm_link.HEADER.pack(warm_link.MESSAGE, 1 << 40))  # no body follows
         with pytest.raises(warm_link.LinkError, match="over the"):
             warm_link.recv_frame(b)
+
+
+def test_a_header_allocates_nothing_before_its_body_arrives():
+    """A peer announcing a frame just under the cap and sending 10 bytes costs 10 bytes."""
+    import tracemalloc
+
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(warm_link.HEADER.pack(warm_link.MESSAGE, warm_link.MAX_FRAME - 1) + b"x" * 10)
+        a.shutdown(socket.SHUT_WR)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ConnectionError, match="after 10 of"):
+                warm_link.recv_frame(b)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 16 << 20  # it was bytearray(MAX_FRAME - 1): a whole GiB at once
+
+
+def test_a_call_without_a_reply_ends_at_its_deadline(tmp_path):
+    path = warm_link.listen_path(tmp_path / "dev")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.bind(str(path))
+        silent.listen(1)
+        msg = Message(RecordDict({"config": ConfigRecord({"a": 1})}), 7, "query")
+        ctx = Context(1, 7, {}, RecordDict(), {})
+        with pytest.raises(TimeoutError):
+            warm_link.call(path, msg, ctx, timeout=0.5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting a process as another user needs root")
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="a Python nobody may run")
+def test_a_peer_of_another_user_is_refused():
+    """A real process running as `nobody` connects; the listener refuses it by its uid."""
+    import subprocess
+
+    # the pytest folders are root's alone: an open folder directly under the temp directory
+    folder = Path(tempfile.mkdtemp())
+    folder.chmod(0o777)  # reachable by anybody: only the credential check protects it
+    path = folder / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        path.chmod(0o777)
+        server.listen(1)
+        code = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(path)!r})"
+        # the OS's Python: the project's venv may sit where `nobody` may not enter
+        peer = subprocess.Popen(["/usr/bin/python3", "-c", code + "; s.recv(1)"], user=65534)
+        try:
+            server.settimeout(60)
+            conn, _ = server.accept()
+            with conn, pytest.raises(warm_link.LinkError, match="runs as user 65534"):
+                warm_link.check_peer(conn)
+        finally:
+            peer.kill()
+            peer.wait()
+            path.unlink(missing_ok=True)
+            folder.rmdir()
+    a, b = socket.socketpair()
+    with a, b:
+        warm_link.check_peer(a)  # this user's own peer passes
