@@ -98,12 +98,14 @@ def _device(cfg: SimConfig, pid: int, context: Context, full_model: bool = False
     folder = _data_dir(context)
     if folder is None:
         return Device.create(cfg, pid, full_model)
-    local = local_files.load(
-        folder, label_names(cfg.dataset), cfg.test_fraction, str(cfg.seed), cfg.min_examples
-    )
     device = context.node_config.get("device-dir")
+    # the device's own secret keys its split; a folder without a device keeps the seed
+    key = local_files.split_key(Path(str(device))) if device else str(cfg.seed)
+    local = local_files.load(
+        folder, label_names(cfg.dataset), cfg.test_fraction, key, cfg.min_examples
+    )
     if device:  # the rollout agent scores versions on this same held-out side
-        local_files.record_split(Path(str(device)), cfg.test_fraction, str(cfg.seed))
+        local_files.record_split(Path(str(device)), cfg.test_fraction, key)
     return Device.create(cfg, pid, full_model, data=local.data)
 
 

@@ -8,7 +8,9 @@ Why it is built this way:
 - The train / held-out side of an example is decided by a keyed SHA-256 of its normalized
   text, never by its position or Python's salted `hash()`: appending rows, reordering files
   or restarting the device never moves an old example across the split, so the held-out
-  accuracy keeps measuring examples the device never trained on.
+  accuracy keeps measuring examples the device never trained on. The key is a secret the
+  device keeps in its folder (`split_key`), not the run's seed: a run with another seed would
+  otherwise reshuffle the split, and a server that knows the seed would know the split.
 - Copies of one text (after normalization) count once: a copy on both sides would leak.
 - A bad row is skipped, counted and named by file and line, so one typo does not take a
   device out of the federation; a file that cannot be read at all is a one-line error.
@@ -23,6 +25,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -30,12 +33,14 @@ import io
 import json
 import logging
 import os
+import secrets
 import stat
+import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedadapt.atomic import PRIVATE, atomic_write_text
+from fedadapt.atomic import PRIVATE, atomic_write_text, private_folder
 from fedadapt.data import ClientData
 from fedadapt.errors import DeviceError
 
@@ -96,6 +101,7 @@ def is_held_out(text: str, test_fraction: float, key: str) -> bool:
 # seed) reaches only the ClientApp, yet the rollout agent must score versions on the same
 # held-out side, or it would score examples the device trained on.
 SPLIT_FILE = "split.json"
+SPLIT_KEY_FILE = "split-key"  # the device's own secret that keys its split (0600)
 DEFAULT_SPLIT = (0.3, "0")  # SimConfig's defaults, for a device that has not trained yet
 
 
@@ -112,6 +118,33 @@ def record_split(device_dir: Path, test_fraction: float, key: str) -> None:
         raise DeviceError(
             f"cannot record the data split in {path}: {e.strerror}", "split-unwritable"
         ) from None
+
+
+def split_key(device_dir: Path) -> str:
+    """The device's split key: 32 random bytes made once, kept in its folder (0600), the
+    same for every run, seed and restart."""
+    path = Path(device_dir) / SPLIT_KEY_FILE
+    try:
+        if not path.exists():
+            private_folder(path.parent)
+            # whole or absent: written aside, then linked in (a concurrent message that
+            # made it first wins, and nobody reads a half-written key)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".split-key.")
+            try:
+                with os.fdopen(fd, "w", encoding="ascii") as f:
+                    f.write(secrets.token_hex(32))
+                    f.flush()
+                    os.fsync(f.fileno())
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+        key = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DeviceError(f"cannot keep the split key {path}: {e}", "split-key") from None
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise DeviceError(f"{path} is not a split key (64 hex digits)", "split-key")
+    return key
 
 
 def recorded_split(device_dir: Path) -> tuple[float, str]:

@@ -32,7 +32,8 @@ def held_out(cfg: SimConfig, device_dir: Path, node: int) -> tuple[list[str], li
         from fedadapt.model_setup import label_names
 
         labels = label_names(cfg.dataset)
-        d = local_files.load(data_dir, labels, cfg.test_fraction, str(cfg.seed), cfg.min_examples)
+        fraction, key = local_files.recorded_split(device_dir)  # the split it trained with
+        d = local_files.load(data_dir, labels, fraction, key, cfg.min_examples)
         data = d.data
     else:
         from fedadapt.data.partitions import client_data

@@ -133,15 +133,15 @@ def _write_own_data(tmp_path, rows: int) -> list[str]:
 def test_a_device_trains_on_its_own_files_and_no_text_crosses_the_wire(tmp_path):
     texts = _write_own_data(tmp_path, 24)
     ctx = _device_context(tmp_path)
+    key = local_files.split_key(tmp_path / "dev")  # the device's own secret
     local = local_files.load(
-        tmp_path / "dev" / "data", ["rotten", "fresh"], CFG.test_fraction, str(CFG.seed), 4
+        tmp_path / "dev" / "data", ["rotten", "fresh"], CFG.test_fraction, key, 4
     )
     assert local.examples == 24 and not local.bad_rows
     trained = app(_train_message(), ctx)
     assert trained.content["metrics"]["num-examples"] == len(local.data.train_texts)
     # the split it trained with is kept for the rollout agent's held-out scoring
-    split = (CFG.test_fraction, str(CFG.seed))
-    assert local_files.recorded_split(tmp_path / "dev") == split
+    assert local_files.recorded_split(tmp_path / "dev") == (CFG.test_fraction, key)
     evaluated = app(_evaluate_message(), ctx)
     assert evaluated.content["metrics"]["num-examples"] == len(local.data.test_texts)
     assert 0.0 <= evaluated.content["metrics"]["personalized_accuracy"] <= 1.0
@@ -153,6 +153,23 @@ def test_a_device_trains_on_its_own_files_and_no_text_crosses_the_wire(tmp_path)
     assert texts[0].encode() in message_to_proto(leak).SerializeToString()
 
 
+def test_the_split_is_the_devices_own_whatever_the_runs_seed(tmp_path):
+    """It was keyed by the server's seed: another run's seed reshuffled it."""
+    _write_own_data(tmp_path, 24)
+    counts = set()
+    for seed in (0, 1):
+        ctx = _device_context(tmp_path)
+        ctx.run_config = {**CFG.to_dict(), "seed": seed}
+        counts.add(app(_train_message(), ctx).content["metrics"]["num-examples"])
+        assert local_files.recorded_split(tmp_path / "dev")[1] == local_files.split_key(
+            tmp_path / "dev"
+        )
+    assert len(counts) == 1
+    key_file = tmp_path / "dev" / local_files.SPLIT_KEY_FILE
+    assert oct(key_file.stat().st_mode & 0o777) == oct(0o600)
+    assert local_files.split_key(tmp_path / "other") != local_files.split_key(tmp_path / "dev")
+
+
 def test_too_few_examples_is_an_error_reply_that_the_server_rejects(tmp_path):
     from fedadapt.server.replies import screen
 
@@ -161,9 +178,10 @@ def test_too_few_examples_is_an_error_reply_that_the_server_rejects(tmp_path):
     for msg in (_train_message(), _evaluate_message()):
         reply = app(msg, ctx)  # no exception escapes the ClientApp
         assert reply.has_error()  # a code and counts only: what the server may see
-        assert reply.error.reason == (
-            f"too-few-examples usable=3 train=3 held_out=0 bad_rows=0 needs={CFG.min_examples}"
-        )
+        code, *counts = reply.error.reason.split()
+        got = dict(c.split("=") for c in counts)  # the split's sides depend on its random key
+        assert code == "too-few-examples" and int(got["train"]) + int(got["held_out"]) == 3
+        assert (got["usable"], got["bad_rows"], got["needs"]) == ("3", "0", str(CFG.min_examples))
     global_state = build_fresh_global(CFG)
     trainable = set(trainable_global_keys(CFG))
     screened = screen([app(_train_message(), ctx)], global_state, trainable, "sha", 10**7)
