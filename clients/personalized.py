@@ -67,8 +67,9 @@ MODE_FILES = {
     "fedrep": (PERSONAL_FILE,),
     "fedrep-head-bias": (PERSONAL_FILE, HEAD_BIAS_FILE),
     "ditto": (DITTO_FILE,),
-    "finetune": (),
+    "finetune": (),  # nothing kept: the fine-tuned copy lives only for one evaluation
 }
+NOTHING_TO_SERVE = ("finetune",)
 ALL_FILES = (PERSONAL_FILE, HEAD_BIAS_FILE, DITTO_FILE)
 
 
@@ -118,8 +119,8 @@ def _load(path: Path) -> Tensors | None:
         raise AdapterLoadError(f"{path} is not a readable safetensors file: {e}") from e
 
 
-def served_files(folder: Path) -> tuple[str, ...]:
-    """The personal files of the mode the last round recorded (every one without)."""
+def recorded_mode(folder: Path) -> str | None:
+    """The personalization mode the last round recorded, if any."""
     figures = folder / MODE_FILE
     if not figures.exists():
         figures = folder / EVALUATION_FILE
@@ -128,11 +129,15 @@ def served_files(folder: Path) -> tuple[str, ...]:
         mode = recorded.get("personalization")
     except (OSError, ValueError, AttributeError) as e:
         raise AdapterLoadError(f"{figures} is not a readable evaluation record: {e}") from e
-    if mode is None:
-        return ALL_FILES
-    if mode not in MODE_FILES:
+    if mode is not None and mode not in MODE_FILES:
         raise AdapterLoadError(f"{figures}: unknown personalization {mode!r}")
-    return MODE_FILES[mode]
+    return mode
+
+
+def served_files(folder: Path) -> tuple[str, ...]:
+    """The personal files of the mode the last round recorded (every one without)."""
+    mode = recorded_mode(folder)
+    return ALL_FILES if mode is None else MODE_FILES[mode]
 
 
 def personal_part(folder: Path, files: tuple[str, ...] = ALL_FILES) -> Tensors | None:
@@ -228,6 +233,11 @@ def refresh(folder: str | Path) -> Path | None:
     if version == 0:
         tensors = graph_tensors(global_, None, stack)
         write_onnx_adapter(folder / GLOBAL_ONNX, tensors, 0, sha, PRIVATE)
+    if recorded_mode(folder) in NOTHING_TO_SERVE:
+        # a copy of the global under the personalized name would claim a personalization
+        # that evaluation.json measured on a model this device does not keep
+        (folder / PERSONALIZED_ONNX).unlink(missing_ok=True)
+        return None
     files = served_files(folder)
     tensors = graph_tensors(
         ditto_global(folder, global_, files), personal_part(folder, files), stack

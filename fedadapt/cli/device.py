@@ -124,11 +124,27 @@ def _check_device_model(device_dir: Path) -> None:
         )
 
 
+def _check_servable(device_dir: Path) -> None:
+    """A device whose personalization keeps nothing to serve says so, rather than serving
+    the global adapter under the personalized name."""
+    from fedadapt.clients.personalized import NOTHING_TO_SERVE, recorded_mode
+
+    with library_errors(f"cannot read the device folder {device_dir}"):
+        mode = recorded_mode(device_dir)
+    if mode in NOTHING_TO_SERVE:
+        raise FedAdaptError(
+            f"this device personalizes by {mode!r}: it fine-tunes a copy of the global adapter "
+            "for each evaluation and keeps no personal part to serve; infer with --global"
+        )
+
+
 def _infer(args: argparse.Namespace) -> None:
     """Classify texts with ONNX Runtime and the device's personalized adapter: the installed
     global adapter plus the device's personal part (`--global`: the shared one). No torch."""
     from fedadapt.clients.runtime import EdgeRuntime
 
+    if not args.use_global and not args.adapter:
+        _check_servable(Path(args.device_dir))
     _check_device_model(Path(args.device_dir))
     with library_errors(f"cannot load the device folder {args.device_dir}", SHAPE_ERRORS):
         rt = EdgeRuntime(args.device_dir, args.threads, personalized=not args.use_global)

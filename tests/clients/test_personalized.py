@@ -258,7 +258,7 @@ def test_the_recorded_mode_decides_which_kept_parts_are_served(tmp_path) -> None
     _save(device / HEAD_BIAS_FILE, {"head_bias": np.array([1.0, -1.0], np.float32)})
     _save(device / DITTO_FILE, {k: v + 1.0 for k, v in _global().items()})
     served = {}
-    for mode in ("head-bias", "fedrep", "fedrep-head-bias", "finetune"):
+    for mode in ("head-bias", "fedrep", "fedrep-head-bias"):
         _record_mode(device, mode)
         keep_round_global(device, _global())
         _, _, served[mode] = read_onnx_adapter(device / PERSONALIZED_ONNX)
@@ -267,11 +267,29 @@ def test_the_recorded_mode_decides_which_kept_parts_are_served(tmp_path) -> None
     np.testing.assert_array_equal(served["fedrep"]["head.bias"], [1.0, 2.0])
     np.testing.assert_array_equal(served["fedrep-head-bias"]["head.bias"], [2.0, 1.0])
     assert "personal:encoder.layer.5.output.adapter_down.weight" in served["fedrep-head-bias"]
-    np.testing.assert_array_equal(served["finetune"]["head.bias"], _global()["head.bias"])
     np.testing.assert_array_equal(  # no Ditto copy outside the ditto mode
         served["fedrep"]["shared:encoder.layer.0.output.adapter_down.weight"],
         _global()["encoder.layer.0.output.adapter_down.weight"],
     )
+
+
+def test_finetune_serves_no_personalized_file_and_infer_says_why(tmp_path, capsys) -> None:
+    """It served a byte copy of the global under the personalized name, while
+    evaluation.json reported a separate personalized accuracy."""
+    from fedadapt.cli.app import main
+
+    device = _device(tmp_path)
+    _record_mode(device, "head-bias")
+    keep_round_global(device, _global())
+    assert (device / PERSONALIZED_ONNX).exists()
+    _record_mode(device, "finetune")
+    keep_round_global(device, _global())
+    assert not (device / PERSONALIZED_ONNX).exists()  # the stale one is gone too
+    assert (device / GLOBAL_ONNX).exists()
+    assert main(["infer", "--device-dir", str(device), "a fine film"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedadapt: error: this device personalizes by 'finetune'")
+    assert err.endswith("infer with --global") and "\n" not in err
 
 
 def test_a_ditto_copy_of_another_adapter_config_is_refused(tmp_path) -> None:
