@@ -31,7 +31,10 @@ from fedadapt.errors import ConfigError
 # apply their server optimizer to that mean): the server may fold replies into their mean,
 # and SecAgg+, which yields only the mean, can feed them.
 LINEAR_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
-STRATEGIES = (*LINEAR_STRATEGIES, "trimmed-mean", "median")
+# Byzantine-robust rules that pick among whole replies (Flower's stock Krum, MultiKrum and
+# Bulyan): they need every reply, so they run over rebuilt replies, never folded.
+KRUM_STRATEGIES = ("krum", "multikrum", "bulyan")
+STRATEGIES = (*LINEAR_STRATEGIES, "trimmed-mean", "median", *KRUM_STRATEGIES)
 PERSONALIZATIONS = ("head-bias", "fedrep", "fedrep-head-bias", "ditto", "finetune")
 # Modes with a personal adapter stacked on the global one (FedRep, top `personal_layers`), and
 # modes that fit a head bias on top of what they evaluate (fedadapt/head_bias.py).
@@ -215,6 +218,29 @@ class SimConfig:
         rule=Range(0, 0.5, high_open=True),
     )
     clip_norm: float = key(0.0, "per-delta L2 clipping on the server (0: off)", rule=Range(0))
+    krum_malicious: int = key(
+        1,
+        "krum, multikrum, bulyan: the number of malicious clients per round the rule tolerates "
+        "(Flower's `num_malicious_nodes`)",
+        rule=Range(0),
+    )
+    multikrum_select: int = key(
+        0,
+        "multikrum: replies averaged after selection; 0: all but `krum_malicious`",
+        rule=Range(0),
+    )
+    weight_ratio: float = key(
+        2.0,
+        "a reply's weight is at most this times the round's median claimed `num-examples`, so "
+        "no few clients own the mean by claiming more (server/bounds.py); 0: off",
+        rule=Range(0),
+    )
+    norm_ratio: float = key(
+        2.0,
+        "a delta's L2 norm is scaled down to this times the round's median norm (an adaptive "
+        "bound, server/bounds.py); 0: off",
+        rule=Range(0),
+    )
     dp_noise_multiplier: float = key(0.0, "central DP noise (0: off)", rule=Range(0))
     dp_clipping_norm: float = key(0.5, "central DP clipping norm", rule=Range(0, low_open=True))
     dp_delta: float = key(1e-5, "central DP delta", rule=Range(0, 1, low_open=True, high_open=True))
@@ -240,13 +266,13 @@ class SimConfig:
     secagg: bool = key(False, "SecAgg+: the server sees only the sum of the deltas")
     secagg_num_shares: float = key(
         1.0,
-        "SecAgg+: share keys with this fraction (or number) of the sampled clients",
-        rule=Range(0, low_open=True),
+        "SecAgg+: share keys with this fraction of the sampled clients",
+        rule=Range(0, 1, low_open=True),
     )
     secagg_reconstruction_threshold: float = key(
         0.67,
-        "SecAgg+: shares needed to reconstruct",
-        rule=Range(0, low_open=True),
+        "SecAgg+: the fraction of shares needed to reconstruct",
+        rule=Range(0, 1, low_open=True),
     )
     secagg_clipping_range: float = key(
         1.0,
@@ -420,6 +446,17 @@ CONFLICTS: tuple[Conflict, ...] = (
         lambda c: c.clients_per_round > c.num_clients,
         "config: clients_per_round = {clients_per_round} exceeds num_clients = {num_clients}",
     ),
+    Conflict(
+        "evaluate_sample <= num_clients",
+        lambda c: c.evaluate_sample > c.num_clients,
+        "config: evaluate_sample = {evaluate_sample} exceeds num_clients = {num_clients}",
+    ),
+    Conflict(
+        "publish_every > 0 needs publish_registry and publish_key",
+        lambda c: c.publish_every > 0 and not (c.publish_registry and c.publish_key),
+        "config: publish_every = {publish_every} needs publish_registry and publish_key (the "
+        "folder to publish into and the key to sign with), checked before any round trains",
+    ),
     # What secure aggregation rules out: the server never sees a single delta.
     Conflict(
         "secagg needs a linear strategy (fedavg, fedprox, fedadam, fedyogi, fedavgm)",
@@ -437,6 +474,27 @@ CONFLICTS: tuple[Conflict, ...] = (
         lambda c: c.secagg and c.codec != "fp32",
         "secagg uploads Flower's fixed-point encoding of the delta, not a codec's; "
         "leave codec = 'fp32'",
+    ),
+    # What Krum's and Bulyan's guarantees need: enough honest replies around the liars.
+    Conflict(
+        "krum and multikrum need clients_per_round > 2 x krum_malicious + 2",
+        lambda c: (
+            c.strategy in ("krum", "multikrum") and c.clients_per_round <= 2 * c.krum_malicious + 2
+        ),
+        "config: strategy = {strategy!r} tolerates krum_malicious = {krum_malicious} liars only "
+        "with clients_per_round > 2 x {krum_malicious} + 2 (got {clients_per_round})",
+    ),
+    Conflict(
+        "bulyan needs clients_per_round >= 4 x krum_malicious + 3",
+        lambda c: c.strategy == "bulyan" and c.clients_per_round < 4 * c.krum_malicious + 3,
+        "config: strategy = 'bulyan' tolerates krum_malicious = {krum_malicious} liars only "
+        "with clients_per_round >= 4 x {krum_malicious} + 3 (got {clients_per_round})",
+    ),
+    Conflict(
+        "multikrum_select <= clients_per_round",
+        lambda c: c.multikrum_select > c.clients_per_round,
+        "config: multikrum_select = {multikrum_select} exceeds clients_per_round = "
+        "{clients_per_round}",
     ),
     # What HetLoRA's tiers rule out: another method, and aggregations that need every delta
     # at one shape (robust rules, SecAgg+, central DP); the server averages each tier, then

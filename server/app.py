@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -62,6 +63,15 @@ def _robust_rule(cfg: SimConfig) -> tuple[str, float] | None:
     return cfg.strategy, cfg.trim_fraction if cfg.strategy == "trimmed-mean" else 0.0
 
 
+def _not_finite(arrays) -> str | None:
+    """The first tensor of an aggregate that holds a NaN or Inf, or None when all are finite:
+    checked before the aggregate becomes the global, which every later round builds on."""
+    for name in arrays:
+        if not np.isfinite(arrays[name].numpy()).all():
+            return name
+    return None
+
+
 def _linear_weight_key(strategy, cfg: SimConfig) -> str | None:
     """The weight key, where the strategy's aggregate is a weighted mean of the replies.
 
@@ -106,6 +116,8 @@ class FederatedRun:
         self.grid = PartitionOrderedGrid(grid, order)
         self.base_sha = base_sha256()
         self.final_eval: dict[int, dict[str, float]] | None = None  # the last round's, per client
+        # loaded now: a key that cannot sign must stop the run before a round trains
+        self.publish_key = load_private(cfg.publish_key) if cfg.publish_every else None
 
     def _progress(self, label: str, row: dict[str, Any]) -> None:
         acc = ""
@@ -153,6 +165,8 @@ class FederatedRun:
                 clip_norm=cfg.clip_norm,
                 fold_by=_linear_weight_key(strategy, cfg),
                 max_examples=cfg.max_num_examples,
+                weight_ratio=cfg.weight_ratio,
+                norm_ratio=cfg.norm_ratio,
             )
         elif phase == "adapter":
             screened = screen(
@@ -166,6 +180,8 @@ class FederatedRun:
                 max_examples=cfg.max_num_examples,
                 dp=cfg.dp_noise_multiplier > 0,
                 robust=_robust_rule(cfg),
+                weight_ratio=cfg.weight_ratio,
+                norm_ratio=cfg.norm_ratio,
             )
         else:
             screened = screen_full(replies, global_state, cfg.max_num_examples)
@@ -177,6 +193,15 @@ class FederatedRun:
         loss = None
         if accepted:
             arrays, metrics = strategy.aggregate_train(server_round, accepted)
+            if arrays is not None and (broken := _not_finite(arrays)):
+                log.warning(
+                    "round %d: the aggregate holds NaN or Inf in %s; the global adapter stays "
+                    "as it was",
+                    server_round,
+                    broken,
+                )
+                rejected["non-finite-aggregate"] = clients
+                clients, arrays, metrics = 0, None, None
             if arrays is not None:
                 global_state = record_to_state(arrays)
             loss = None if metrics is None else float(metrics.get("train_loss", float("nan")))
@@ -211,7 +236,14 @@ class FederatedRun:
         elif res.mean_delta is not None:
             reply = mean_reply(global_state, res.mean_delta, sum(res.num_examples), res.train_loss)
             arrays, _ = strategy.aggregate_train(server_round, [reply])
-            global_state = record_to_state(arrays)
+            if broken := _not_finite(arrays):
+                log.warning(
+                    "round %d: the SecAgg+ aggregate is not finite (%s)", server_round, broken
+                )
+                rejected["non-finite-aggregate"] = res.clients
+                clients = 0
+            else:
+                global_state = record_to_state(arrays)
         # metrics left out of the loss mean (a bad num-examples is already counted in bad)
         rejected.update({k: rejected.get(k, 0) + n for k, n in (res.skipped_metrics - bad).items()})
         row = _round_row(
@@ -314,7 +346,7 @@ class FederatedRun:
         folder = self._save_global(
             global_state, self.out / "published" / f"round-{server_round:04d}", server_round
         )
-        entry = publish(folder, cfg.publish_registry, load_private(cfg.publish_key), name="global")
+        entry = publish(folder, cfg.publish_registry, self.publish_key, name="global")
         print(
             f"published the round-{server_round} global adapter as version {entry['version']}",
             flush=True,

@@ -18,6 +18,10 @@ from flwr.app import MetricRecord, RecordDict
 
 from fedadapt.errors import DeltaError
 
+# A training loss past this is no loss a client computed honestly: cross-entropy over a few
+# classes starts near ln(classes) and only falls. One reply of 1e308 made the round's loss Inf.
+MAX_TRAIN_LOSS = 1e3
+
 
 @dataclass(frozen=True)
 class Claims:
@@ -83,12 +87,12 @@ def secagg_rejections(num_examples: list[object], cap: int, max_weight: float) -
 
 
 def check_train_loss(metrics: MetricRecord) -> float:
-    """The reply's `train_loss` as a finite number >= 0, or `DeltaError` (a NaN or negative
-    loss would poison the round's mean loss, plain or SecAgg+)."""
+    """The reply's `train_loss` as a number in [0, `MAX_TRAIN_LOSS`], or `DeltaError` (a NaN,
+    negative or absurd loss would poison the round's mean loss, plain or SecAgg+)."""
     loss = metrics.get("train_loss")
-    if not _number(loss) or not math.isfinite(loss) or loss < 0:
+    if not _number(loss) or not math.isfinite(loss) or not 0 <= loss <= MAX_TRAIN_LOSS:
         raise DeltaError(
-            f"train_loss must be a finite number >= 0, got {str(loss)[:32]}",
+            f"train_loss must be a number in [0, {MAX_TRAIN_LOSS:g}], got {str(loss)[:32]}",
             reason="train-loss",
         )
     return float(loss)
@@ -107,3 +111,30 @@ def read_claims(content: RecordDict, cap: int, dp: bool) -> Claims:
             f"dp-weight must be 1 under central DP, got {str(w)[:32]}", reason="dp-weight"
         )
     return claims
+
+
+MAX_METRIC = 1e9  # any other number an evaluation reports (a count, a loss)
+
+
+def read_evaluation(metrics: MetricRecord, cap: int) -> dict[str, float]:
+    """An evaluation reply's metrics once checked, or `DeltaError`: the report averages them
+    over clients, so one absurd value would move every figure. `partition-id` an integer
+    >= 0, `num-examples` as in training, every `*accuracy` in [0, 1], anything else finite
+    and within `MAX_METRIC`."""
+    if not isinstance(metrics, MetricRecord):
+        raise DeltaError("'metrics' must be a MetricRecord", reason="metrics")
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not _number(value) or not math.isfinite(value):
+            raise DeltaError(f"{key} must be a finite number", reason="metrics")
+        if key.endswith("accuracy") and not 0 <= value <= 1:
+            raise DeltaError(f"{key} must be in [0, 1], got {str(value)[:32]}", reason="metrics")
+        if abs(value) > MAX_METRIC:
+            raise DeltaError(f"{key} is out of bounds: {str(value)[:32]}", reason="metrics")
+        out[key] = value
+    pid = out.get("partition-id")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
+        raise DeltaError("partition-id must be an integer >= 0", reason="metrics")
+    if "num-examples" in out:
+        check_num_examples(out["num-examples"], cap)
+    return out

@@ -22,11 +22,17 @@ ROBUST_RULES = ("trimmed-mean", "median")
 
 
 class FlatMean:
-    """The weighted mean of flat deltas, folded in one at a time."""
+    """The weighted mean of flat deltas, folded in one at a time.
 
-    def __init__(self, size: int) -> None:
+    Each delta is multiplied by its weight's share of `total` (the round's weights, known
+    before the first fold), never by the raw weight: no partial sum grows past the largest
+    delta, so a finite round stays finite (`server.bounds`).
+    """
+
+    def __init__(self, size: int, total: float) -> None:
         self.sum = np.zeros(size, dtype=np.float32)
         self._scaled = np.empty(size, dtype=np.float32)
+        self.total = total
         self.weight = 0.0
         self.loss = 0.0
 
@@ -34,14 +40,18 @@ class FlatMean:
         """Fold in one checked delta with its weight (`num-examples`) and its train loss. `flat` is
         not kept, so it may be a view over the reply's bytes.
         """
-        np.multiply(flat, np.float32(weight), out=self._scaled)
+        np.multiply(flat, np.float32(weight / self.total), out=self._scaled)
         self.sum += self._scaled
         self.weight += weight
-        self.loss += weight * loss
+        self.loss += weight / self.total * loss
 
     def mean(self) -> np.ndarray:
-        """The weighted mean delta so far; needs at least one delta of positive weight."""
-        return self.sum / np.float32(self.weight)
+        """The weighted mean delta: the folded shares sum to 1 once every weight is in."""
+        return self.sum * np.float32(self.total / self.weight)
+
+    def mean_loss(self) -> float:
+        """The weighted mean train loss of the deltas folded in."""
+        return self.loss * self.total / self.weight
 
 
 class FlatStack:
@@ -62,6 +72,10 @@ class FlatStack:
         self.rows.append(flat)
         self.weight += weight
         self.loss += weight * loss
+
+    def mean_loss(self) -> float:
+        """The weighted mean train loss of the deltas kept."""
+        return self.loss / self.weight
 
     def combine(self) -> np.ndarray:
         """Flower's `trim_mean` (cut `int(trim * n)` at each end) or median, per coordinate.
@@ -91,4 +105,4 @@ def combined_reply(global_state: State, layout: Layout, acc: FlatMean | FlatStac
     clients' weights, with their weighted mean train loss. Needs at least one delta added.
     """
     delta = acc.mean() if isinstance(acc, FlatMean) else acc.combine()
-    return mean_reply(global_state, layout.unflatten(delta), acc.weight, acc.loss / acc.weight)
+    return mean_reply(global_state, layout.unflatten(delta), acc.weight, acc.mean_loss())

@@ -8,9 +8,10 @@ import random
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedadapt.errors import loggable_reason
+from fedadapt.errors import DeltaError, loggable_reason
 from fedadapt.model_setup import mix_seed
 from fedadapt.records import wire_bytes
+from fedadapt.server.claims import read_evaluation
 from fedadapt.simconfig import SimConfig
 
 log = logging.getLogger("fedadapt.server")
@@ -56,6 +57,10 @@ def evaluate_all(
                 reason = loggable_reason(m.error.reason)
                 log.warning("evaluation failed on node %s: %s", m.metadata.src_node_id, reason)
                 continue
-            metrics = dict(m.content["metrics"])
+            try:
+                metrics = read_evaluation(m.content.get("metrics"), cfg.max_num_examples)
+            except DeltaError as e:
+                log.warning("evaluation of node %s refused (%s)", m.metadata.src_node_id, e.reason)
+                continue
             out[int(metrics.pop("partition-id"))] = metrics
     return out

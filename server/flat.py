@@ -148,10 +148,10 @@ class FlatReader:
         """The reply's delta as one float32 vector in layout order, checked finite.
 
         fp32 is a read-only view of the reply's own bytes; fp16 and int8 cost one conversion.
-        With `check=False` an fp32 view is returned unchecked, for a caller that checks many
-        replies in one pass (`server.fold`); a converted vector is always checked here, so
-        that nobody holds on to unchecked copies. Raises `DeltaError` with a reason, or
-        `NotFlat` for a layout to decode the general way.
+        With `check=False` an fp32 view is returned unchecked, for a caller whose pass that
+        measures its norm also proves it finite (`server.replies.finite_norm`); a converted
+        vector is always checked here, so that nobody holds on to unchecked copies. Raises
+        `DeltaError` with a reason, or `NotFlat` for a layout to decode the general way.
         """
         layout = self.layout
         codec, meta, start = self._checked_header(blob)

@@ -22,6 +22,7 @@ only its checked metrics, so that Flower's stock strategies aggregate it (`serve
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,10 +36,10 @@ from fedadapt.codecs import decode
 from fedadapt.deltas import State, check_delta, clip  # noqa: F401 - `clip` is re-exported
 from fedadapt.errors import DeltaError, loggable_reason
 from fedadapt.records import DELTA_KEY, state_to_record, wire_bytes
+from fedadapt.server.bounds import norm_bound, weight_cap
 from fedadapt.server.claims import Claims, read_claims
 from fedadapt.server.combine import FlatMean, FlatStack, combined_reply, mean_reply  # noqa: F401
-from fedadapt.server.flat import FlatReader, Layout, NotFlat, flatten, l2
-from fedadapt.server.fold import BlockFold
+from fedadapt.server.flat import FlatReader, Layout, NotFlat, check_finite, flatten, l2
 
 log = logging.getLogger("fedadapt.server")
 T = TypeVar("T")
@@ -239,53 +240,81 @@ def screen(
     max_examples: int = 0,
     dp: bool = False,
     robust: tuple[str, float] | None = None,
+    weight_ratio: float = 0.0,
+    norm_ratio: float = 0.0,
 ) -> Screened:
     """Check each reply; accepted ones become `global + delta` replies for the strategy.
 
+    Two passes. The first checks every reply and measures its delta's norm (the same pass
+    proves it finite). The second bounds each claim by the round (`server.bounds`): weights
+    at `weight_ratio` x the median claimed examples, norms at `norm_ratio` x the median norm
+    and at `clip_norm`, then combines.
+
     With `fold_by` (the strategy's weight key), accepted deltas are folded into their
-    weighted mean as they are checked, and `accepted` is that one mean reply. For a strategy
-    whose aggregate is linear in the replies (FedAvg, and FedAdam/FedYogi/FedAvgM over it)
-    the result is the same, without rebuilding a model-sized record per reply. With `robust`
+    weighted mean, and `accepted` is that one mean reply. For a strategy whose aggregate is
+    linear in the replies (FedAvg, and FedAdam/FedYogi/FedAvgM over it) the result is the
+    same, without rebuilding a model-sized record per reply. With `robust`
     (`("trimmed-mean", trim)` or `("median", 0)`), accepted deltas are stacked and combined
-    by that rule, and `accepted` is again the one combined reply (`server.combine`).
+    by that rule, and `accepted` is again the one combined reply (`server.combine`). Else
+    each accepted reply is rebuilt as `global + delta` with its bounded claims (DP, Krum).
+
+    Parameters
+    ----------
+    weight_ratio : float (default: 0.0)
+        A reply's weight is at most this times the round's median claimed examples; 0: off.
+    norm_ratio : float (default: 0.0)
+        A delta's L2 norm is scaled down to this times the round's median norm; 0: off.
     """
     rules = Rules(base_sha256, max_bytes, max_examples, dp)
     layout = Layout.of(global_state, trainable)
     reader = FlatReader(layout)
 
-    # folding unclipped replies: their finite check is paid once per block (`server.fold`)
-    defer = fold_by is not None and clip_norm <= 0
-
-    def check(msg: Message, size: int | None) -> tuple[np.ndarray, Claims]:
+    def check(msg: Message, size: int | None) -> tuple[np.ndarray, Claims, float]:
         content = msg.content
         claims = read_claims(content, rules.max_examples, rules.dp)
         _delta_meta(content, rules, _serializable(size))
-        return _flat_of(_payload(content), reader, global_state, not defer), claims
+        flat = _flat_of(_payload(content), reader, global_state, check=False)
+        return flat, claims, finite_norm(flat, layout)
 
     out = Screened()
-    fold = BlockFold(layout) if fold_by is not None else None
-    stack = FlatStack(*robust) if fold is None and robust is not None else None
-
-    def refuse(bad: list[tuple[Message, DeltaError]]) -> None:
-        for msg, e in bad:
-            out.clients -= 1
-            out.rejected[e.reason] += 1
-            log.warning("rejected reply from node %s (%s): %s", _node(msg), e.reason, e)
-
-    for msg, (flat, claims) in _passing(replies, out, check, "reply"):
-        if clip_norm > 0 and (norm := l2(flat)) > clip_norm:
-            flat = flat * np.float32(clip_norm / norm)
-        out.clients += 1
-        if fold is not None:
-            checked = not defer or flat.flags.owndata
-            refuse(fold.add(msg, flat, claims.weight(fold_by), claims.train_loss, checked))
-        elif stack is not None:
-            stack.add(flat, claims.weight("num-examples"), claims.train_loss)
-        else:
-            out.accepted.append(_rebuilt(msg, global_state, layout.unflatten(flat), claims, dp))
-    if fold is not None:
-        refuse(fold.flush())
-    acc = fold.total if fold is not None else stack
-    if acc is not None and out.clients:
-        out.accepted = [combined_reply(global_state, layout, acc)]
+    passed = list(_passing(replies, out, check, "reply"))
+    out.clients = len(passed)
+    if not passed:
+        return out
+    cap = weight_cap([c.num_examples for _, (_, c, _) in passed], weight_ratio)
+    bound = norm_bound([n for _, (_, _, n) in passed], norm_ratio, clip_norm)
+    bounded = []
+    for msg, (flat, claims, norm) in passed:
+        if cap is not None and claims.num_examples > cap:
+            claims = Claims(max(1, int(cap)), claims.train_loss)
+        if bound is not None and norm > bound:
+            flat = flat * np.float32(bound / norm)
+        bounded.append((msg, flat, claims))
+    if fold_by is not None:
+        weights = [claims.weight(fold_by) for _, _, claims in bounded]
+        acc: FlatMean | FlatStack = FlatMean(layout.size, math.fsum(weights))
+        for (_, flat, claims), w in zip(bounded, weights, strict=True):
+            acc.add(flat, w, claims.train_loss)
+    elif robust is not None:
+        acc = FlatStack(*robust)
+        for _, flat, claims in bounded:
+            acc.add(flat, claims.weight("num-examples"), claims.train_loss)
+    else:
+        out.accepted = [
+            _rebuilt(msg, global_state, layout.unflatten(flat), claims, dp)
+            for msg, flat, claims in bounded
+        ]
+        return out
+    out.accepted = [combined_reply(global_state, layout, acc)]
     return out
+
+
+def finite_norm(flat: np.ndarray, layout: Layout) -> float:
+    """The delta's L2 norm, or `DeltaError` (`non-finite`) naming the tensor with a NaN or
+    Inf: a norm is finite exactly when every value is, short of an overflow that float64
+    accumulation (`l2`) does not reach, so one pass does both."""
+    norm = l2(flat)
+    if not math.isfinite(norm):
+        check_finite(flat, layout)  # names the first tensor that holds one
+        raise DeltaError("the delta's norm is not finite", reason="non-finite")
+    return norm

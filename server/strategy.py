@@ -12,6 +12,7 @@ stock `FedAvg.aggregate_train` it requires.
 from __future__ import annotations
 
 from flwr.serverapp.strategy import (
+    Bulyan,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
@@ -20,6 +21,8 @@ from flwr.serverapp.strategy import (
     FedProx,
     FedTrimmedAvg,
     FedYogi,
+    Krum,
+    MultiKrum,
     Strategy,
 )
 
@@ -43,8 +46,10 @@ def build_strategy(cfg: SimConfig) -> Strategy:
         - `strategy`: "fedavg", "fedprox" (`proximal_mu`), "fedadam" and "fedyogi" (server
           learning rate `server_lr`; `lr` is passed as `eta_l`, which the server does not use;
           `tau` is fixed at 1e-6), "fedavgm" (`server_momentum`), "trimmed-mean"
-          (`trim_fraction` cut at each end); any other name gets FedMedian, so the config must
-          have been checked first.
+          (`trim_fraction` cut at each end), "krum", "multikrum" and "bulyan" (Flower's stock
+          classes, tolerating `krum_malicious` liars; MultiKrum averages `multikrum_select`
+          replies, by default all but `krum_malicious`); any other name gets FedMedian, so the
+          config must have been checked first.
         - `clients_per_round`, `num_clients`: the sample per round.
         - `dp_noise_multiplier` (> 0 turns DP on), `dp_clipping_norm`, `dp_delta`: server-side
           fixed clipping and Gaussian noise. Only FedAvg gets an RDP accountant (Flower's
@@ -79,6 +84,15 @@ def build_strategy(cfg: SimConfig) -> Strategy:
         strategy = FedAvgM(**common, server_momentum=cfg.server_momentum)
     elif name == "trimmed-mean":
         strategy = FedTrimmedAvg(**common, beta=cfg.trim_fraction)
+    elif name == "krum":
+        strategy = Krum(**common, num_malicious_nodes=cfg.krum_malicious)
+    elif name == "multikrum":
+        select = cfg.multikrum_select or cfg.clients_per_round - cfg.krum_malicious
+        strategy = MultiKrum(
+            **common, num_malicious_nodes=cfg.krum_malicious, num_nodes_to_select=select
+        )
+    elif name == "bulyan":
+        strategy = Bulyan(**common, num_malicious_nodes=cfg.krum_malicious)
     else:
         strategy = FedMedian(**common)
     if not dp:

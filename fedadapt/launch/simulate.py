@@ -102,6 +102,10 @@ def run(cfg: SimConfig) -> Path:
     cfg = resolved(cfg)  # a full-model baseline to reuse: checked before anything starts
     if cfg.ray_address:  # refused before the run folder is touched
         ray_nodes.check_address(cfg.ray_address)
+    if cfg.publish_every:  # a key that cannot sign would fail only after rounds have trained
+        from fedadapt.updates.keys import load_private
+
+        load_private(cfg.publish_key)
     with runlock.hold(out) as lock:
         return _run_locked(cfg, out, lock)
 

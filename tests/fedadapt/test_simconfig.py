@@ -115,3 +115,34 @@ def test_resume_checks_the_checkpoint_and_the_overrides(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**raw, "codec": "zstd"}))
     with pytest.raises(ConfigError, match="codec = 'zstd'"):
         resume_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"secagg_reconstruction_threshold": 5.0},
+            r"secagg_reconstruction_threshold = 5.0 .*\(0, 1\]",
+        ),
+        ({"secagg_num_shares": 1000.0}, r"secagg_num_shares = 1000.0 .*\(0, 1\]"),
+        ({"evaluate_sample": 10**6}, "evaluate_sample = 1000000 exceeds num_clients = 20"),
+        ({"publish_every": 1}, "publish_every = 1 needs publish_registry and publish_key"),
+        ({"publish_every": 1, "publish_registry": "r"}, "needs publish_registry and publish_key"),
+    ],
+)
+def test_values_once_accepted_out_of_range_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        SimConfig(**overrides)
+
+
+def test_a_publish_key_that_cannot_sign_stops_the_run_before_it_starts(tmp_path, capsys):
+    from fedadapt.cli.app import main
+
+    config = Path(__file__).resolve().parents[2] / "simulations" / "ci.toml"
+    argv = ["simulate", "--config", str(config), "--out", str(tmp_path / "run")]
+    argv += ["--set", "publish_every=1", "--set", f"publish_registry={tmp_path / 'reg'}"]
+    argv += ["--set", f"publish_key={tmp_path / 'missing.pem'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fedadapt: error: no private key at {tmp_path / 'missing.pem'}"
+    assert not (tmp_path / "run" / "report.json").exists()

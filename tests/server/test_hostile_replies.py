@@ -111,7 +111,7 @@ CASES = {
     # huge values
     "examples-billion": (lambda: _with_metrics(**{"num-examples": 10**9}), "num-examples-cap"),
     "examples-beyond-int64": (lambda: _with_metrics(**{"num-examples": 2**70}), "num-examples-cap"),
-    "loss-beyond-int64": (lambda: _with_metrics(train_loss=2**70), "malformed"),
+    "loss-beyond-int64": (lambda: _with_metrics(train_loss=2**70), "train-loss"),  # > bound
     "loss-inf": (lambda: _with_metrics(train_loss=float("inf")), "train-loss"),
     # negative values
     "examples-negative": (lambda: _with_metrics(**{"num-examples": -5}), "num-examples"),

@@ -66,6 +66,28 @@ def test_median_and_trimmed_mean_resist_an_outlier():
     assert trimmed.max() < 10  # the x100 client is cut
 
 
+@pytest.mark.parametrize("name", ["krum", "multikrum"])
+def test_krum_and_multikrum_leave_the_outlier_out(name):
+    """Flower's stock classes: Krum keeps the reply nearest the others, MultiKrum averages
+    the nearest ones; the x100 reply is in neither."""
+    got, strategy = _aggregate(_cfg(strategy=name, krum_malicious=1), DELTAS, [1] * 5)
+    assert type(strategy).__name__ == {"krum": "Krum", "multikrum": "MultiKrum"}[name]
+    assert got.abs().max() < 10
+    if name == "krum":
+        assert any(torch.equal(got, d) for d in DELTAS)
+
+
+def test_bulyan_is_flowers_and_refuses_too_few_clients_for_its_bound():
+    from fedadapt.errors import ConfigError
+
+    cfg = SimConfig(num_clients=7, clients_per_round=7, strategy="bulyan", krum_malicious=1)
+    assert type(build_strategy(cfg)).__name__ == "Bulyan"
+    with pytest.raises(ConfigError, match=r"clients_per_round >= 4 x 1 \+ 3 \(got 5\)"):
+        _cfg(strategy="bulyan", krum_malicious=1)
+    with pytest.raises(ConfigError, match="tolerates krum_malicious = 2"):
+        _cfg(strategy="krum", krum_malicious=2)
+
+
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedavgm"])
 def test_server_optimizers_move_along_the_mean_delta(name):
     got, _ = _aggregate(_cfg(strategy=name, server_lr=0.1), DELTAS[:2] + DELTAS[3:], [1] * 4)
