@@ -230,12 +230,13 @@ class RolloutAgent:
         if self.store.version_file(target).exists():
             switch_to(self.store, target)
             return "switched"
-        m = fetch(self.url, self.store.folder, self.trusted, self.base_sha256, self.timeout, target)
-        if m is None:  # an older version the device no longer keeps: refused, not downgraded
-            raise FedAdaptError(
-                f"channel {self.channel!r} names version {target}, older than installed "
-                f"{installed}, and this device no longer keeps it"
-            )
+        # the signed, fresh channel names `target`: followed even below the installed version
+        # (a halt sends every device on the candidate back, however it got there)
+        m = fetch(
+            self.url, self.store.folder, self.trusted, self.base_sha256, self.timeout, target, True
+        )
+        if m is None:  # not reachable while pick() finds the version: kept as a guard
+            raise FedAdaptError(f"channel {self.channel!r} names version {target}: not fetched")
         return "fetched"
 
     def _evaluate(self, channel: Channel, state: dict[str, Any]) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ deadline (`clients/updates/downloads.py`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from fedadapt.updates.keys import key_id
 from fedadapt.updates.signed_meta import MAX_META_BYTES, TIMESTAMP, SeenVersions, verify_meta
 
 KEEP_VERSIONS = 2
+_VERSION_FILE = re.compile(r"v(\d+)\.")  # a version file's name: its number, any width
 
 
 @dataclass
@@ -118,7 +120,8 @@ class DeviceStore:
         atomic_write_text(self.folder / STATE_FILE, json.dumps(new.__dict__) + "\n", PRIVATE)
         keep = {version, s.version}
         for f in self.versions.glob("v*.*"):
-            if f.name.startswith("v") and int(f.name[1:5]) not in keep:
+            number = _VERSION_FILE.match(f.name)  # v0012.x, and v12345.x past four digits
+            if number and int(number.group(1)) not in keep:
                 f.unlink(missing_ok=True)
         refresh(self.folder)  # the personalized file follows the installed version
 
@@ -137,16 +140,21 @@ class DeviceStore:
         return s.previous
 
 
-def pick(index: dict, installed: int | None, target: int | None = None) -> dict | None:
+def pick(
+    index: dict, installed: int | None, target: int | None = None, older: bool = False
+) -> dict | None:
     """The smallest bundle that reaches the newest version (or `target`, which a rollout
-    channel names) from what is installed."""
+    channel names) from what is installed. With `older`, a `target` below the installed
+    version is taken too, as its full bundle (a signed channel sent the device back)."""
     latest = max(index.get("versions", []), key=lambda v: v["version"], default=None)
     if target is not None:
         latest = next((v for v in index.get("versions", []) if v["version"] == target), None)
         if latest is None:
             raise FedAdaptError(f"version {target} is not in the registry's index")
-    if latest is None or (installed is not None and latest["version"] <= installed):
+    if latest is None or (installed is not None and latest["version"] == installed):
         return None
+    if installed is not None and latest["version"] < installed:
+        return latest["full"] if older and target is not None else None
     # `parse_index` allows an entry without deltas, and a delta entry without from_version
     deltas = latest.get("deltas", [])
     options = [latest["full"]] + [d for d in deltas if d.get("from_version") == installed]
@@ -160,16 +168,20 @@ def fetch(
     base_sha256: str,
     timeout: float = 30.0,
     version: int | None = None,
+    older: bool = False,
 ) -> Manifest | None:
     """Bring the device to the newest version (or `version`); None when it is already there.
-    `timeout` bounds the whole fetch, not each read."""
+    `timeout` bounds the whole fetch, not each read. `older` lets `version` be below the
+    installed one: only a signed, fresh rollout channel asks for that (a halt sends every
+    device on the candidate back to stable, however it got there); a plain fetch never
+    downgrades."""
     base = check_url(url)
     device = DeviceStore(device_dir)
     installed = device.state()
     keys = {key_id(k): k for k in trusted}
     with Downloader(Deadline(timeout)) as net:
         index = trusted_index(net, base, keys, device.folder)
-        bundle = pick(index, installed.version, version)
+        bundle = pick(index, installed.version, version, older)
         if bundle is None:
             return None
         stem = f"{base}/{bundle['path']}"
@@ -180,7 +192,10 @@ def fetch(
             )
         signature = net.get(f"{stem}.sig", 1024)
         m = verify_manifest(manifest_bytes, signature, keys)
-        check_against_installed(m, base_sha256, installed.version, installed.adapter_name)
+        back = older and installed.version is not None and m.version < installed.version
+        # going back is checked as a first install would be: same base and adapter, full bundle
+        since = None if back and m.from_version is None else installed.version
+        check_against_installed(m, base_sha256, since, installed.adapter_name)
         part = (
             device.downloads / f"{m.adapter_name}-v{m.version:04d}-{m.kind}-{m.payload_sha256[:12]}"
         )

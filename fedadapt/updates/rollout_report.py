@@ -18,6 +18,8 @@ from fedadapt.updates.bundles import KEY_ID_RE, canonical_json
 from fedadapt.updates.cohort import CHANNEL_NAME_RE
 
 MAX_REPORT_BYTES = 4096
+MAX_INT = 2**53 - 1  # every integer field: exact in a JSON double, and never an overflow
+MAX_MS = 1e7  # a latency past ~3 hours is no latency
 SIGNATURE_HEADER = "X-Fedadapt-Signature"
 _INT_FIELDS = {
     "seq": 1,
@@ -57,14 +59,18 @@ def check_report(raw: object) -> dict[str, Any]:
     if not isinstance(raw["channel"], str) or not CHANNEL_NAME_RE.match(raw["channel"]):
         raise ReportRefused("report channel must be a channel name", 400)
     for name, low in _INT_FIELDS.items():
-        if not _is_int(raw[name]) or raw[name] < low:
-            raise ReportRefused(f"report {name} must be an integer ≥ {low}", 400)
+        if not _is_int(raw[name]) or not low <= raw[name] <= MAX_INT:
+            raise ReportRefused(f"report {name} must be an integer in [{low}, 2^53)", 400)
     for name in (*_RATE_FIELDS, *_MS_FIELDS):
         v = raw[name]
-        if not (_is_int(v) or isinstance(v, float)) or not math.isfinite(v) or v < 0:
-            raise ReportRefused(f"report {name} must be a finite number ≥ 0", 400)
-        if name in _RATE_FIELDS and v > 1:
-            raise ReportRefused(f"report {name} must be in [0, 1]", 400)
+        high = 1 if name in _RATE_FIELDS else MAX_MS
+        # bounded before any float arithmetic: a 400-digit integer overflows `isfinite`
+        if _is_int(v) and not 0 <= v <= high:
+            raise ReportRefused(f"report {name} must be in [0, {high:g}]", 400)
+        if not (_is_int(v) or isinstance(v, float)) or not math.isfinite(v):
+            raise ReportRefused(f"report {name} must be a finite number", 400)
+        if not 0 <= v <= high:
+            raise ReportRefused(f"report {name} must be in [0, {high:g}]", 400)
     if raw["rolled_back"] not in (0, 1) or not _is_int(raw["rolled_back"]):
         raise ReportRefused("report rolled_back must be 0 or 1", 400)
     if raw["candidate"] == raw["stable"] or raw["running"] not in (raw["stable"], raw["candidate"]):

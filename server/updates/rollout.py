@@ -14,11 +14,16 @@ Rollout state, outside the served registry (reports are not for download):
     STATE/NAME/reports.jsonl      accepted reports, one a line, numbers only
 
 The statistic is paired: each device scores the candidate and the stable version on the same
-held-out examples, so its difference is free of how easy its own data is. Over devices (the
-unit: one device, one difference) the mean difference gets a 95% t interval; the guardrail
-fires when the whole interval lies below −threshold (the candidate is worse by more than the
-tolerance, with 95% confidence), or when the candidate's failure rate exceeds its bound. It
-waits for `min_devices` reports: a t interval over two devices says little.
+held-out examples, so its difference is free of how easy its own data is. One device, one
+vote: each device gives one difference and one failure rate (its failures over its own
+examples, so a claim of 10^12 examples buys nothing), and only a device the channel put on
+the candidate counts (in the cohort at the current fraction, reporting on the candidate it
+runs or ran). The votes are combined by a 25% trimmed mean, with its 95% interval (Yuen's,
+from the winsorized variance): fewer than a quarter of the reporters, lying in one
+direction, are cut whole and cannot move the decision. The guardrail fires when the whole
+interval lies below −threshold (the candidate is worse by more than the tolerance, with 95%
+confidence), or when the trimmed failure rate exceeds its bound. It waits for `min_devices`
+reports: an interval over two devices says little.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import datetime as dt
 import fcntl
 import json
 import math
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -35,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy import stats
 
@@ -42,10 +49,17 @@ from fedadapt.atomic import atomic_write_bytes, atomic_write_text
 from fedadapt.errors import FedAdaptError
 from fedadapt.server.updates.publish import read_index
 from fedadapt.updates.bundles import BundleError
-from fedadapt.updates.cohort import Channel, channel_files, channel_role, check_channel_name
+from fedadapt.updates.cohort import (
+    Channel,
+    channel_files,
+    channel_role,
+    check_channel_name,
+    in_cohort,
+)
 from fedadapt.updates.signed_meta import SignedMeta, make_meta, parse_meta
 
 CHANNEL_EXPIRES_IN = dt.timedelta(days=1)
+TRIM = 0.25  # cut at each end of the devices' votes: fewer than a quarter cannot move them
 ROLLOUT_FILE, REPORTS_FILE = "rollout.json", "reports.jsonl"
 
 
@@ -59,7 +73,8 @@ class Guardrail:
         The accuracy loss tolerated: the guardrail fires when the whole 95% interval of the
         paired difference lies below -threshold. In [0, 1).
     max_failure_rate : float (default: 0.05)
-        Failed candidate inferences over examples scored, summed over devices. In [0, 1].
+        The devices' failure rates (failed candidate inferences over their examples scored),
+        trimmed-mean combined. In [0, 1].
     min_devices : int (default: 5)
         Devices that must have reported before either test runs; at least 2.
     """
@@ -87,31 +102,62 @@ class Summary:
     local_rollbacks: int
 
 
-def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean of the per-device differences and its 95% t interval (n ≥ 2)."""
-    n = len(diffs)
+def robust_interval(values: list[float], trim: float = TRIM) -> tuple[float, float, float]:
+    """The trimmed mean of `values` (`trim` cut at each end) and Yuen's 95% interval (n >= 2).
+
+    Yuen's standard error comes from the winsorized variance over the `h` values kept, with a
+    t of `h - 1` degrees of freedom; scipy's `mstats.trimmed_mean_ci` uses the asymptotic
+    error instead, which is too narrow for the handful of devices a rollout starts with.
+    """
+    n = len(values)
     if n < 2:
-        raise FedAdaptError("a paired interval needs at least two devices")
-    mean = math.fsum(diffs) / n
-    sd = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        raise FedAdaptError("an interval needs at least two devices")
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    g = int(trim * n)
+    h = n - 2 * g
+    mean = float(x[g : n - g].mean())
+    if h < 2:
+        return mean, mean, mean
+    w = np.clip(x, x[g], x[n - g - 1])  # winsorized: the cut values set to the nearest kept
+    se = float(np.std(w, ddof=1)) * math.sqrt((n - 1) / (h * (h - 1)))
+    half = float(stats.t.ppf(0.975, h - 1)) * se
     return mean, mean - half, mean + half
 
 
-def summarize(reports: list[dict[str, Any]]) -> Summary:
-    """`reports` are one candidate's, in arrival order; a device's latest one counts."""
+def counted(reports: list[dict[str, Any]], channel: Channel | None) -> list[dict[str, Any]]:
+    """Each device's latest report, of the devices `channel` puts on its candidate: in the
+    cohort at its fraction, and running that candidate or having rolled it back. Without a
+    channel (a rollout no longer active), every device's latest report."""
     latest: dict[str, dict[str, Any]] = {}
     for r in reports:
         latest[r["device"]] = r
     rows = list(latest.values())
+    if channel is None or channel.candidate is None:
+        return rows
+    return [
+        r
+        for r in rows
+        if r["candidate"] == channel.candidate
+        and in_cohort(r["device"], channel.salt, channel.fraction)
+        and (r["running"] == channel.candidate or r["rolled_back"])
+    ]
+
+
+def summarize(reports: list[dict[str, Any]], channel: Channel | None = None) -> Summary:
+    """`reports` are one candidate's, in arrival order; a device's latest one counts, once.
+
+    Each counted device gives one paired difference and one failure rate; both are combined
+    by a trimmed mean (`robust_interval`), the difference with its 95% interval.
+    """
+    rows = counted(reports, channel)
     diffs = [r["candidate_accuracy"] - r["stable_accuracy"] for r in rows]
-    examples = sum(r["examples"] for r in rows)
-    failure = sum(r["candidate_failures"] for r in rows) / examples if examples else None
+    rates = [r["candidate_failures"] / r["examples"] for r in rows]
     mean = low = high = None
     if len(diffs) >= 2:
-        mean, low, high = paired_interval(diffs)
+        mean, low, high = robust_interval(diffs)
     elif diffs:
         mean = diffs[0]
+    failure = float(stats.trim_mean(rates, TRIM)) if rates else None
     rollbacks = sum(r["rolled_back"] for r in rows)
     return Summary(len(rows), mean, low, high, failure, rollbacks)
 
@@ -138,6 +184,7 @@ class Rollouts:
         self.state = (
             Path(state) if state else self.registry.with_name(self.registry.name + ".rollout")
         )
+        self.torn = 0  # lines of the last reports file read that were not JSON
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -212,18 +259,21 @@ class Rollouts:
         Returns
         -------
         list of dict
-            One row per report, with its `received_at` time; empty when none arrived.
+            One row per report, with its `received_at` time; empty when none arrived. A line
+            that is not JSON (torn by a crash mid-append) is skipped and counted in `torn`, so
+            the service still starts and the guardrail stays on.
         """
         path = self.folder(name) / REPORTS_FILE
         if not path.exists():
             return []
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        rows, self.torn = [], 0
+        for line in path.read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line) if line.strip() else None
-            except ValueError as e:  # a torn last line after a crash, or an edit
-                raise FedAdaptError(f"{path}:{n} is not a report ({e}); remove that line") from e
-            if row is not None and (candidate is None or row.get("candidate") == candidate):
+            except ValueError:  # a torn line after a crash, or an edit: skipped and counted
+                self.torn += 1
+                continue
+            if isinstance(row, dict) and (candidate is None or row.get("candidate") == candidate):
                 rows.append(row)
         return rows
 
@@ -348,18 +398,30 @@ class Rollouts:
         with self.locked():
             folder = self.folder(name)
             folder.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({**report, "received_at": time.time()}, sort_keys=True) + "\n"
             with open(folder / REPORTS_FILE, "a") as f:
-                f.write(json.dumps({**report, "received_at": time.time()}, sort_keys=True) + "\n")
+                if f.tell() and not _ends_with_newline(folder / REPORTS_FILE):
+                    f.write("\n")  # after a torn line: this report starts a line of its own
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())  # a counted report survives a crash
             current = self.read_channel(name)
             if current is None or current[1].candidate != report["candidate"]:
                 return None  # a late report on a halted or finished rollout: kept, not acted on
-            why = verdict(summarize(self.rollout_reports(name)), self.guardrail(name))
+            summary = summarize(self.rollout_reports(name), current[1])
+            why = verdict(summary, self.guardrail(name))
             if why is None:
                 return None
             reason = f"guardrail: {why}"
             if key is not None:
                 self._halt(name, key, reason)
             return reason
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _check_fraction(fraction: float) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from fedadapt.atomic import atomic_write_bytes
-from fedadapt.server.updates.rollout import ROLLOUT_FILE, Rollouts, Summary, summarize, verdict
+from fedadapt.server.updates.rollout import (
+    REPORTS_FILE,
+    ROLLOUT_FILE,
+    Rollouts,
+    Summary,
+    summarize,
+    verdict,
+)
 
 
 def _pct(v: float | None, signed: bool = False) -> str:
@@ -34,7 +41,7 @@ def status_text(rollouts: Rollouts, name: str) -> tuple[str, list[dict[str, Any]
         return lines[0], []
     state = rollouts.rollout(name)
     reports = rollouts.rollout_reports(name)
-    s: Summary = summarize(reports)
+    s: Summary = summarize(reports, ch)  # the devices the guardrail counts
     guard = rollouts.guardrail(name)
     lines.append(
         f"rollout of v{state['candidate']}: {s.devices} devices reported; paired difference "
@@ -42,6 +49,8 @@ def status_text(rollouts: Rollouts, name: str) -> tuple[str, list[dict[str, Any]
         f"{_pct(s.high, True)}]; failure rate {_pct(s.failure_rate)}%; "
         f"{s.local_rollbacks} local rollbacks"
     )
+    if rollouts.torn:
+        lines.append(f"{rollouts.torn} unreadable line of {REPORTS_FILE} skipped (a torn write)")
     halted = state.get("halted")
     reason = halted["reason"] if halted else verdict(s, guard)
     lines.append(("HALTED: " if halted else "guardrail: ") + (reason or "ok"))

@@ -87,6 +87,23 @@ def test_a_cohort_device_reports_both_versions_and_switches_back_without_downloa
     assert DeviceStore(device).state().version == 1
 
 
+def test_after_a_halt_a_device_that_got_the_candidate_another_way_returns_to_stable(setup):
+    """It installed v2 by a plain fetch, and v1 is no longer kept: it used to keep running
+    the halted candidate ('names version 1, older than installed 2, no longer keeps it')."""
+    reg, keys, device, rollouts, url = setup
+    rollouts.start("main", 2, 1.0, keys.key, stable=1)
+    fetch(url, device, [keys.pub], BASE)  # the newest, outside the agent
+    store = DeviceStore(device)
+    assert store.state().version == 2
+    assert fetch(url, device, [keys.pub], BASE, version=1) is None  # a plain fetch never goes back
+    assert store.state().version == 2
+    store.version_file(1).unlink()  # pruned, or never kept
+    rollouts.halt("main", keys.key)
+    result = agent(setup, TableScorer(reg, STABLE_RIGHT)).poll()
+    assert (result.action, result.target) == ("fetched", 1)
+    assert store.state().version == 1
+
+
 def test_a_device_outside_the_cohort_never_installs_the_candidate(setup):
     reg, keys, device, rollouts, _ = setup
     rollouts.start("main", 2, 1e-12, keys.key, stable=1)

@@ -294,3 +294,12 @@ def test_200_concurrent_fetches(world):
     with ThreadPoolExecutor(max_workers=200) as pool:
         results = list(pool.map(one, range(200)))
     assert all(results), f"{results.count(False)} failed or corrupt"
+
+
+def test_versions_past_four_digits_keep_the_file_just_installed(tmp_path):
+    """The name was parsed as int(name[1:5]): version 10000 read as 1000 and was deleted."""
+    store = DeviceStore(tmp_path / "dev")
+    for version in (9999, 10000, 10001):
+        store.install("a", version, f"adapter {version}".encode(), "b" * 64)
+        assert store.version_file(version).read_bytes() == f"adapter {version}".encode()
+    assert store.version_file(10000).exists() and not store.version_file(9999).exists()
