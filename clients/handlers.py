@@ -215,7 +215,8 @@ def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context)
     delta, stats = device.train_global(arrays, rnd)
     if pid in malicious_clients(cfg.num_clients, cfg.malicious_fraction, cfg.seed):
         delta = attack(delta, cfg.attack, seed=rnd * 100_003 + pid)
-        stats = {**stats, "examples": claimed_examples(cfg.attack, stats["examples"])}
+        claim = claimed_examples(cfg.attack, stats["examples"], cfg.max_num_examples)
+        stats = {**stats, "examples": claim}
     if cfg.personalization in PERSONAL_ADAPTER_MODES:
         personal = device.train_personal(arrays, _load(context, "personal"), rnd)
         _keep(context, "personal", personal)

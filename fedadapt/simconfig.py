@@ -58,7 +58,8 @@ FEDERATED_METHODS = ("bottleneck", "lora", "ia3", "bitfit", "prefix", "prompt")
 DATASETS = ("rotten_tomatoes", "bbc", "rotten_tomatoes_dirichlet")
 QUANTIZATIONS = ("none", "int8", "int4")  # fedadapt.base.quantize's (that one needs torch)
 CODECS = ("fp32", "fp16", "int8")  # fedadapt.codecs.CODECS (that one needs torch)
-ATTACKS = ("sign-flip", "noise", "inflate-examples")  # clients/attacks.py; extend here
+# clients/attacks.py; extend here
+ATTACKS = ("sign-flip", "noise", "inflate-examples", "claim-cap", "scale", "huge")
 
 
 def key(

@@ -28,3 +28,17 @@ def test_inflate_examples_flips_the_delta_and_claims_a_billion():
 def test_an_unknown_attack_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown attack 'bogus'; choose from"):
         attack({"a": torch.zeros(1)}, "bogus", 0)
+
+
+def test_the_scale_huge_and_claim_cap_attacks():
+    import torch
+
+    from fedadapt.clients.attacks import attack, claimed_examples
+
+    delta = {"w": torch.tensor([0.5, -1.0])}
+    assert torch.equal(attack(delta, "scale", 0)["w"], torch.tensor([5e5, -1e6]))
+    huge = attack(delta, "huge", 0)["w"]
+    assert torch.isfinite(huge).all() and float(huge.min()) == float(torch.tensor(1e36))
+    assert torch.equal(attack(delta, "claim-cap", 0)["w"], -delta["w"])
+    assert claimed_examples("claim-cap", 25, cap=1000) == 1000
+    assert claimed_examples("scale", 25, cap=1000) == 25
