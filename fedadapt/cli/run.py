@@ -11,6 +11,7 @@ from fedadapt.cli.args import (
     folder,
     library_errors,
     non_negative_int,
+    passphrase,
     port,
     positive_int,
 )
@@ -86,12 +87,26 @@ def _deploy_demo(args: argparse.Namespace) -> None:
 
 
 def _certs(args: argparse.Namespace) -> None:
-    """Make a CA, a SuperLink TLS certificate and SuperNode key pairs (keys mode 0600)."""
-    from fedadapt.launch.certs import make_certs
+    """Make a CA, a SuperLink TLS certificate and SuperNode key pairs (keys mode 0600, the CA
+    key encrypted with the passphrase in $VAR); `renew` re-issues both certificates for
+    --days more with the same keys, so no SuperNode needs a new key or registration."""
+    from fedadapt.launch.certs import make_certs, renew_certs
 
+    secret = passphrase(args.passphrase_env)
+    if secret is None:
+        raise FedAdaptError(
+            "--passphrase-env VAR is needed: the CA key is written encrypted with the "
+            "passphrase in $VAR (renew reads it with the same one)"
+        )
+    if args.action == "renew":
+        with library_errors(f"cannot renew the certificates in {args.out}"):
+            paths = renew_certs(args.out, args.days, secret)
+        print(f"renewed for {args.days} days: {paths['ca']}, {paths['cert']}")
+        print("ship the new ca.crt to every device before the old one expires")
+        return
     hosts = args.host or ["127.0.0.1", "localhost"]
     with library_errors(f"cannot write certificates into {args.out}"):
-        paths = make_certs(args.out, hosts, args.supernodes)
+        paths = make_certs(args.out, hosts, args.supernodes, args.days, secret)
     print(f"CA: {paths['ca']}  SuperLink: {paths['cert']} ({', '.join(hosts)})")
     print(f"SuperNode keys: {Path(args.out) / 'supernodes'} (register each *.pub)")
 
@@ -210,7 +225,22 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
         "certs", help="TLS certificates and SuperNode keys", description=_certs.__doc__
     )
     c.add_argument(
+        "action",
+        nargs="?",
+        choices=("make", "renew"),
+        default="make",
+        help="make a new CA and keys (the default), or renew the certificates of --out",
+    )
+    c.add_argument(
         "--out", required=True, type=folder, help="a folder for the certificates and keys"
+    )
+    c.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="the environment variable holding the CA key's passphrase (required)",
+    )
+    c.add_argument(
+        "--days", type=positive_int, default=365, help="how long the certificates are valid"
     )
     c.add_argument(
         "--host", action="append", help="SuperLink host name or IP (repeat; default loopback)"
