@@ -125,7 +125,12 @@ def read_evaluation(metrics: MetricRecord, cap: int) -> dict[str, float]:
         raise DeltaError("'metrics' must be a MetricRecord", reason="metrics")
     out: dict[str, float] = {}
     for key, value in metrics.items():
-        if not _number(value) or not math.isfinite(value):
+        if not _number(value):
+            raise DeltaError(f"{key} must be a number", reason="metrics")
+        # bounded before any float arithmetic: a huge int overflows `isfinite`
+        if isinstance(value, int) and abs(value) > MAX_METRIC:
+            raise DeltaError(f"{key} is out of bounds", reason="metrics")
+        if not math.isfinite(value):
             raise DeltaError(f"{key} must be a finite number", reason="metrics")
         if key.endswith("accuracy") and not 0 <= value <= 1:
             raise DeltaError(f"{key} must be in [0, 1], got {str(value)[:32]}", reason="metrics")
