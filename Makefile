@@ -10,7 +10,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
 .PHONY: setup demo deploy-demo test lint docs bench bench-gpu rollout-demo fuzz method-table \
-	hetlora-table personalization-table
+	hetlora-table personalization-table attack-table
 
 setup: $(STAMP)
 
@@ -112,3 +112,8 @@ personalization-table: simulations/results/rt-full/report.json \
 		simulations/results/rt-full-rf8/report.json \
 		simulations/results/rt-full-rf4/report.json | $(STAMP)
 	$(BIN)/python simulations/personalization_table.py --out simulations/results/personalization
+
+# Issue #24's attack table: quick.toml without baselines, clean and under each attack, with
+# the default round bounds; runs without a report.json are made first (5-9 min each).
+attack-table: setup
+	$(BIN)/python simulations/attack_table.py --runs simulations/results/attacks --run-missing
