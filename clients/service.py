@@ -39,7 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedadapt import supervise
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from fedadapt import runlock, supervise
 from fedadapt.atomic import private_folder
 from fedadapt.base.cache import BASE_CACHE_ENV
 from fedadapt.errors import FedAdaptError
@@ -120,6 +122,10 @@ class ServiceOptions:
         for what, path in (("CA certificate", self.root_cert), ("node key", self.node_key)):
             if not Path(path).is_file():
                 raise FedAdaptError(f"the {what} {path} does not exist")
+        # what the SuperNode would otherwise only write to its log, restarting forever
+        check_address(self.superlink)
+        check_node_key(Path(self.node_key))
+        check_root_cert(Path(self.root_cert))
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise FedAdaptError(f"the data folder {self.data_dir} does not exist")
         if bool(self.update_url) != bool(self.trust):
@@ -143,6 +149,51 @@ class ServiceOptions:
                 "(JSON Lines or CSV, docs/how-to/device.md), name one with --data-dir, or pass "
                 "--demo-data to train on a demo partition"
             )
+
+
+def check_address(address: str) -> None:
+    """The SuperLink's address as HOST:PORT (an IPv6 host in brackets), or one line saying
+    what is missing."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or host in ("[", "[]"):
+        raise FedAdaptError(
+            f"--superlink {address!r} has no port: give HOST:PORT, e.g. 10.0.0.5:9092"
+        )
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise FedAdaptError(f"--superlink {address!r}: the port must be a number in 1..65535")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise FedAdaptError(f"--superlink {address!r}: write an IPv6 host in brackets, [::1]:9092")
+
+
+def check_node_key(path: Path) -> None:
+    """The SuperNode's private key as Flower reads it (OpenSSH or PEM); its `.pub` or any
+    other file is refused in one line."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = path.read_bytes()
+    if data.lstrip().startswith((b"ecdsa-", b"ssh-")):
+        raise FedAdaptError(
+            f"the node key {path} is a public key: give the private one (without .pub)"
+        )
+    try:
+        if b"OPENSSH PRIVATE KEY" in data:
+            serialization.load_ssh_private_key(data, None)
+        else:
+            serialization.load_pem_private_key(data, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise FedAdaptError(
+            f"the node key {path} is not a private key Flower can use: {e}"
+        ) from None
+
+
+def check_root_cert(path: Path) -> None:
+    """The CA certificate as PEM, or one line naming the file."""
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as e:
+        raise FedAdaptError(f"the CA certificate {path} is not a PEM certificate: {e}") from None
 
 
 def node_config(opts: ServiceOptions) -> str:
@@ -207,6 +258,7 @@ class DeviceService:
         self.restarts = 0
         self.worker_restarts = 0
         self.worker_due: float | None = None  # when a worker that died is started again
+        self.lock: int | None = None  # the device folder's lock while `run` holds it
 
     # -- the SuperNode and the warm worker ----------------------------------------------------
     def _start(self, cmd: list[str], log_file: str, pid_file: str, what: str) -> subprocess.Popen:
@@ -217,7 +269,10 @@ class DeviceService:
         with open(self.folder / log_file, "ab") as log:
             # under a supervisor (own session, PR_SET_PDEATHSIG, child subreaper): the
             # process and what it starts end with this command, however it ends
-            proc = supervise.popen(cmd, env=env, stdout=log)
+            # the supervisors hold the folder's lock too: after a crash it stays locked
+            # until the last process of this device is gone
+            held = [self.lock] if self.lock is not None else []
+            proc = supervise.popen(cmd, env=env, stdout=log, hold_fds=held)
         (self.folder / pid_file).write_text(f"{proc.pid}\n")
         _log(f"{what} started (pid {proc.pid}), log {self.folder / log_file}")
         return proc
@@ -365,7 +420,17 @@ class DeviceService:
             self.next_update = now + self.opts.update_interval
 
     def run(self, tick: float = 1.0) -> int:
-        """Until SIGTERM/SIGINT; returns the exit code (0 on a clean stop)."""
+        """Until SIGTERM/SIGINT; returns the exit code (0 on a clean stop).
+
+        The device folder is locked for the service's life, as a run folder is
+        (`fedadapt.runlock`): a second `device run` on it is refused in one line naming the
+        holder, before it starts or removes anything of the first.
+        """
+        with runlock.hold(self.folder) as lock:
+            self.lock = lock
+            return self._run(tick)
+
+    def _run(self, tick: float) -> int:
         restore = _stop_on_signals(self.stopping.set)
         try:
             self.refresh_model()

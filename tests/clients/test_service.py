@@ -28,13 +28,15 @@ from fedadapt.launch.simulate import free_port
 
 
 def _opts(tmp_path: Path, **kw) -> ServiceOptions:
-    for name in ("ca.crt", "node.key"):
-        (tmp_path / name).write_text("x")
+    from fedadapt.launch.certs import make_certs
+
+    if not (tmp_path / "certs" / "ca.crt").exists():
+        make_certs(tmp_path / "certs", ["127.0.0.1"], 1)  # real ones: they are checked
     base = {
         "device_dir": tmp_path / "device",
         "superlink": "127.0.0.1:9",
-        "root_cert": tmp_path / "ca.crt",
-        "node_key": tmp_path / "node.key",
+        "root_cert": tmp_path / "certs" / "ca.crt",
+        "node_key": tmp_path / "certs" / "supernodes" / "node-1",
         "demo_data": True,
     }
     return ServiceOptions(**{**base, **kw})
@@ -44,8 +46,8 @@ def test_the_supernode_gets_tls_its_key_and_the_device_and_data_folders(tmp_path
     (tmp_path / "data").mkdir()
     opts = _opts(tmp_path, data_dir=tmp_path / "data", partition_id=2, num_partitions=3)
     cmd = supernode_command(opts)
-    assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.crt")
-    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "node.key")
+    assert cmd[cmd.index("--root-certificates") + 1] == str(opts.root_cert)
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(opts.node_key)
     assert "--insecure" not in cmd
     assert node_config(opts) == (
         f'partition-id=2 num-partitions=3 device-dir="{(tmp_path / "device").resolve()}" '
@@ -102,6 +104,67 @@ def test_a_device_without_a_data_folder_is_refused_unless_demo_data_is_asked_for
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedadapt: error: no data folder: put this device's examples in ")
     assert "--demo-data" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"superlink": "127.0.0.1"}, "--superlink '127.0.0.1' has no port: give HOST:PORT"),
+        ({"superlink": "127.0.0.1:99999"}, "the port must be a number in 1..65535"),
+        ({"superlink": "::1:9092"}, "write an IPv6 host in brackets"),
+        ({"node_key": "pub"}, "is a public key: give the private one (without .pub)"),
+        ({"node_key": "garbage"}, "is not a private key Flower can use"),
+        ({"root_cert": "garbage"}, "is not a PEM certificate"),
+    ],
+)
+def test_device_run_checks_its_arguments_before_anything_starts(tmp_path, capsys, change, message):
+    """Each used to restart the SuperNode forever, the reason only in supernode.log."""
+    from fedadapt.cli.app import main
+
+    opts = _opts(tmp_path)
+    (tmp_path / "garbage").write_text("not a key\n")
+    files = {
+        "pub": str(opts.node_key) + ".pub",
+        "garbage": str(tmp_path / "garbage"),
+    }
+    args = {
+        "superlink": opts.superlink,
+        "root_cert": str(opts.root_cert),
+        "node_key": str(opts.node_key),
+    }
+    args.update({k: files.get(v, v) for k, v in change.items()})
+    argv = ["device", "run", "--device-dir", str(opts.device_dir), "--demo-data"]
+    argv += ["--superlink", args["superlink"], "--root-cert", args["root_cert"]]
+    argv += ["--node-key", args["node_key"]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not opts.device_dir.exists()  # nothing started, nothing written
+
+
+def test_a_second_device_run_on_a_folder_in_use_is_refused_and_touches_nothing(tmp_path, capsys):
+    """It kept failing in its log, then deleted the first device's socket and pid files."""
+    from fedadapt import runlock
+    from fedadapt.cli.app import main
+
+    opts = _opts(tmp_path)
+    first = runlock.acquire(opts.device_dir)  # the first device run holds the folder
+    try:
+        (opts.device_dir / "warm").mkdir()
+        kept = [opts.device_dir / "warm" / "worker.sock", opts.device_dir / "supernode.pid"]
+        for path in kept:
+            path.write_text("the first device's\n")
+        argv = ["device", "run", "--device-dir", str(opts.device_dir), "--demo-data"]
+        argv += ["--superlink", opts.superlink, "--root-cert", str(opts.root_cert)]
+        argv += ["--node-key", str(opts.node_key)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(
+            f"fedadapt: error: {opts.device_dir} is in use by the live run of PID"
+        )
+        assert all(p.read_text() == "the first device's\n" for p in kept)
+    finally:
+        os.close(first)
 
 
 def test_device_run_channel_without_updates_is_one_line(tmp_path, capsys):
