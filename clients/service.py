@@ -48,6 +48,9 @@ from fedadapt.errors import FedAdaptError
 
 GRACE_S = 15.0  # for the supervisor, which gives its tree supervise.GRACE before SIGKILL
 MAX_RESTART_DELAY_S = 60.0
+RETRY_S = (
+    30.0  # a failed update check is tried again this soon, then less often, up to the interval
+)
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -255,6 +258,7 @@ class DeviceService:
         self.supernode: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
         self.next_update = 0.0
+        self.update_failures = 0  # update checks failed in a row
         self.restarts = 0
         self.worker_restarts = 0
         self.worker_due: float | None = None  # when a worker that died is started again
@@ -327,12 +331,11 @@ class DeviceService:
         if path is not None:
             _log(f"personalized model: {path}")
 
-    def update_once(self) -> None:
-        """One fetch (or one rollout poll, on a channel); a failure is logged and retried at
-        the next interval, never fatal."""
+    def update_once(self) -> bool:
+        """One fetch (or one rollout poll, on a channel); False when it failed (logged, never
+        fatal: `step` tries again soon, then less often)."""
         if self.opts.channel is not None:
-            self.poll_channel()
-            return
+            return self.poll_channel()
         from fedadapt.clients.updates.updater import fetch
         from fedadapt.updates.keys import load_public
 
@@ -344,13 +347,14 @@ class DeviceService:
             )  # fmt: skip
         except (FedAdaptError, OSError) as e:
             _log(f"update check failed: {e}")
-            return
+            return False
         if m is None:
             _log("update check: already up to date")
         else:
             _log(f"installed {m.adapter_name} version {m.version} ({m.kind})")
+        return True
 
-    def poll_channel(self) -> None:
+    def poll_channel(self) -> bool:
         """One poll of the rollout agent; installs and switches rewrite the personalized file
         (`DeviceStore.install`, `rollout_agent.switch_to`), so it serves the version run."""
         from fedadapt.clients.updates.rollout_agent import device_agent
@@ -365,7 +369,7 @@ class DeviceService:
             r = agent.poll()
         except (FedAdaptError, OSError, RuntimeError) as e:  # ORT raises RuntimeError's kin
             _log(f"rollout poll of channel {channel!r} failed: {e}")
-            return
+            return False
         _log(f"channel {channel} version {r.channel_version}: runs v{r.target} ({r.action})")
         if r.report:
             _log(
@@ -375,6 +379,7 @@ class DeviceService:
             )
         if r.halted:
             _log(f"the update service halted the rollout: {r.halted}")
+        return True
 
     def base_sha256(self) -> str:
         """The installed graph names its base (no torch needed); else this machine's base."""
@@ -416,8 +421,13 @@ class DeviceService:
             self.worker_due = None
             self.start_worker()
         if self.opts.update_url and now >= self.next_update:
-            self.update_once()
-            self.next_update = now + self.opts.update_interval
+            if self.update_once():
+                self.update_failures = 0
+                self.next_update = now + self.opts.update_interval
+            else:  # the server may just not be up yet: soon, then less often
+                self.update_failures += 1
+                retry = RETRY_S * 2.0 ** (self.update_failures - 1)
+                self.next_update = now + min(self.opts.update_interval, retry)
 
     def run(self, tick: float = 1.0) -> int:
         """Until SIGTERM/SIGINT; returns the exit code (0 on a clean stop).

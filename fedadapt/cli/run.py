@@ -13,6 +13,7 @@ from fedadapt.cli.args import (
     non_negative_int,
     passphrase,
     port,
+    positive_float,
     positive_int,
 )
 from fedadapt.errors import FedAdaptError
@@ -134,6 +135,7 @@ def _package_client(args: argparse.Namespace) -> None:
             port=args.port,
             update_key=Path(args.update_key) if args.update_key else None,
             update_url=args.update_url,
+            update_interval=args.update_interval,
             config=config,
             demo_data=not args.no_demo_data,
         )
@@ -270,6 +272,12 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--port", type=port, default=9094, help="the SuperNode's own port")
     pc.add_argument("--update-key", help="update-signing public key to trust (fetch)")
     pc.add_argument("--update-url", help="the registry the device fetches signed updates from")
+    pc.add_argument(
+        "--update-interval",
+        type=positive_float,
+        default=3600.0,
+        help="seconds between the device's update checks (a failed one is retried sooner)",
+    )
     pc.add_argument(
         "--config",
         help=f"the run config the deployment trains with: the package ships its device graph, "

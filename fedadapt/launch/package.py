@@ -59,12 +59,27 @@ if [ "${{DEMO_DATA:-0}}" = 1 ] && [ ! -d "$device/data" ]; then
 fi
 updates=()
 if [ -n "${{UPDATE_URL:-}}" ]; then
-  updates=(--update-url "$UPDATE_URL" --trust "$here/trust/update-signing.pub")
+  updates=(--update-url "$UPDATE_URL" --trust "$here/trust/update-signing.pub" \\
+    --update-interval "${{UPDATE_INTERVAL:-3600}}")
 fi
 exec "$here/venv/bin/fedadapt" device run --device-dir "$device" \\
   --superlink "$SUPERLINK" --root-cert "$here/trust/ca.crt" --node-key "$here/trust/node.key" \\
   --port "$PORT" --partition-id "$PARTITION_ID" --num-partitions "$NUM_PARTITIONS" \\
   ${{updates[@]+"${{updates[@]}}"}} ${{demo[@]+"${{demo[@]}}"}}
+"""
+
+PACKAGE_README = """This folder makes this machine one device of a fedadapt deployment.
+
+1. ./install.sh      once: a Python venv with fedadapt and what a device needs
+2. put the device's own examples in device/data/ (or in $DEVICE_DIR/data/ if node.env
+   names another DEVICE_DIR): *.jsonl files, one {"text": ..., "label": ...} a line, or
+   *.csv files with a text,label header. Without data/, start.sh trains on the package's
+   demo data where it ships some, and refuses to start otherwise.
+3. ./start.sh        the device until SIGTERM: its SuperNode, signed updates every
+   UPDATE_INTERVAL seconds (node.env), its personalized model in device/
+
+Status and logs: device/supernode.log, device/worker.log. Personal files in device/ are
+readable by this user only.
 """
 
 # What a device imports (a test checks it against the modules a device loads): training
@@ -86,6 +101,23 @@ DEVICE_DISTRIBUTIONS = frozenset(
 )
 DEMO_DISTRIBUTIONS = frozenset({"flwr-datasets"})  # the BBC demo partition
 DEVICE_EXTRAS: dict[str, set[str]] = {"flwr": set()}  # a SuperNode needs no Ray, no Opacus
+
+
+def _check_public_key(path: Path) -> None:
+    """The update key a device trusts must be a public key: a private one copied into every
+    device package would let anyone holding a package sign updates."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    if b"PRIVATE KEY" in data:
+        raise FedAdaptError(
+            f"--update-key {path} is a private key: give its public key (.pub.pem); the "
+            "private one never leaves the signer"
+        )
+    try:
+        serialization.load_pem_public_key(data)
+    except ValueError:
+        raise FedAdaptError(f"--update-key {path} is not a PEM public key") from None
 
 
 def runtime_requirements(demo_data: bool = True) -> list[str]:
@@ -133,11 +165,16 @@ def package_client(
     update_url: str | None = None,
     config: Path | None = None,
     demo_data: bool = True,
+    update_interval: float = 3600.0,
 ) -> Path:
     """Write the package for SuperNode `node` (its key is `certs/supernodes/node-N`); with
-    `config`, its `device/` folder holds that run's device graph (exported here)."""
+    `config`, its `device/` folder holds that run's device graph (exported here).
+    `update_interval` is how often the device checks for a signed update (a failed check is
+    tried again within a minute, then less often)."""
     if update_url and update_key is None:
         raise FedAdaptError("--update-url needs --update-key: the key that signs the updates")
+    if update_key is not None:
+        _check_public_key(update_key)
     key = certs / "supernodes" / f"node-{node}"
     for needed in (certs / "ca.crt", key, key.with_suffix(".pub")):
         if not needed.exists():
@@ -171,6 +208,7 @@ def package_client(
         "PORT": port,
         "UPDATE_URL": update_url or "",
         "DEMO_DATA": int(demo_data),
+        "UPDATE_INTERVAL": update_interval,
     }
     atomic_write_text(
         out / "node.env", "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in env.items())
@@ -180,6 +218,7 @@ def package_client(
         from fedadapt.simconfig import SimConfig
 
         install_device_graphs(SimConfig.load(config), [out / "device"])
+    atomic_write_text(out / "README.txt", PACKAGE_README)
     scripts = {"install.sh": INSTALL, "start.sh": START.format(model_env=MODEL_DIR_ENV)}
     for name, text in scripts.items():
         atomic_write_text(out / name, text)

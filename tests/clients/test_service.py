@@ -78,18 +78,25 @@ def test_bad_options_are_refused_in_one_line(tmp_path, change, message):
         DeviceService(_opts(tmp_path, **change))
 
 
-def test_a_failed_update_check_is_logged_and_retried_at_the_next_interval(tmp_path, capsys):
+def test_a_failed_update_check_is_retried_soon_then_less_often(tmp_path, capsys):
     """An unreachable registry must not stop the device: it logs and tries again later."""
     from fedadapt.updates.keys import keygen
 
     _, pub = keygen(tmp_path / "keys")
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    service = DeviceService(_opts(tmp_path, update_url=url, trust=(pub,), update_interval=50))
+    opts = _opts(tmp_path, update_url=url, trust=(pub,), update_interval=100)
+    service = DeviceService(opts)
     (tmp_path / "device").mkdir()
     service.step(now=100.0)
-    assert service.next_update == 150.0
+    # a first check failed (the update server not up yet): tried again soon, not in an hour
+    assert service.next_update == 130.0
+    service.step(now=130.0)
+    assert service.next_update == 190.0  # then less often: 30 s, 60 s, ... up to the interval
+    service.step(now=190.0)
+    assert service.next_update == 290.0
     assert "update check failed" in capsys.readouterr().err
-    service.step(now=120.0)  # not due yet: no second attempt
+    capsys.readouterr()
+    service.step(now=200.0)  # not due yet: no attempt
     assert "update check" not in capsys.readouterr().err
 
 
@@ -178,7 +185,7 @@ def test_device_run_channel_without_updates_is_one_line(tmp_path, capsys):
     assert err.strip() == "fedadapt: error: --channel needs --update-url and --trust"
 
 
-def test_a_failed_rollout_poll_is_logged_and_retried_at_the_next_interval(tmp_path, capsys):
+def test_a_failed_rollout_poll_is_logged_and_retried_soon(tmp_path, capsys):
     """On a channel, a device without a graph cannot score: logged, the loop goes on."""
     from fedadapt.updates.keys import keygen
 
@@ -192,7 +199,7 @@ def test_a_failed_rollout_poll_is_logged_and_retried_at_the_next_interval(tmp_pa
     err = capsys.readouterr().err
     assert "rollout poll of channel 'main' failed: " in err
     assert "has no runtime.json: install an exported model first" in err
-    assert service.next_update == 10.0 + service.opts.update_interval
+    assert service.next_update == 10.0 + 30.0  # a failed poll is retried soon (RETRY_S)
 
 
 @pytest.mark.slow

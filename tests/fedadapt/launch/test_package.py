@@ -47,8 +47,9 @@ def test_package_holds_what_a_device_needs(tmp_path, certs):
 
 
 def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(tmp_path, certs):
-    pub = tmp_path / "signing.pub"
-    pub.write_text("a key")
+    from fedadapt.updates.keys import keygen
+
+    _, pub = keygen(tmp_path / "keys")
     out = package_client(
         tmp_path / "pkg",
         certs,
@@ -57,6 +58,7 @@ def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(
         update_key=pub,
         update_url="https://updates.example.org",
         demo_data=False,
+        update_interval=120,
     )
     names = {p.split("==")[0] for p in (out / "requirements.txt").read_text().split()}
     assert names.isdisjoint({"matplotlib", "onnx", "onnxscript", "flwr-datasets", "tomli-w"})
@@ -66,6 +68,20 @@ def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(
     start = (out / "start.sh").read_text()
     assert '"$here/venv/bin/fedadapt" device run --device-dir' in start
     assert "--update-url" in start and "--root-cert" in start
+    assert "UPDATE_INTERVAL=120" in (out / "node.env").read_text()
+    assert '--update-interval "${UPDATE_INTERVAL:-3600}"' in start
+    assert "device/data/" in (out / "README.txt").read_text()  # where the data goes
+
+
+def test_a_private_key_given_as_the_update_key_is_refused(tmp_path, certs):
+    """It was copied into the package as if it were the public key."""
+    from fedadapt.updates.keys import keygen
+
+    private, _ = keygen(tmp_path / "keys")
+    common = {"certs": certs, "node": 1, "superlink": "h:1", "update_url": "https://u.example"}
+    with pytest.raises(FedAdaptError, match="is a private key: give its public key"):
+        package_client(tmp_path / "pkg", update_key=private, **common)
+    assert not (tmp_path / "pkg").exists()
 
 
 @pytest.mark.slow
