@@ -25,6 +25,7 @@ from fedadapt.adapters import AdapterModel
 from fedadapt.atomic import atomic_write_text
 from fedadapt.base.checkpoint import base_sha256
 from fedadapt.deltas import State
+from fedadapt.errors import FedAdaptError
 from fedadapt.hetlora import client_rank, global_config
 from fedadapt.model_setup import (
     GLOBAL,
@@ -53,6 +54,24 @@ from fedadapt.updates.keys import load_private
 
 log = logging.getLogger("fedadapt.server")
 app = ServerApp()
+
+
+class OneLineErrors(logging.Filter):
+    """Flower logs whatever the ServerApp raises with its traceback (`exc_info`). For a
+    fedadapt error (a bad run-config key or value through `flwr run --run-config`, a key that
+    cannot sign) the user gets fedadapt's one line instead, naming the key; the run's status
+    still says why it failed (Flower puts the message in its details). A filter on Flower's
+    logger, so Flower itself is not patched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, FedAdaptError):
+            record.msg, record.args = "fedadapt: error: %s", (" ".join(str(error).split()),)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("flwr").addFilter(OneLineErrors())
 
 
 def _robust_rule(cfg: SimConfig) -> tuple[str, float] | None:
