@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save
 
 from fedadapt import hetlora
 from fedadapt.atomic import PRIVATE, atomic_write_bytes, private_folder
+from fedadapt.clients import status
 from fedadapt.clients.attacks import attack, claimed_examples, malicious_clients
 from fedadapt.clients.device import Device
 from fedadapt.clients.personalized import after_evaluation, after_training
@@ -101,9 +102,13 @@ def _device(cfg: SimConfig, pid: int, context: Context, full_model: bool = False
     device = context.node_config.get("device-dir")
     # the device's own secret keys its split; a folder without a device keeps the seed
     key = local_files.split_key(Path(str(device))) if device else str(cfg.seed)
-    local = local_files.load(
-        folder, label_names(cfg.dataset), cfg.test_fraction, key, cfg.min_examples
-    )
+    try:
+        local = local_files.load(
+            folder, label_names(cfg.dataset), cfg.test_fraction, key, cfg.min_examples
+        )
+    finally:
+        if device and (read := local_files.last_read()) is not None:
+            status.note(device, "data", **read)  # what it read, even when too few
     if device:  # the rollout agent scores versions on this same held-out side
         local_files.record_split(Path(str(device)), cfg.test_fraction, key)
     return Device.create(cfg, pid, full_model, data=local.data)
@@ -125,8 +130,9 @@ def _error_reply(handler: Callable[[Message, Context], Message]):
         except Exception as e:  # every failure: Flower would send its text
             reason = wire_reason(e)
             kind = message.metadata.message_type
-            if context.node_config.get("device-dir"):
+            if device := context.node_config.get("device-dir"):
                 log.warning("%s failed (%s): %s", kind, reason, e, exc_info=_is_bug(e))
+                status.note(device, "error", message_type=kind, code=reason, message=str(e))
             else:
                 log.warning("%s failed: %s", kind, reason)
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
@@ -196,6 +202,13 @@ def _serve_locally(context: Context, arrays, out: dict, device: Device, rnd: int
         "examples_heldout": len(device.data.test_labels),
     }
     _serve(context, lambda folder: after_evaluation(folder, _numpy(arrays), figures))
+    status.note(
+        context.node_config.get("device-dir"),
+        "evaluated",
+        round=rnd,
+        global_accuracy=figures["global_accuracy"],
+        personalized_accuracy=figures["personalized_accuracy"],
+    )
 
 
 def _numpy(arrays: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -222,6 +235,13 @@ def _train_adapter(cfg: SimConfig, pid: int, rnd: int, arrays, context: Context)
         _keep(context, "personal", personal)
     elif cfg.personalization == "ditto":
         _keep(context, "ditto", device.train_ditto(arrays, _load(context, "ditto"), rnd))
+    status.note(
+        context.node_config.get("device-dir"),
+        "trained",
+        round=rnd,
+        examples=stats["examples"],
+        loss=stats["train_loss"],
+    )
     # a device serves what it trained
     _serve(
         context,

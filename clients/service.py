@@ -44,6 +44,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from fedadapt import runlock, supervise
 from fedadapt.atomic import private_folder
 from fedadapt.base.cache import BASE_CACHE_ENV
+from fedadapt.clients import status
 from fedadapt.errors import FedAdaptError
 
 GRACE_S = 15.0  # for the supervisor, which gives its tree supervise.GRACE before SIGKILL
@@ -259,6 +260,8 @@ class DeviceService:
         self.worker: subprocess.Popen | None = None
         self.next_update = 0.0
         self.update_failures = 0  # update checks failed in a row
+        # events recorded before this start are not news
+        self.seen = {k: e.get("at", 0) for k, e in status.read(self.folder).items()}
         self.restarts = 0
         self.worker_restarts = 0
         self.worker_due: float | None = None  # when a worker that died is started again
@@ -347,11 +350,15 @@ class DeviceService:
             )  # fmt: skip
         except (FedAdaptError, OSError) as e:
             _log(f"update check failed: {e}")
+            status.note(self.folder, "update", ok=False, message=f"check failed: {e}")
             return False
         if m is None:
             _log("update check: already up to date")
+            status.note(self.folder, "update", ok=True, message="up to date")
         else:
             _log(f"installed {m.adapter_name} version {m.version} ({m.kind})")
+            message = f"installed {m.adapter_name} version {m.version} ({m.kind})"
+            status.note(self.folder, "update", ok=True, message=message)
         return True
 
     def poll_channel(self) -> bool:
@@ -402,6 +409,7 @@ class DeviceService:
             self.restarts += 1
             delay = min(MAX_RESTART_DELAY_S, 2.0**self.restarts)
             _log(f"SuperNode exited with code {proc.returncode}; restarting in {delay:.0f} s")
+            status.note(self.folder, "supernode", message=f"exited with code {proc.returncode}")
             self.supernode = None
             if self.stopping.wait(delay):
                 return
@@ -420,6 +428,7 @@ class DeviceService:
         if self.worker is None and self.worker_due is not None and now >= self.worker_due:
             self.worker_due = None
             self.start_worker()
+        self.print_events()
         if self.opts.update_url and now >= self.next_update:
             if self.update_once():
                 self.update_failures = 0
@@ -428,6 +437,15 @@ class DeviceService:
                 self.update_failures += 1
                 retry = RETRY_S * 2.0 ** (self.update_failures - 1)
                 self.next_update = now + min(self.opts.update_interval, retry)
+
+    def print_events(self) -> None:
+        """One console line per event the ClientApp recorded since the last turn (a round
+        trained, the data read, an error): the operator sees them here, not only in logs."""
+        for kind, event in status.read(self.folder).items():
+            if kind in ("update", "supernode") or event.get("at", 0) <= self.seen.get(kind, 0):
+                continue  # those two this service printed itself
+            self.seen[kind] = event["at"]
+            _log(status.line(kind, event))
 
     def run(self, tick: float = 1.0) -> int:
         """Until SIGTERM/SIGINT; returns the exit code (0 on a clean stop).

@@ -55,8 +55,18 @@ def _device_run(args: argparse.Namespace) -> None:
         raise SystemExit(code)
 
 
+def _device_status(args: argparse.Namespace) -> None:
+    """What this device runs and the last thing that happened: its SuperNode and worker,
+    the installed and pending versions, the personalized model, the last round trained with
+    its examples and loss, the data read (usable and skipped rows, by file), the last
+    evaluation, update check and error. Reads the device folder only."""
+    from fedadapt.clients.status import report
+
+    print(report(Path(args.device_dir)))
+
+
 def add_device_commands(sub: argparse._SubParsersAction) -> None:
-    """Register `device run` on `sub`."""
+    """Register `device run` and `device status` on `sub`."""
     d = sub.add_parser(
         "device", help="run this machine as a device", description="Commands run on a device."
     )
@@ -102,6 +112,15 @@ def add_device_commands(sub: argparse._SubParsersAction) -> None:
         "split of the data folder, report, roll back past the local bound",
     )
     r.set_defaults(func=_device_run)
+    st = actions.add_parser(
+        "status",
+        help="what this device runs and what happened last",
+        description=_device_status.__doc__,
+    )
+    st.add_argument(
+        "--device-dir", required=True, type=existing_folder, help="this device's folder"
+    )
+    st.set_defaults(func=_device_status)
 
 
 def _check_device_model(device_dir: Path) -> None:
@@ -138,6 +157,19 @@ def _check_servable(device_dir: Path) -> None:
         )
 
 
+def _served(device_dir: Path, version: int | None) -> str:
+    """What the device serves, by name: a signed version, or the global adapter of the last
+    round it trained in (version 0 is no version at all)."""
+    if version:
+        return f"signed adapter version {version}"
+    from fedadapt.clients.status import read
+
+    trained = read(device_dir).get("trained")
+    if trained:
+        return f"the global adapter of training round {trained.get('round')}, not a signed version"
+    return "the exported adapter, no round trained yet"
+
+
 def _infer(args: argparse.Namespace) -> None:
     """Classify texts with ONNX Runtime and the device's personalized adapter: the installed
     global adapter plus the device's personal part (`--global`: the shared one). No torch."""
@@ -155,7 +187,7 @@ def _infer(args: argparse.Namespace) -> None:
         scores = " ".join(f"{k}={v:.3f}" for k, v in p.scores.items())
         print(f"{p.label}\t{scores}\t{p.text}")
     kind = "personalized" if rt.personalized and not args.adapter else "global"
-    print(f"(adapter version {rt.adapter_version}, {kind})", file=sys.stderr)
+    print(f"({_served(Path(args.device_dir), rt.adapter_version)}, {kind})", file=sys.stderr)
 
 
 def add_infer_command(sub: argparse._SubParsersAction) -> None:

@@ -355,6 +355,13 @@ def read_folder(folder: Path, labels: list[str], test_fraction: float, key: str)
 
 
 _CACHE: dict[tuple, LocalData] = {}
+_LAST: dict[str, object] = {}  # the last folder read's counts, for the device's own status
+
+
+def last_read() -> dict[str, object] | None:
+    """The counts of the last folder `load` read (usable, train, held out, bad rows by
+    file), for the device's own status; None before any read."""
+    return dict(_LAST) or None
 
 
 def _signature(folder: Path) -> tuple:
@@ -379,6 +386,7 @@ def load(
     read, not at every round.
     """
     folder = Path(folder)
+    _LAST.clear()  # a folder that cannot be read leaves no stale counts
     sig = (str(folder.resolve()), tuple(labels), test_fraction, key, _signature(folder))
     local = _CACHE.get(sig)
     if local is None:
@@ -388,6 +396,19 @@ def load(
         _CACHE[sig] = local
     need = max(min_examples, MIN_EXAMPLES_FLOOR)
     d = local.data
+    bad_by_file: dict[str, int] = {}
+    for row in local.bad_rows:
+        bad_by_file[row.file] = bad_by_file.get(row.file, 0) + 1
+    _LAST.clear()
+    _LAST.update(
+        usable=local.examples,
+        train=len(d.train_texts),
+        held_out=len(d.test_texts),
+        bad_rows=len(local.bad_rows),
+        duplicates=local.duplicates,
+        bad_by_file=bad_by_file,
+        needs=need,
+    )
     if local.examples < need or not d.train_texts or not d.test_texts:
         raise TooFewExamples(
             f"device data folder {folder}: {local.examples} usable examples "

@@ -146,9 +146,9 @@ def test_installs_and_rollbacks_keep_the_personalized_file_on_the_installed_vers
     assert np.abs(rt.logits(texts) - (torch_logits(1) + bias)).max() < 1e-4
 
     assert main(["infer", "--device-dir", str(device), "--global", *texts]) == 0
-    assert "(adapter version 1, global)" in capsys.readouterr().err
+    assert "(signed adapter version 1, global)" in capsys.readouterr().err
     assert main(["infer", "--device-dir", str(device), *texts]) == 0
-    assert "(adapter version 1, personalized)" in capsys.readouterr().err
+    assert "(signed adapter version 1, personalized)" in capsys.readouterr().err
 
 
 def _figures(d: Device, reported: dict, mode: str) -> dict:
