@@ -142,3 +142,22 @@ def summary(doc: str | None) -> str:
     help text: lower case, no closing period."""
     line = doc.strip().splitlines()[0] if doc and doc.strip() else ""
     return (line[:1].lower() + line[1:]).rstrip(".")
+
+
+def add_passphrase_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """`--passphrase-env VAR`, the way every command that reads or writes a key takes it
+    (read with `passphrase`)."""
+    text = help or "the key's passphrase is in $VAR (if encrypted)"
+    parser.add_argument("--passphrase-env", metavar="VAR", help=text)
+
+
+def add_listen_options(parser: argparse.ArgumentParser) -> None:
+    """`--host`, `--port` and `--max-connections` of a service a device reaches."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=port, default=8787, help="port to listen on")
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=64,
+        help="connections served at once; more are answered 503",
+    )

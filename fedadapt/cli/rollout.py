@@ -14,11 +14,12 @@ import json
 from pathlib import Path
 
 from fedadapt.cli.args import (
+    add_listen_options,
+    add_passphrase_option,
     existing_folder,
     folder,
     library_errors,
     passphrase,
-    port,
     positive_int,
     summary,
 )
@@ -140,11 +141,7 @@ def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--state", type=folder, help="rollout state (default: REGISTRY.rollout)")
         if signs:
             p.add_argument("--key", required=True, help="private key that signs the channel")
-            p.add_argument(
-                "--passphrase-env",
-                metavar="VAR",
-                help="the key's passphrase is in $VAR (if encrypted)",
-            )
+            add_passphrase_option(p)
         p.set_defaults(func=func)
         return p
 
@@ -192,11 +189,4 @@ def add_rollout_commands(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_poll)
     v = command("serve", _serve)
     v.add_argument("--devices", required=True, type=existing_folder, help="folder of device *.pub")
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    v.add_argument("--port", type=port, default=8787, help="port to listen on")
-    v.add_argument(
-        "--max-connections",
-        type=positive_int,
-        default=64,
-        help="connections served at once; more are answered 503",
-    )
+    add_listen_options(v)

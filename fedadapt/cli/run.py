@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from fedadapt.cli.args import (
+    add_passphrase_option,
     existing_folder,
     folder,
     library_errors,
@@ -236,11 +237,7 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--out", required=True, type=folder, help="a folder for the certificates and keys"
     )
-    c.add_argument(
-        "--passphrase-env",
-        metavar="VAR",
-        help="the environment variable holding the CA key's passphrase (required)",
-    )
+    add_passphrase_option(c, "the CA key's passphrase is in $VAR (required)")
     c.add_argument(
         "--days", type=positive_int, default=365, help="how long the certificates are valid"
     )

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from fedadapt.cli.args import (
     SHAPE_ERRORS,
+    add_listen_options,
+    add_passphrase_option,
     existing_folder,
     folder,
     library_errors,
     passphrase,
-    port,
     positive_float,
-    positive_int,
     read_json,
 )
 from fedadapt.errors import FedAdaptError
@@ -137,7 +137,7 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
         "keygen", help="make an Ed25519 signing key pair", description=_keygen.__doc__
     )
     k.add_argument("--out", required=True, type=folder, help="folder for the key files")
-    k.add_argument("--passphrase-env", metavar="VAR", help="encrypt with the passphrase in $VAR")
+    add_passphrase_option(k, "encrypt with the passphrase in $VAR")
     k.set_defaults(func=_keygen)
 
     p = sub.add_parser(
@@ -146,9 +146,7 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", required=True, type=existing_folder, help="adapter folder")
     p.add_argument("--registry", required=True, type=folder, help="registry folder (static files)")
     p.add_argument("--key", required=True, help="private key file")
-    p.add_argument(
-        "--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR (if encrypted)"
-    )
+    add_passphrase_option(p)
     p.add_argument("--name", help="adapter name (default: the registry's, or the folder's)")
     p.add_argument(
         "--expires-days",
@@ -173,9 +171,7 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
         "--registry", required=True, type=existing_folder, help="registry folder (static files)"
     )
     ri.add_argument("--key", required=True, help="private key file")
-    ri.add_argument(
-        "--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR (if encrypted)"
-    )
+    add_passphrase_option(ri)
     ri.add_argument(
         "--index-expires-hours",
         type=positive_float,
@@ -190,14 +186,7 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--registry", required=True, type=existing_folder, help="registry folder to serve"
     )
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    s.add_argument("--port", type=port, default=8787, help="port to listen on")
-    s.add_argument(
-        "--max-connections",
-        type=positive_int,
-        default=64,
-        help="connections served at once; more are answered 503",
-    )
+    add_listen_options(s)
     s.add_argument(
         "--timeout", type=positive_float, default=30.0, help="seconds a connection may idle"
     )
