@@ -64,6 +64,7 @@ class OneLineErrors(logging.Filter):
     logger, so Flower itself is not patched."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a record carrying a fedadapt error as its one line; keep every record."""
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, FedAdaptError):
             record.msg, record.args = "fedadapt: error: %s", (" ".join(str(error).split()),)
