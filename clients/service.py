@@ -49,9 +49,9 @@ from fedadapt.errors import FedAdaptError
 
 GRACE_S = 15.0  # for the supervisor, which gives its tree supervise.GRACE before SIGKILL
 MAX_RESTART_DELAY_S = 60.0
-RETRY_S = (
-    30.0  # a failed update check is tried again this soon, then less often, up to the interval
-)
+STARTUP_S = 20.0  # a SuperNode that exits this soon after its start will not come up by itself
+# a failed update check is tried again this soon, then less often, up to the interval
+RETRY_S = 30.0
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -153,6 +153,17 @@ class ServiceOptions:
                 "(JSON Lines or CSV, docs/how-to/device.md), name one with --data-dir, or pass "
                 "--demo-data to train on a demo partition"
             )
+
+
+def last_error(log: Path, lines: int = 200) -> str:
+    """The most telling line of a process's log: its last error, else its last line."""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"(no log at {log})"
+    tail = [line.strip() for line in tail if line.strip()]
+    errors = [line for line in tail if "ERROR" in line or "Error" in line]
+    return (errors or tail or [f"(nothing in {log})"])[-1]
 
 
 def check_address(address: str) -> None:
@@ -266,6 +277,7 @@ class DeviceService:
         self.worker_restarts = 0
         self.worker_due: float | None = None  # when a worker that died is started again
         self.lock: int | None = None  # the device folder's lock while `run` holds it
+        self.supernode_started = 0.0
 
     # -- the SuperNode and the warm worker ----------------------------------------------------
     def _start(self, cmd: list[str], log_file: str, pid_file: str, what: str) -> subprocess.Popen:
@@ -299,6 +311,7 @@ class DeviceService:
         The pid file holds the supervisor's pid, for tools outside this process.
         """
         self.supernode = self._start(supernode_command(self.opts), LOG_FILE, PID_FILE, "SuperNode")
+        self.supernode_started = time.monotonic()
         return self.supernode
 
     def stop_supernode(self) -> None:
@@ -406,6 +419,14 @@ class DeviceService:
         """One turn of the loop: keep the SuperNode and the worker up, fetch when due."""
         proc = self.supernode
         if proc is not None and proc.poll() is not None:
+            if time.monotonic() - self.supernode_started < STARTUP_S:
+                # it never came up: restarting would print the same failure forever
+                code = proc.returncode
+                status.note(self.folder, "supernode", message=f"exited at start-up: {code}")
+                raise FedAdaptError(
+                    f"the SuperNode exited during start-up (code {code}): "
+                    f"{last_error(self.folder / LOG_FILE)}"
+                )
             self.restarts += 1
             delay = min(MAX_RESTART_DELAY_S, 2.0**self.restarts)
             _log(f"SuperNode exited with code {proc.returncode}; restarting in {delay:.0f} s")

@@ -416,3 +416,24 @@ def test_start_sigterm_restart_and_a_killed_device_command(tmp_path):
                 p.kill()
                 p.wait()
         cluster.stop()
+
+
+def test_a_supernode_that_exits_at_start_up_ends_device_run_with_its_reason(tmp_path):
+    """It restarted forever with a growing delay, the reason only in supernode.log."""
+    fake = tmp_path / "flower-supernode"
+    fake.write_text(
+        "#!/bin/sh\necho 'INFO: starting'\n"
+        "echo 'ERROR: SuperLink address (127.0.0.1) cannot be parsed.'\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    service = DeviceService(_opts(tmp_path, supernode_exe=str(fake)))
+    service.start_worker = lambda: None  # the worker has nothing to do with this
+    t0 = time.monotonic()
+    with pytest.raises(FedAdaptError) as e:
+        service.run(tick=0.1)
+    assert time.monotonic() - t0 < 30
+    assert str(e.value) == (
+        "the SuperNode exited during start-up (code 1): "
+        "ERROR: SuperLink address (127.0.0.1) cannot be parsed."
+    )
+    assert service.supernode is None and not (service.folder / PID_FILE).exists()
