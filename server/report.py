@@ -159,9 +159,12 @@ def assemble(
 
 
 def _cell(value: Any) -> str:
-    """A CSV cell: a list (a round's Ray node ids) space-separated, so no comma splits it."""
+    """A CSV cell: a list (a round's Ray node ids) space-separated, and a mapping (a round's
+    rejected replies by reason) as `reason=count` pairs, so no comma splits either."""
     if value is None:
         return ""
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in sorted(value.items()))
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

@@ -29,12 +29,14 @@ def test_metrics_csv_keeps_a_round_with_node_ids_and_laps_in_its_columns(tmp_pat
     from fedadapt.server.report import ROUND_FIELDS, write_metrics_csv
 
     row = {"round": 1, "clients": 2, "ray_nodes": ["aa", "bb"], "sample_s": 0.01}
+    row["rejected"] = {"timeout": 2, "non-finite": 1}  # its str() held a comma
     write_metrics_csv(tmp_path / "m.csv", [row])
     header, line = (tmp_path / "m.csv").read_text().splitlines()
     cells = dict(zip(header.split(","), line.split(","), strict=True))
     assert {"sample_s", "train_s", "aggregate_s", "evaluate_s"} <= set(ROUND_FIELDS)
     assert cells["ray_nodes"] == "aa bb" and cells["sample_s"] == "0.01"
     assert cells["evaluate_s"] == ""
+    assert cells["rejected"] == "non-finite=1 timeout=2"
 
 
 def test_the_personal_stack_is_compared_and_averaged_only_where_it_was_measured():
