@@ -134,6 +134,8 @@ def passphrase(env: str | None) -> bytes | None:
         return None
     if env not in os.environ:
         raise FedAdaptError(f"the passphrase variable {env} is not set")
+    if not os.environ[env]:  # an empty passphrase would write the key in the clear
+        raise FedAdaptError(f"the passphrase variable {env} is empty")
     return os.environ[env].encode()
 
 

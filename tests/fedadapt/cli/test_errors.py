@@ -444,3 +444,11 @@ ARGUMENTS = [
 def test_bad_argument_values(tmp_path, capsys, command, message):
     argv = command.replace("{tmp}", str(tmp_path)).split()
     fails(capsys, argv, message.replace("{tmp}", str(tmp_path)), tmp_path)
+
+
+def test_an_empty_passphrase_is_refused_not_taken_for_no_encryption(tmp_path, capsys, monkeypatch):
+    """keygen wrote the private key in the clear when $VAR was set but empty."""
+    monkeypatch.setenv("EMPTY_PASS", "")
+    argv = ["keygen", "--out", str(tmp_path / "keys"), "--passphrase-env", "EMPTY_PASS"]
+    fails(capsys, argv, "the passphrase variable EMPTY_PASS is empty", tmp_path)
+    assert not (tmp_path / "keys").exists()
