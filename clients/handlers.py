@@ -131,17 +131,14 @@ def _error_reply(handler: Callable[[Message, Context], Message]):
             reason = wire_reason(e)
             kind = message.metadata.message_type
             if device := context.node_config.get("device-dir"):
-                log.warning("%s failed (%s): %s", kind, reason, e, exc_info=_is_bug(e))
+                bug = not isinstance(e, FedAdaptError)  # a bug keeps its traceback in the log
+                log.warning("%s failed (%s): %s", kind, reason, e, exc_info=bug)
                 status.note(device, "error", message_type=kind, code=reason, message=str(e))
             else:
                 log.warning("%s failed: %s", kind, reason)
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
     return wrapped
-
-
-def _is_bug(e: Exception) -> bool:
-    return not isinstance(e, FedAdaptError)
 
 
 def wire_reason(e: Exception) -> str:

@@ -17,7 +17,6 @@ honest client's value, so a liar gains at most `ratio` honest clients' worth of 
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 
@@ -39,9 +38,3 @@ def norm_bound(norms: Sequence[float], ratio: float, fixed: float = 0.0) -> floa
     if fixed > 0:
         bounds.append(fixed)
     return min(bounds) if bounds else None
-
-
-def shares(weights: Sequence[float]) -> list[float]:
-    """Each weight as its share of the total (they sum to 1): what multiplies a delta."""
-    total = math.fsum(weights)
-    return [w / total for w in weights]

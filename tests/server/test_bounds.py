@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 
 from fedadapt.records import record_to_state
 from fedadapt.server.app import _not_finite
-from fedadapt.server.bounds import norm_bound, shares, weight_cap
+from fedadapt.server.bounds import norm_bound, weight_cap
 from fedadapt.server.claims import MAX_TRAIN_LOSS, read_evaluation
 from fedadapt.server.replies import screen
 from tests.server.test_replies import GLOBAL, SHA, TRAINABLE, _raw, _reply
@@ -36,7 +36,6 @@ def test_the_bounds_are_multiples_of_the_rounds_median():
     assert norm_bound([1.0, 2.0, 3.0, 1e6], 2.0) == 5.0
     assert norm_bound([1.0, 2.0, 3.0], 2.0, fixed=1.5) == 1.5
     assert norm_bound([1.0], 0.0) is None
-    assert shares([1.0, 3.0]) == [0.25, 0.75]
 
 
 def test_bad_replies_are_refused_by_name_and_never_reach_the_mean(caplog):
