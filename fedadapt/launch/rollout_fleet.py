@@ -65,6 +65,7 @@ class Watch:
     rejected: bool = False  # rolled the candidate back on its own
     outside: bool = False  # installed the candidate while outside the cohort offered then
     errors: list[str] = field(default_factory=list)
+    polled_from: float = 0.0  # when its last finished poll began
 
 
 class Fleet:
@@ -135,6 +136,7 @@ class Fleet:
         rng = random.Random(i)
         self.stop.wait(rng.uniform(0, self.poll_s))
         while not self.stop.is_set():
+            began = time.time()
             try:
                 agent.poll()
             except FedAdaptError as e:
@@ -146,7 +148,7 @@ class Fleet:
             w.outside |= newly and w.point >= self.offered
             if (w.on == CANDIDATE or newly) and on == STABLE:
                 w.back_at = time.time()
-            w.on = on
+            w.on, w.polled_from = on, began
             self.stop.wait(self.poll_s * rng.uniform(0.5, 1.5))
 
     def start_devices(self, salt: str, local_bound: float) -> list[threading.Thread]:
@@ -234,13 +236,26 @@ def run_scenario(
             )
         else:
             fleet.wait(lambda: _halted(fleet), stage_timeout)
-            fleet.wait(lambda: all(w.on == STABLE for w in fleet.watch if w.exposed), stage_timeout)
+            fleet.wait(lambda: _settled_after_halt(fleet), stage_timeout)
         ended = time.time()
     return _figures(fleet, ended - started)
 
 
 def _halted(fleet: Fleet) -> bool:
     return fleet.rollouts.rollout(CHANNEL)["halted"] is not None
+
+
+def _settled_after_halt(fleet: Fleet) -> bool:
+    """Every device has finished a poll begun after the halt, and every exposed one is on
+    stable. Without the first half, a device whose poll read the channel just before the halt
+    could still be installing the candidate when the scenario ends: it goes back on its next
+    poll, which the scenario would never see (a CI run under load caught exactly that)."""
+    halted = fleet.rollouts.rollout(CHANNEL)["halted"]
+    if halted is None:
+        return False
+    return all(w.polled_from >= halted["at"] for w in fleet.watch) and all(
+        w.on == STABLE for w in fleet.watch if w.exposed
+    )
 
 
 def _figures(fleet: Fleet, seconds: float) -> dict[str, Any]:
