@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import shlex
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,3 +72,37 @@ def hold(folder: Path) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def waiting(path: Path, timeout: float, what: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on the file `path` for the block, waiting up to `timeout`
+    seconds for another holder to finish.
+
+    For short critical sections that must take turns rather than refuse each other (a
+    registry's publish and re-sign, a device folder's fetch, apply and rollback), unlike
+    `acquire`, which refuses a second run at once. Each call opens the file anew, so two
+    threads of one process exclude each other as two processes do; it is not reentrant.
+    Past the timeout, one `FedAdaptError` line names `what` is busy.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise FedAdaptError(f"cannot lock {what} ({path}): {e.strerror}") from None
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= end:
+                    raise FedAdaptError(
+                        f"{what} is busy: another process held {path} for {timeout:g} s"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock

@@ -2,8 +2,8 @@
 
 Layout (any web server or CDN can serve it as-is):
 
-    index.json                       versions, their bundles, payload sizes and manifest
-                                     hashes
+    index.json                       the registry's id, versions, their bundles, payload
+                                     sizes and manifest hashes
     timestamp.{json,sig}             signed, versioned, short-lived: pins index.json by hash
                                      (TUF's timestamp role; `refresh_timestamp` re-signs it)
     v0003/full.{manifest.json,sig,payload}
@@ -12,12 +12,27 @@ Layout (any web server or CDN can serve it as-is):
 Files are written payload first, manifest last, the index after all of them and the
 timestamp last, each atomically: a reader never sees a manifest whose payload is not
 complete, and a device never trusts an index that the timestamp does not pin.
+
+A publish and a re-sign each read the last version and write the next, so they take turns
+under an exclusive `flock` on `.lock` in the registry (the service never serves dot files):
+without it, 50 concurrent refreshes signed 27 distinct versions, some of them twice with
+different content.
+
+The registry's id (16 random hex digits) is drawn when the registry is made and signed into
+every timestamp and channel file, so a device bound to it refuses another registry's files
+signed by the same key. A registry made before ids existed gets one at its next publish or
+refresh; until then its timestamps carry none, and a device that never saw an id accepts
+them (the alternative, refusing, would cut every older device off until its registry is
+re-signed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +40,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 
+from fedadapt import runlock
 from fedadapt.adapter_files import read_adapter
 from fedadapt.atomic import atomic_write_bytes, atomic_write_text
 from fedadapt.errors import FedAdaptError
@@ -41,6 +57,22 @@ from fedadapt.updates.signed_meta import TIMESTAMP, make_meta, parse_meta
 
 INDEX = INDEX_FILE
 TIMESTAMP_EXPIRES_IN = dt.timedelta(days=1)
+LOCK_FILE = ".lock"
+LOCK_TIMEOUT_S = 120.0
+
+
+@contextmanager
+def registry_lock(registry: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the registry's lock: one publish or re-sign at a time, across processes."""
+    registry = Path(registry)
+    with runlock.waiting(registry / LOCK_FILE, timeout, f"the registry {registry}"):
+        yield
+
+
+def registry_id(index: dict) -> str | None:
+    """The id an index names, or None for a registry made before ids existed."""
+    rid = index.get("registry_id")
+    return rid if isinstance(rid, str) else None
 
 
 def read_index(registry: Path) -> dict:
@@ -62,14 +94,24 @@ def refresh_timestamp(
 ) -> int:
     """Re-sign `timestamp.json` over the current index with the next version and a new
     expiry; returns that version. Run it (`fedadapt refresh-index`) more often than the
-    expiry, or devices report `stale-index`."""
+    expiry, or devices report `stale-index`. Takes the registry's lock."""
     registry = Path(registry)
     if not (registry / INDEX).is_file():
         raise FedAdaptError(f"{registry} is not a registry: it has no {INDEX}")
+    with registry_lock(registry):
+        return _sign_timestamp(registry, key, expires_in)
+
+
+def _sign_timestamp(registry: Path, key: Ed25519PrivateKey, expires_in: dt.timedelta) -> int:
+    """The re-sign itself; the caller holds the registry's lock."""
+    index = read_index(registry)  # never sign a corrupt index
+    version = _timestamp_version(registry) + 1  # nor over a corrupt timestamp
+    if registry_id(index) is None:  # an older registry gets its id now
+        index = {**index, "registry_id": secrets.token_hex(8)}
+        atomic_write_text(registry / INDEX, json.dumps(index, indent=1) + "\n")
     index_bytes = (registry / INDEX).read_bytes()
-    read_index(registry)  # never sign a corrupt index
-    version = _timestamp_version(registry) + 1
-    data, sig = make_meta(TIMESTAMP, version, timestamp_body(index_bytes), key, expires_in)
+    body = timestamp_body(index_bytes)
+    data, sig = make_meta(TIMESTAMP, version, body, key, expires_in, registry=registry_id(index))
     atomic_write_bytes(registry / TIMESTAMP_SIG, sig)
     atomic_write_bytes(registry / TIMESTAMP_FILE, data)
     return version
@@ -124,10 +166,24 @@ def publish(
     timestamp_expires_in: dt.timedelta = TIMESTAMP_EXPIRES_IN,
 ) -> dict:
     """Publish the adapter in `adapter_dir` as the next version; returns its index entry.
-    The manifests live `expires_in`; the index's signed timestamp `timestamp_expires_in`."""
+    The manifests live `expires_in`; the index's signed timestamp `timestamp_expires_in`.
+    Takes the registry's lock (a new registry's folder is made for it)."""
     adapter_dir, registry = Path(adapter_dir), Path(registry)
     if expires_in <= dt.timedelta(0) or timestamp_expires_in <= dt.timedelta(0):
         raise FedAdaptError("expiry times must be positive")
+    with registry_lock(registry):
+        return _publish(adapter_dir, registry, key, name, expires_in, timestamp_expires_in)
+
+
+def _publish(
+    adapter_dir: Path,
+    registry: Path,
+    key: Ed25519PrivateKey,
+    name: str | None,
+    expires_in: dt.timedelta,
+    timestamp_expires_in: dt.timedelta,
+) -> dict:
+    """The publish itself; the caller holds the registry's lock."""
     index = read_index(registry)
     _timestamp_version(registry)  # a corrupt timestamp stops a publish before any write
     version = max((v["version"] for v in index["versions"]), default=0) + 1
@@ -165,7 +221,12 @@ def publish(
             entry["deltas"].append(
                 _write_bundle(folder, stem, manifest(delta, old["version"]), delta, key)
             )
-    index = {"adapter_name": name, "latest": version, "versions": [*index["versions"], entry]}
+    index = {
+        "adapter_name": name,
+        "latest": version,
+        "registry_id": registry_id(index) or secrets.token_hex(8),
+        "versions": [*index["versions"], entry],
+    }
     atomic_write_text(registry / INDEX, json.dumps(index, indent=1) + "\n")
-    refresh_timestamp(registry, key, timestamp_expires_in)
+    _sign_timestamp(registry, key, timestamp_expires_in)
     return entry

@@ -126,3 +126,54 @@ def test_refresh_index_from_the_command_line(tmp_path, keys, capsys):
     err = capsys.readouterr().err
     assert "is not a registry: it has no index.json" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _refresh_many(reg: str, key_file: str, n: int) -> list[int]:
+    """`n` refreshes in one process (run in several at once by the test below)."""
+    from fedadapt.updates.keys import load_private
+
+    key = load_private(key_file)
+    return [refresh_timestamp(reg, key) for _ in range(n)]
+
+
+def test_concurrent_refreshes_and_publishes_each_sign_their_own_version(tmp_path, keys):
+    """Issue 23: without a lock, 50 concurrent refreshes signed 27 distinct versions (two
+    writers read the same last version). Under the registry's lock, threads and processes
+    each get the next version, and the last file on disk is the highest."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    reg = tmp_path / "reg"
+    publish(tiny_adapter(tmp_path / "a1", 1), reg, keys.key)
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        threads = list(pool.map(lambda _: refresh_timestamp(reg, keys.key), range(50)))
+    assert sorted(threads) == list(range(2, 52))
+    key_file = str(tmp_path / "keys" / "signing_key.pem")
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=4, mp_context=ctx) as pool:
+        jobs = [pool.submit(_refresh_many, str(reg), key_file, 5) for _ in range(4)]
+        with ThreadPoolExecutor(max_workers=2) as publishers:  # publishes race them too
+            for seed in (2, 3):
+                publishers.submit(publish, tiny_adapter(tmp_path / f"a{seed}", seed), reg, keys.key)
+        processes = [v for job in jobs for v in job.result()]
+    assert len(set(processes)) == 20 and min(processes) > 51
+    assert _timestamp(reg).version == 51 + 20 + 2  # two publishes each signed one too
+    assert [v["version"] for v in read_index(reg)["versions"]] == [1, 2, 3]
+
+
+def test_a_registry_has_an_id_signed_into_its_timestamps(tmp_path, keys):
+    """Set once when the registry is made; a registry from before ids gets one at its next
+    refresh, and the timestamp of a registry without one has no registry field at all."""
+    reg = tmp_path / "reg"
+    publish(tiny_adapter(tmp_path / "a1", 1), reg, keys.key)
+    rid = read_index(reg)["registry_id"]
+    assert len(rid) == 16 and _timestamp(reg).registry == rid
+    publish(tiny_adapter(tmp_path / "a2", 2), reg, keys.key)
+    assert read_index(reg)["registry_id"] == rid == _timestamp(reg).registry
+
+    old = json.loads((reg / "index.json").read_text())
+    del old["registry_id"]
+    (reg / "index.json").write_text(json.dumps(old))
+    refresh_timestamp(reg, keys.key)
+    new = read_index(reg)["registry_id"]
+    assert new != rid and _timestamp(reg).registry == new
