@@ -3,7 +3,7 @@
 Every failure a user can cause (a bad argument, a missing or corrupt file, a refused
 connection) ends as one line, `fedadapt: error: ...`, and exit code 2; `--debug` adds the
 traceback. Each command group has its module here (`run`, `updates`, `device`, `rollout`,
-`export`, `bench`); what they share (argument types, the one-line errors) is `args`.
+`export`, `bench`, `console`); what they share (argument types, the one-line errors) is `args`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 
 from fedadapt.cli.args import OneLineParser, describe
 from fedadapt.cli.bench import add_bench_command
+from fedadapt.cli.console import add_console_command
 from fedadapt.cli.device import add_device_commands, add_infer_command
 from fedadapt.cli.export import add_export_command
 from fedadapt.cli.rollout import add_rollout_commands
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub)
     add_infer_command(sub)
     add_bench_command(sub)
+    add_console_command(sub)
     return parser
 
 
