@@ -62,7 +62,9 @@ if [ -n "${{UPDATE_URL:-}}" ]; then
   updates=(--update-url "$UPDATE_URL" --trust "$here/trust/update-signing.pub" \\
     --update-interval "${{UPDATE_INTERVAL:-3600}}")
 fi
-exec "$here/venv/bin/fedadapt" device run --device-dir "$device" \\
+# VENV: where fedadapt is installed (install.sh's venv; on one machine trying several
+# devices, the clone's .venv serves them all)
+exec "${{VENV:-$here/venv}}/bin/fedadapt" device run --device-dir "$device" \\
   --superlink "$SUPERLINK" --root-cert "$here/trust/ca.crt" --node-key "$here/trust/node.key" \\
   --port "$PORT" --partition-id "$PARTITION_ID" --num-partitions "$NUM_PARTITIONS" \\
   ${{updates[@]+"${{updates[@]}}"}} ${{demo[@]+"${{demo[@]}}"}}
@@ -76,7 +78,8 @@ PACKAGE_README = """This folder makes this machine one device of a fedadapt depl
    *.csv files with a text,label header. Without data/, start.sh trains on the package's
    demo data where it ships some, and refuses to start otherwise.
 3. ./start.sh        the device until SIGTERM: its SuperNode, signed updates every
-   UPDATE_INTERVAL seconds (node.env), its personalized model in device/
+   UPDATE_INTERVAL seconds (node.env), its personalized model in device/ (VENV=DIR runs
+   the fedadapt of another venv instead of install.sh's)
 
 Status and logs: device/supernode.log, device/worker.log. Personal files in device/ are
 readable by this user only.

@@ -66,7 +66,7 @@ def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(
     assert (out / "requirements-data.txt").read_text() == ""  # no demo data sets either
     assert "UPDATE_URL=https://updates.example.org" in (out / "node.env").read_text()
     start = (out / "start.sh").read_text()
-    assert '"$here/venv/bin/fedadapt" device run --device-dir' in start
+    assert '"${VENV:-$here/venv}/bin/fedadapt" device run --device-dir' in start
     assert "--update-url" in start and "--root-cert" in start
     assert "UPDATE_INTERVAL=120" in (out / "node.env").read_text()
     assert '--update-interval "${UPDATE_INTERVAL:-3600}"' in start
