@@ -56,15 +56,32 @@ log = logging.getLogger("fedadapt.server")
 app = ServerApp()
 
 
-class OneLineErrors(logging.Filter):
-    """Flower logs whatever the ServerApp raises with its traceback (`exc_info`). For a
-    fedadapt error (a bad run-config key or value through `flwr run --run-config`, a key that
-    cannot sign) the user gets fedadapt's one line instead, naming the key; the run's status
-    still says why it failed (Flower puts the message in its details). A filter on Flower's
-    logger, so Flower itself is not patched."""
+class FlowerLines(logging.Filter):
+    """Flower's own log lines, as a fedadapt user should read them; a filter on Flower's
+    logger, so Flower itself is not patched.
+
+    - Flower logs whatever the ServerApp raises with its traceback (`exc_info`). For a fedadapt
+      error (a bad run-config key or value through `flwr run --run-config`, a key that cannot
+      sign) the user gets fedadapt's one line instead, naming the key; the run's status still
+      says why it failed (Flower puts the message in its details).
+    - Two lines of the strategy contradict what fedadapt does, and are dropped: "Federated
+      evaluation will be skipped" (fedadapt asks every client itself, `server.evaluation`, so
+      the strategy's own evaluation is off) and "aggregate_train: Received 1 results" (the
+      round's screened replies reach the strategy folded into one, `server.combine`). The
+      round's own line says how many clients replied and which were rejected.
+    """
+
+    DROPPED = (
+        "fraction_evaluate is set to 0.0",
+        "%s: Received %s results and %s failures",
+        "aggregate_train: Received %s results and %s failures",  # the DP wrappers' own
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite a record carrying a fedadapt error as its one line; keep every record."""
+        """Rewrite a record carrying a fedadapt error as its one line; drop the two
+        contradicting lines; keep every other record."""
+        if isinstance(record.msg, str) and record.msg.startswith(self.DROPPED):
+            return False
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, FedAdaptError):
             record.msg, record.args = "fedadapt: error: %s", (" ".join(str(error).split()),)
@@ -72,7 +89,7 @@ class OneLineErrors(logging.Filter):
         return True
 
 
-logging.getLogger("flwr").addFilter(OneLineErrors())
+logging.getLogger("flwr").addFilter(FlowerLines())
 
 
 def _robust_rule(cfg: SimConfig) -> tuple[str, float] | None:
@@ -405,6 +422,12 @@ class FederatedRun:
             "adapter",
             baselines=cfg.baselines,
         )
+        if not per_client:
+            print(
+                "the report's final figures are empty: no client gave figures in the final "
+                "evaluation (the line above says why)",
+                flush=True,
+            )
         full_rows: list[dict] = []
         full_model = build_model(cfg, full_model=True)
         if reused is not None:

@@ -16,7 +16,7 @@ after `timeout` seconds of silence, still drops a dead client without stalling t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import Message
@@ -31,10 +31,17 @@ class QuickPollGrid:
         self._grid, self.interval = grid, interval
 
     def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Message]:
-        """Every reply that came before `timeout` seconds passed without one."""
+        """Every reply that came before `timeout` seconds passed without one; `progress(done,
+        total)` hears of each batch of replies, so that a long wait (the final evaluation of
+        every client) is not silent."""
         pending = set(self._grid.push_messages(messages))
+        total = len(pending)
         patience = timeout if timeout is not None else float("inf")
         end = time.monotonic() + patience
         replies: list[Message] = []
@@ -44,6 +51,8 @@ class QuickPollGrid:
                 end = time.monotonic() + patience
             replies.extend(got)
             pending -= {m.metadata.reply_to_message_id for m in got}
+            if got and progress is not None:
+                progress(total - len(pending), total)
             if pending:
                 time.sleep(self.interval)
         return replies

@@ -15,7 +15,7 @@ class RecordingGrid:
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
 
-    def send_and_receive(self, messages, timeout):
+    def send_and_receive(self, messages, timeout, progress=None):
         nodes = [m.metadata.dst_node_id for m in messages]
         self.batches.append(nodes)
         return [
@@ -60,3 +60,38 @@ def test_round_sample_of_zero_or_more_than_the_fleet_is_everyone():
     nodes = [5, 3, 9]
     assert evaluation.round_sample(nodes, SimConfig(evaluate_sample=0), 1) == nodes
     assert evaluation.round_sample(nodes, SimConfig(evaluate_sample=7), 1) == nodes
+
+
+class SilentGrid(RecordingGrid):
+    """Like RecordingGrid, but its last node never answers, and progress is reported."""
+
+    def send_and_receive(self, messages, timeout, progress=None):
+        replies = super().send_and_receive(messages, timeout)[:-1]
+        if progress is not None:
+            progress(len(replies), len(replies) + 1)
+        return replies
+
+
+def test_an_evaluation_missing_clients_says_how_many_and_why(capsys):
+    """After a Ctrl-C on a device in the final evaluation, the run's final figures were null
+    and no line said why."""
+    arrays = ArrayRecord([np.zeros(10, dtype=np.float32)])
+    cfg = SimConfig(round_timeout=30)
+    out = evaluation.evaluate_all(SilentGrid(), [100, 101, 102], arrays, cfg, 4, "adapter")
+    assert sorted(out) == [0, 1]
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("evaluation of round 4 (adapter): figures from 2 of 3 clients in ")
+    assert line.endswith("; 1 gave no answer within 30 s (round_timeout)")
+
+
+def test_a_quick_complete_evaluation_says_nothing_and_a_long_one_shows_progress(capsys):
+    arrays = ArrayRecord([np.zeros(10, dtype=np.float32)])
+    evaluation.evaluate_all(RecordingGrid(), [100, 101], arrays, SimConfig(), 1, "adapter")
+    assert capsys.readouterr().out == ""
+    tally = evaluation.Tally("evaluation of round 9 (adapter)", 10, every_s=0.0)
+    tally.heard(4)
+    tally.answered = 10
+    tally.done(60)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "evaluation of round 9 (adapter): 4/10 clients answered"
+    assert lines[1].startswith("evaluation of round 9 (adapter): figures from 10 of 10 clients")

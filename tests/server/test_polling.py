@@ -36,3 +36,10 @@ def test_silent_clients_are_given_up_on_after_the_timeout():
     took = time.monotonic() - t0
     assert len(replies) == 2
     assert 0.3 < took < 1.5  # the last reply at ~0.1 s, then 0.3 s of silence
+
+
+def test_progress_hears_each_batch_of_replies():
+    grid = QuickPollGrid(SlowGrid(n=3, gap=0.05), interval=0.01)
+    heard: list[tuple[int, int]] = []
+    grid.send_and_receive(range(3), timeout=1.0, progress=lambda d, t: heard.append((d, t)))
+    assert heard[-1] == (3, 3) and [d for d, _ in heard] == sorted({d for d, _ in heard})
