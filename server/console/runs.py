@@ -89,7 +89,11 @@ def read_run(run_id: str, folder: Path, cache: FileCache, now: float | None = No
     rows, why = cache.csv(folder / "metrics.csv", f"{label}: metrics.csv")
     if why and (folder / "metrics.csv").exists():
         notices.add(why)
-    rounds = _series(rows or [])
+    rounds, bad = _series(rows or [])
+    if bad:
+        notices.add(
+            f"{label}: metrics.csv: {bad} line{'s' * (bad > 1)} with no round number skipped"
+        )
     total = config.get("rounds") if isinstance(config, dict) else None
     done = len(rounds["round"])
     last_write = _age(folder / "metrics.csv", now)
@@ -111,13 +115,17 @@ def read_run(run_id: str, folder: Path, cache: FileCache, now: float | None = No
     }
 
 
-def _series(rows: list[dict[str, str]]) -> dict[str, Any]:
-    """Per-round lists, sorted by round; a round written twice (a resume) counts once."""
+def _series(rows: list[dict[str, str]]) -> tuple[dict[str, Any], int]:
+    """Per-round lists, sorted by round (a round written twice, by a resume, counts once),
+    and the number of rows that had no round number."""
     by_round: dict[int, dict[str, str]] = {}
+    bad = 0
     for row in rows:
         r = number(row.get("round"))
         if isinstance(r, int) and r >= 1:
             by_round[r] = row
+        else:
+            bad += 1
     order = sorted(by_round)
     out: dict[str, Any] = {"round": order}
     for key in SERIES:
@@ -126,7 +134,7 @@ def _series(rows: list[dict[str, str]]) -> dict[str, Any]:
     reasons = sorted({k for counts in per_round for k in counts})
     out["rejected"] = {k: [counts.get(k, 0) for counts in per_round] for k in reasons}
     out["rejected_total"] = [sum(counts.values()) for counts in per_round]
-    return out
+    return out, bad
 
 
 def _age(path: Path, now: float) -> float | None:
