@@ -103,3 +103,20 @@ def test_makefile_commands_parse():
         for attr in ("config",):
             if getattr(args, attr, None):
                 assert (Path(__file__).parents[3] / getattr(args, attr)).exists()
+
+
+def test_check_config_names_a_mistyped_key_that_flowers_superlink_would_not(tmp_path, capsys):
+    """`flwr run --run-config` with a typo got only "[code: 15] Invalid run configuration."."""
+    bad = tmp_path / "run.toml"
+    bad.write_text("rounds = 2\nround = 3\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "fedadapt: error: config: unknown key 'round' (did you mean 'rounds'?); "
+        "see docs/reference/config.md for the keys"
+    )
+    assert main(["check-config", str(bad), "--set", "rounds=0"]) == 2  # the file's typo first
+    bad.write_text("rounds = 2\n")
+    assert main(["check-config", str(bad), "--set", "rounds=0"]) == 2
+    assert "rounds = 0 is not an integer >= 1" in capsys.readouterr().err
+    assert main(["check-config", str(bad)]) == 0
+    assert capsys.readouterr().out.strip() == f"{bad}: a valid run config (rounds=2)"
