@@ -23,7 +23,8 @@ SIGTERM, then SIGKILL after a grace period, and the command exits 0. A device co
 outright (SIGKILL, the OOM killer) takes them down too: each runs under `fedadapt.supervise`,
 which holds `PR_SET_PDEATHSIG` and, as a child subreaper, ends the SuperNode and every
 ClientApp process it started. A SuperNode or worker that dies on its own is restarted with a
-growing delay; while the worker is down, messages run in the ClientApp process itself.
+growing delay; while the worker is down, messages run in the ClientApp process itself. One
+that cannot come up, or keeps dying, ends the command with its reason (`clients/exits.py`).
 A restart resumes: the node key keeps the node id, and the personal state is in the folder.
 """
 
@@ -45,11 +46,11 @@ from fedadapt import runlock, supervise
 from fedadapt.atomic import private_folder
 from fedadapt.base.cache import BASE_CACHE_ENV
 from fedadapt.clients import status
+from fedadapt.clients.exits import Exits
 from fedadapt.errors import FedAdaptError
 
 GRACE_S = 15.0  # for the supervisor, which gives its tree supervise.GRACE before SIGKILL
 MAX_RESTART_DELAY_S = 60.0
-STARTUP_S = 20.0  # a SuperNode that exits this soon after its start will not come up by itself
 # a failed update check is tried again this soon, then less often, up to the interval
 RETRY_S = 30.0
 OFFLINE_ENV = {
@@ -153,17 +154,6 @@ class ServiceOptions:
                 "(JSON Lines or CSV, docs/how-to/device.md), name one with --data-dir, or pass "
                 "--demo-data to train on a demo partition"
             )
-
-
-def last_error(log: Path, lines: int = 200) -> str:
-    """The most telling line of a process's log: its last error, else its last line."""
-    try:
-        tail = log.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return f"(no log at {log})"
-    tail = [line.strip() for line in tail if line.strip()]
-    errors = [line for line in tail if "ERROR" in line or "Error" in line]
-    return (errors or tail or [f"(nothing in {log})"])[-1]
 
 
 def check_address(address: str) -> None:
@@ -277,7 +267,8 @@ class DeviceService:
         self.worker_restarts = 0
         self.worker_due: float | None = None  # when a worker that died is started again
         self.lock: int | None = None  # the device folder's lock while `run` holds it
-        self.supernode_started = 0.0
+        self.supernode_exits = Exits("SuperNode", self.folder / LOG_FILE)
+        self.worker_exits = Exits("warm worker", self.folder / WORKER_LOG_FILE, startup_limit=3)
 
     # -- the SuperNode and the warm worker ----------------------------------------------------
     def _start(self, cmd: list[str], log_file: str, pid_file: str, what: str) -> subprocess.Popen:
@@ -311,7 +302,7 @@ class DeviceService:
         The pid file holds the supervisor's pid, for tools outside this process.
         """
         self.supernode = self._start(supernode_command(self.opts), LOG_FILE, PID_FILE, "SuperNode")
-        self.supernode_started = time.monotonic()
+        self.supernode_exits.start()
         return self.supernode
 
     def stop_supernode(self) -> None:
@@ -324,6 +315,7 @@ class DeviceService:
         self.worker = self._start(
             worker_command(self.opts), WORKER_LOG_FILE, WORKER_PID_FILE, "warm worker"
         )
+        self.worker_exits.start()
         return self.worker
 
     def stop_worker(self) -> None:
@@ -419,24 +411,22 @@ class DeviceService:
         """One turn of the loop: keep the SuperNode and the worker up, fetch when due."""
         proc = self.supernode
         if proc is not None and proc.poll() is not None:
-            if time.monotonic() - self.supernode_started < STARTUP_S:
-                # it never came up: restarting would print the same failure forever
-                code = proc.returncode
-                status.note(self.folder, "supernode", message=f"exited at start-up: {code}")
-                raise FedAdaptError(
-                    f"the SuperNode exited during start-up (code {code}): "
-                    f"{last_error(self.folder / LOG_FILE)}"
-                )
+            code = proc.returncode
+            status.note(self.folder, "supernode", message=f"exited with code {code}")
+            self.supernode = None
+            (self.folder / PID_FILE).unlink(missing_ok=True)
+            self.supernode_exits.exited(code)  # raises when restarting would not help
             self.restarts += 1
             delay = min(MAX_RESTART_DELAY_S, 2.0**self.restarts)
-            _log(f"SuperNode exited with code {proc.returncode}; restarting in {delay:.0f} s")
-            status.note(self.folder, "supernode", message=f"exited with code {proc.returncode}")
-            self.supernode = None
+            _log(f"SuperNode exited with code {code}; restarting in {delay:.0f} s")
             if self.stopping.wait(delay):
                 return
             self.start_supernode()
         worker = self.worker
         if worker is not None and worker.poll() is not None:
+            self.worker = None
+            (self.folder / WORKER_PID_FILE).unlink(missing_ok=True)
+            self.worker_exits.exited(worker.returncode)
             # no wait here: the ClientApp runs messages itself meanwhile; the growing gap
             # between tries keeps a worker that cannot start from taking the CPU
             self.worker_restarts += 1
@@ -445,7 +435,6 @@ class DeviceService:
                 f"warm worker exited with code {worker.returncode}; restarting in "
                 f"{self.worker_due - now:.0f} s"
             )
-            self.worker = None
         if self.worker is None and self.worker_due is not None and now >= self.worker_due:
             self.worker_due = None
             self.start_worker()
