@@ -10,7 +10,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
 .PHONY: setup demo deploy-demo test lint docs bench bench-gpu rollout-demo fuzz method-table \
-	hetlora-table personalization-table attack-table
+	hetlora-table personalization-table attack-table console-screenshots
 
 setup: $(STAMP)
 
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml requirements-data.txt
 
 demo: setup
 	$(BIN)/fedadapt simulate --config simulations/quick.toml --out out/quick
+	@echo "See it in the console: $(BIN)/fedadapt console --runs out/quick (then open http://127.0.0.1:8790/)"
 
 deploy-demo: setup
 	$(BIN)/fedadapt deploy-demo --config simulations/deploy.toml --out out/deploy
@@ -42,6 +43,12 @@ fuzz: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# docs/images/console-*.png: one screenshot of each console view, in the OS's headless Chromium
+# (the stand-ins of tests/server/console: the recorded quick run, a run being written, a
+# registry with real signed reports).
+console-screenshots: setup
+	$(BIN)/python -m tests.server.console.screenshots --out docs/images
 
 # docs/reference/cli.md and config.md, generated from the parser and SimConfig's fields
 # (tests/docs/test_reference.py fails when they are stale).

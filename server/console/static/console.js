@@ -232,19 +232,21 @@ function drawRollouts(rollouts, actions) {
     }
     view.appendChild(el);
     const iv = ch.interval;
+    // x: reports received (as `fedadapt rollout status` plots it); a fleet's reports can
+    // land within a millisecond, where a time axis would stack them; the time is in the hover
     const traces = [
-      { x: iv.at, y: iv.high, name: "95% interval", mode: "lines", line: { width: 0 },
+      { x: iv.reports, y: iv.high, name: "95% interval", mode: "lines", line: { width: 0 },
         showlegend: false, hoverinfo: "skip" },
-      { x: iv.at, y: iv.low, name: "95% interval", mode: "lines", line: { width: 0 },
+      { x: iv.reports, y: iv.low, name: "95% interval", mode: "lines", line: { width: 0 },
         fill: "tonexty", fillcolor: "rgba(31,119,180,0.25)" },
-      { x: iv.at, y: iv.mean, name: "paired difference (candidate − stable)",
-        mode: "lines+markers", text: iv.reports.map((k) => k + " reports") },
+      { x: iv.reports, y: iv.mean, name: "paired difference (candidate − stable)",
+        mode: "lines+markers", text: iv.at, hovertemplate: "%{y:+.3f} after %{x} reports, %{text}" },
     ];
     const shapes = g ? [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: -g.threshold,
       y1: -g.threshold, line: { color: "#a3261b", dash: "dash" } }] : [];
     draw(el.querySelector('[data-chart="interval"]'), traces, layout(
       "guardrail: paired difference and its 95% interval as reports came in",
-      { xaxis: { title: { text: "report received" } }, shapes }));
+      { xaxis: { title: { text: "reports received" } }, shapes }));
   }
 }
 
