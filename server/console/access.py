@@ -60,7 +60,7 @@ def presented(headers, path: str, token: str | None) -> tuple[bool, bool]:
     """Whether a request may read, and whether it came with the token in its query (the
     server then sets the cookie and sends the browser on to the same page without it)."""
     if token is None:
-        return True, False
+        return loopback_host_header(headers), False
     auth = headers.get("Authorization", "")
     if auth.startswith("Bearer ") and _same(auth[7:].strip(), token):
         return True, False
@@ -73,6 +73,16 @@ def presented(headers, path: str, token: str | None) -> tuple[bool, bool]:
     if query and _same(query[0], token):
         return True, True
     return False, False
+
+
+def loopback_host_header(headers) -> bool:
+    """Whether the request names a loopback host: without a token, a page elsewhere could
+    otherwise point its own domain at 127.0.0.1 (DNS rebinding) and read the console."""
+    try:
+        name = urlsplit("//" + headers.get("Host", "")).hostname
+    except ValueError:
+        return False
+    return name is not None and is_loopback(name)
 
 
 def cookie_header(token: str) -> str:

@@ -207,6 +207,9 @@ class ConsoleHandler(BaseHTTPRequestHandler):
 
     def _allowed(self) -> bool:
         ok, via_query = access.presented(self.headers, self.path, self.server.token)
+        if not ok and self.server.token is None:  # loopback, reached by another host name
+            self._line(HTTPStatus.FORBIDDEN, "this console answers to a loopback host name only")
+            return False
         if not ok:
             self._line(HTTPStatus.UNAUTHORIZED, "this console needs its operator token")
             return False

@@ -65,6 +65,16 @@ def test_with_a_token_every_request_needs_it(runs):
             assert client.post("/api/rollouts/main/halt", headers=ACT).status_code == 403
 
 
+def test_without_a_token_only_a_loopback_host_name_is_answered(runs):
+    """A page on another domain, resolved to 127.0.0.1 (DNS rebinding), read the fleet."""
+    with serving(ConsoleServer(runs)) as url:
+        port = url.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]"):
+            assert httpx.get(url + "/api/state", headers={"Host": host}).status_code == 200
+        r = httpx.get(url + "/api/state", headers={"Host": f"evil.example:{port}"})
+        assert r.status_code == 403 and "loopback host name" in r.text
+
+
 def test_only_a_runs_own_records_are_served(runs):
     device_data = runs / "deploy" / "device-1" / "data"
     device_data.mkdir(parents=True)
