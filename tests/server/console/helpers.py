@@ -35,6 +35,7 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-dev-shm-usage",  # a container's small /dev/shm crashes the renderer
     "--window-size=1400,1000",
 )
 
