@@ -160,3 +160,23 @@ def test_a_quiet_device_is_flagged(tmp_path):
     assert len(view["devices"]) == len(fleet.devices) and all(d["quiet"] for d in view["devices"])
     view = Fleet(fleet.registry, quiet_after=600).device_view()
     assert not any(d["quiet"] for d in view["devices"])
+
+
+def test_a_torn_report_line_or_rollout_state_is_a_notice(tmp_path):
+    fleet = build_fleet(tmp_path)
+    (tmp_path / "runs").mkdir()
+    state = Rollouts(fleet.registry).folder("main")
+    with open(state / "reports.jsonl", "a") as f:
+        f.write('{"device": "00')  # an append cut short
+    (state.parent / "beta" / "rollout.json").write_text('{"candidate": 2, "sta')
+    with serving(ConsoleServer(tmp_path / "runs", fleet.registry)) as url:
+        r = httpx.get(url + "/api/state")
+        assert r.status_code == 200
+        got = r.json()
+        assert got["rollouts"]["notices"] == [
+            "channel beta: rollout.json is torn or not JSON (a write cut short?); it is skipped",
+            "channel main: reports.jsonl: 1 torn line skipped",
+        ]
+        assert len(got["devices"]["devices"]) == len(fleet.devices)  # every whole report
+        main = next(c for c in got["rollouts"]["channels"] if c["name"] == "main")
+        assert len(main["interval"]["mean"]) == fleet.main_reports - 1
