@@ -154,12 +154,25 @@ def add_passphrase_option(parser: argparse.ArgumentParser, help: str | None = No
 
 
 def add_listen_options(parser: argparse.ArgumentParser) -> None:
-    """`--host`, `--port` and `--max-connections` of a service a device reaches."""
+    """`--host`, `--port`, `--max-connections` and `--max-per-client` of a service a device
+    reaches (`per_client` reads the last)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=port, default=8787, help="port to listen on")
     parser.add_argument(
         "--max-connections",
         type=positive_int,
         default=64,
-        help="connections served at once; more are answered 503",
+        help="connections open at once; an idle keep-alive one gives its slot to a new one, "
+        "else more are answered 503",
     )
+    parser.add_argument(
+        "--max-per-client",
+        type=positive_int,
+        help="connections one client address may hold (default: half of --max-connections; "
+        "devices behind one NAT share an address)",
+    )
+
+
+def per_client(args: argparse.Namespace) -> int:
+    """`--max-per-client`, or half of `--max-connections` (at least 1) when not given."""
+    return args.max_per_client or max(1, args.max_connections // 2)

@@ -20,6 +20,7 @@ from fedadapt.cli.args import (
     folder,
     library_errors,
     passphrase,
+    per_client,
     positive_int,
     summary,
 )
@@ -97,7 +98,12 @@ def _serve(args: argparse.Namespace) -> None:
     sink = ReportSink(_rollouts(args), load_device_keys(args.devices), _key(args))
     with library_errors(f"cannot serve on {args.host}:{args.port}"):
         server = UpdateServer(
-            Path(args.registry), args.host, args.port, args.max_connections, reports=sink
+            Path(args.registry),
+            args.host,
+            args.port,
+            args.max_connections,
+            reports=sink,
+            max_per_client=per_client(args),
         )
     print(f"serving {server.root} with rollout reports at {server.url} (Ctrl-C stops)", flush=True)
     server.serve_until_interrupted()

@@ -15,6 +15,7 @@ from fedadapt.cli.args import (
     folder,
     library_errors,
     passphrase,
+    per_client,
     positive_float,
     read_json,
 )
@@ -81,7 +82,12 @@ def _serve_updates(args: argparse.Namespace) -> None:
 
     with library_errors(f"cannot serve on {args.host}:{args.port}"):
         server = UpdateServer(
-            Path(args.registry), args.host, args.port, args.max_connections, args.timeout
+            Path(args.registry),
+            args.host,
+            args.port,
+            args.max_connections,
+            args.timeout,
+            max_per_client=per_client(args),
         )
     print(f"serving {server.root} at {server.url} (Ctrl-C stops)", flush=True)
     server.serve_until_interrupted()

@@ -14,9 +14,10 @@ timestamp last, each atomically: a reader never sees a manifest whose payload is
 complete, and a device never trusts an index that the timestamp does not pin.
 
 A publish and a re-sign each read the last version and write the next, so they take turns
-under an exclusive `flock` on `.lock` in the registry (the service never serves dot files):
-without it, 50 concurrent refreshes signed 27 distinct versions, some of them twice with
-different content.
+under an exclusive `flock` on the registry's lock file, `.NAME.lock` beside the registry
+folder NAME (beside, not in it: it is not served, and a first publish that fails leaves no
+registry behind): without it, 50 concurrent refreshes signed 27 distinct versions, some of
+them twice with different content.
 
 The registry's id (16 random hex digits) is drawn when the registry is made and signed into
 every timestamp and channel file, so a device bound to it refuses another registry's files
@@ -57,15 +58,15 @@ from fedadapt.updates.signed_meta import TIMESTAMP, make_meta, parse_meta
 
 INDEX = INDEX_FILE
 TIMESTAMP_EXPIRES_IN = dt.timedelta(days=1)
-LOCK_FILE = ".lock"
 LOCK_TIMEOUT_S = 120.0
 
 
 @contextmanager
 def registry_lock(registry: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold the registry's lock: one publish or re-sign at a time, across processes."""
-    registry = Path(registry)
-    with runlock.waiting(registry / LOCK_FILE, timeout, f"the registry {registry}"):
+    registry = Path(registry).absolute()
+    lock = registry.with_name(f".{registry.name}.lock")
+    with runlock.waiting(lock, timeout, f"the registry {registry}"):
         yield
 
 

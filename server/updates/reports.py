@@ -24,12 +24,12 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedadapt.errors import FedAdaptError
+from fedadapt.server.updates.refusals import Refused, content_length, log
 from fedadapt.server.updates.rollout import REPORTS_FILE, Rollouts
 from fedadapt.updates.keys import SigningKeyError, key_id, load_public
 from fedadapt.updates.rollout_report import (
@@ -103,17 +103,23 @@ _REPORT_PATH = re.compile(r"^/rollout/([a-z0-9][a-z0-9_-]{0,31})/report$")
 
 def handle_post(handler: BaseHTTPRequestHandler, sink: ReportSink | None) -> None:
     """Answer one `POST /rollout/CHANNEL/report`: 200 with `{"halted": reason|null}`, or the
-    refusal's status with its reason; 404 where the service takes no reports."""
-    m = _REPORT_PATH.match(urlsplit(handler.path).path)
+    refusal's status with its reason (logged in one WARNING line); 404 where the service
+    takes no reports."""
+    m = _REPORT_PATH.match(handler.path.partition("?")[0])  # urlsplit raises on some
     try:
         if sink is None or m is None:
             raise ReportRefused("no such endpoint", 404)
-        length = handler.headers.get("Content-Length", "")
-        if not length.isdigit():
+        try:
+            length = content_length(handler)
+        except Refused as e:
+            raise ReportRefused(e.reason, 400) from None
+        if length is None:
             raise ReportRefused("a report needs a Content-Length", 411)
-        if int(length) > MAX_REPORT_BYTES:
+        if length > MAX_REPORT_BYTES:
             raise ReportRefused(f"a report is at most {MAX_REPORT_BYTES} bytes", 413)
-        body = handler.rfile.read(int(length))
+        body = handler.rfile.read(length)
+        if len(body) < length:
+            raise ReportRefused(f"the report ended after {len(body)} of {length} bytes", 400)
         reason = sink.accept(m.group(1), body, handler.headers.get(SIGNATURE_HEADER))
         status, answer = 200, {"halted": reason}
     except ReportRefused as e:
@@ -121,6 +127,11 @@ def handle_post(handler: BaseHTTPRequestHandler, sink: ReportSink | None) -> Non
         handler.close_connection = True  # an unread body must not be taken for a request
     except FedAdaptError as e:  # the rollout state itself is unreadable
         status, answer = 500, {"error": str(e)}
+    if status != 200:
+        log.warning(
+            "%s %d POST %.80r: %s",
+            handler.address_string(), status, handler.path, answer["error"].replace("\n", " "),
+        )  # fmt: skip
     data = json.dumps(answer).encode()
     handler.send_response(status)
     handler.send_header("Content-Type", "application/json")

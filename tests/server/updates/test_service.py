@@ -4,7 +4,9 @@ timeout, and the server refuses to start on a bad registry, cap or port with one
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -62,14 +64,94 @@ def test_connection_past_the_cap_gets_an_explicit_503(registry):
                 s.close()
 
 
-def test_the_cap_counts_connections_not_requests(registry):
-    """A keep-alive connection that finished its request still holds its slot."""
+def test_an_idle_keep_alive_connection_gives_its_slot_to_a_new_one(registry):
+    """Issue 23: the cap counted connections, so a keep-alive connection that finished its
+    request held its slot and a new client got 503. Now the idle one is closed for it."""
     server = UpdateServer(registry, max_connections=1, timeout=10)
     with serving(server) as url, _connect(url) as first:
         assert _get(first)[0] == "HTTP/1.1 200 OK"
+        time.sleep(0.1)  # its handler goes back to waiting (idle) just after the answer
         with _connect(url) as second:
-            assert _get(second)[0] == "HTTP/1.1 503 Service Unavailable"
-        assert _get(first)[0] == "HTTP/1.1 200 OK"  # the same connection goes on
+            assert _get(second)[0] == "HTTP/1.1 200 OK"
+        assert first.recv(1) == b""  # the idle one was closed to make room
+
+
+def test_two_keep_alive_clients_cannot_starve_an_honest_get(registry):
+    """Issue 23: two clients sending a keep-alive HEAD every 2 s held both slots at
+    max_connections=2, and honest GETs got 503 for as long as they did. Here they send one
+    every 0.5 s (and reconnect when closed): every honest GET is served."""
+    stop = threading.Event()
+    with serving(UpdateServer(registry, max_connections=2, timeout=10)) as url:
+
+        def hog() -> None:
+            s = _connect(url)
+            while not stop.is_set():
+                try:
+                    s.sendall(b"HEAD /index.json HTTP/1.1\r\nHost: x\r\n\r\n")
+                    if not s.recv(4096):
+                        raise ConnectionResetError
+                except OSError:
+                    s.close()
+                    s = _connect(url)
+                stop.wait(0.5)
+            s.close()
+
+        hogs = [threading.Thread(target=hog) for _ in range(2)]
+        for t in hogs:
+            t.start()
+        try:
+            time.sleep(0.3)  # both hold their slot
+            statuses = []
+            for _ in range(6):
+                with _connect(url) as s:
+                    statuses.append(_get(s)[0])
+                time.sleep(0.25)
+        finally:
+            stop.set()
+            for t in hogs:
+                t.join(5)
+    assert statuses == ["HTTP/1.1 200 OK"] * 6
+
+
+def _from(url: str, source: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
+
+
+def test_one_client_address_holds_at_most_its_share(registry):
+    """Connections that never sent a request are not up for grabs (they end at the head
+    timeout); one address may hold `max_per_client` of them, others are still served."""
+    server = UpdateServer(registry, max_connections=4, max_per_client=2, timeout=10)
+    with serving(server) as url:
+        held = [_from(url, "127.0.0.2") for _ in range(2)]
+        try:
+            time.sleep(0.1)
+            with _from(url, "127.0.0.2") as third:
+                assert _get(third)[0] == "HTTP/1.1 503 Service Unavailable"
+            with _from(url, "127.0.0.3") as other:
+                assert _get(other)[0] == "HTTP/1.1 200 OK"
+        finally:
+            for s in held:
+                s.close()
+
+
+def test_a_connection_serves_at_most_max_requests_then_closes(registry):
+    with serving(UpdateServer(registry, max_requests=3, timeout=10)) as url, _connect(url) as s:
+        answers = [_get(s) for _ in range(3)]
+        assert [a[0] for a in answers] == ["HTTP/1.1 200 OK"] * 3
+        assert [a[1].get("connection") for a in answers] == [None, None, "close"]
+        assert s.recv(1) == b""
+
+
+def test_a_keep_alive_connection_idle_past_the_idle_timeout_is_closed(registry):
+    """The first request may take `timeout`; the wait for each later one only `idle_timeout`."""
+    server = UpdateServer(registry, timeout=10, idle_timeout=IDLE_TIMEOUT_S / 2)
+    with serving(server) as url, _connect(url) as s:
+        time.sleep(IDLE_TIMEOUT_S)  # longer than the idle timeout, before the first request
+        assert _get(s)[0] == "HTTP/1.1 200 OK"
+        t = time.monotonic()
+        assert s.recv(1) == b""
+        assert time.monotonic() - t < IDLE_TIMEOUT_S / 2 + 1.0
 
 
 def test_an_idle_connection_is_closed_after_the_timeout_and_frees_its_slot(registry):
@@ -137,3 +219,89 @@ def test_a_port_in_use_is_one_line_from_the_command_line(registry, capsys):
     err = capsys.readouterr().err
     assert "Address already in use" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _raw(url: str, request: bytes) -> tuple[str, bytes]:
+    """Send `request` as it is; the status line and whatever followed, until closed."""
+    with _connect(url) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status, _, rest = data.partition(b"\r\n")
+    return status.decode("latin-1"), rest
+
+
+def _report_server(registry, tmp_path) -> UpdateServer:
+    from fedadapt.server.updates.reports import ReportSink
+    from fedadapt.server.updates.rollout import Rollouts
+
+    sink = ReportSink(Rollouts(registry, tmp_path / "state"), {}, None)
+    return UpdateServer(registry, timeout=2, reports=sink)
+
+
+CLOSE = b"Connection: close\r\n"
+MALFORMED = {
+    # issue 23: these two ended the handler with no answer, logged at DEBUG only
+    "NUL in the path": (b"GET /%00 HTTP/1.1\r\n" + CLOSE + b"\r\n", 400),
+    "Content-Length isdigit but not int": (
+        "POST /rollout/main/report HTTP/1.1\r\nContent-Length: ²\r\n\r\n".encode(),
+        400,
+    ),
+    "not UTF-8 in the path": (b"GET /%ff%fe HTTP/1.1\r\n" + CLOSE + b"\r\n", 400),
+    "absolute-form target": (b"GET http://[x/ HTTP/1.1\r\n" + CLOSE + b"\r\n", 400),
+    "control character": (b"GET /index.json%0d%0aX: y HTTP/1.1\r\n\r\n", 400),
+    "a Range of 5000 digits": (
+        b"GET /index.json HTTP/1.1\r\nRange: bytes=" + b"9" * 5000 + b"-\r\n\r\n",
+        416,
+    ),
+    "two ranges": (b"GET /index.json HTTP/1.1\r\nRange: bytes=0-1,3-4\r\n\r\n", 416),
+    "a GET with a body": (b"GET /index.json HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", 400),
+    "chunked GET": (
+        b"GET /index.json HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "two Content-Lengths": (
+        b"POST /rollout/main/report HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        400,
+    ),
+    "Content-Length 1_0": (
+        b"POST /rollout/main/report HTTP/1.1\r\nContent-Length: 1_0\r\n\r\n",
+        400,
+    ),
+    "no Content-Length": (b"POST /rollout/main/report HTTP/1.1\r\n" + CLOSE + b"\r\n", 411),
+    "body shorter than said": (
+        b"POST /rollout/main/report HTTP/1.1\r\nContent-Length: 9\r\n\r\n{}",
+        None,  # the body never completes: the timeout closes it, logged, nothing answered
+    ),
+    "report not JSON": (
+        b"POST /rollout/main/report HTTP/1.1\r\nContent-Length: 2\r\n\r\n\xff\xfe",
+        400,
+    ),
+    "the registry's lock": (b"GET /.lock HTTP/1.1\r\n" + CLOSE + b"\r\n", 404),
+    "out of the root": (b"GET /v0001/../../x HTTP/1.1\r\n" + CLOSE + b"\r\n", 404),
+    "bad version": (b"GET /index.json HTTP/9\r\n\r\n", 400),
+    "header line too long": (b"GET /index.json HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_request_gets_a_4xx_and_one_warning_line(registry, tmp_path, caplog, case):
+    """Issue 23: every part of a request is checked before use; a malformed one is answered
+    with a 4xx (never a dropped handler) and logged in one WARNING line, and the service
+    goes on serving."""
+    request, want = MALFORMED[case]
+    caplog.set_level(logging.WARNING, "fedadapt.updates")
+    with serving(_report_server(registry, tmp_path)) as url:
+        status, body = _raw(url, request)
+        if want is None:
+            assert status == ""
+        elif case == "bad version":  # http.server answers it the HTTP/0.9 way: no status line
+            assert "Error code: 400" in status + body.decode("latin-1")
+        else:
+            assert status.split(" ")[1] == str(want), status
+        time.sleep(0.05)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+        with _connect(url) as s:
+            assert _get(s)[0] == "HTTP/1.1 200 OK"
