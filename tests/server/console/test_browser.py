@@ -1,11 +1,14 @@
 """The console in a real browser (the OS's headless Chromium, driven by Selenium), against
-a recorded run, a run written during the test, and a registry with real signed reports:
+a recorded run, a real simulation running during the test, a run whose rounds the test
+writes, and a registry with real signed reports:
 the page loads with no console error, each chart has one point per round or report, a
 round that lands in the files appears with no reload, and a torn file shows its notice."""
 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from fedadapt.server.console.app import ConsoleServer
 from fedadapt.server.updates.rollout import Rollouts
 from tests.registry_helpers import serving
-from tests.server.console.helpers import LiveRun, build_fleet, copy_recorded_run
+from tests.server.console.helpers import ROOT, LiveRun, build_fleet, copy_recorded_run
 
 pytestmark = pytest.mark.integration
 WAIT_S = 15  # the page polls every 2 s; a loaded CI machine gets a margin
@@ -68,8 +71,8 @@ def test_a_recorded_run_loads_with_no_console_error_and_one_point_per_round(brow
 
 def test_a_round_written_during_the_test_appears_with_no_reload(browser, tmp_path):
     """The run is written as the ServerApp writes it after every round (its own
-    `write_metrics_csv`, the recorded run's real rows): a real simulation takes minutes on
-    CI's two cores, and what the page follows is these files, whoever writes them."""
+    `write_metrics_csv`, the recorded run's real rows), at the moment the test chooses: the
+    page must take a round it has already drawn a chart for, in seconds, on the same page."""
     live = LiveRun(tmp_path / "runs" / "live")
     live.round()
     live.round()
@@ -84,6 +87,44 @@ def test_a_round_written_during_the_test_appears_with_no_reload(browser, tmp_pat
         assert f"round 3 of {live.total}" in head.text
         assert browser.execute_script("return window.__same_page") is True
         assert _errors(browser) == []
+
+
+@pytest.mark.slow
+def test_the_page_follows_a_real_simulation_while_it_runs(browser, tmp_path):
+    """`fedadapt simulate` on ci.toml without baselines (2 rounds, about a minute on two
+    cores, most of it Ray starting): the page, loaded before any round, shows both rounds
+    and then the finished run, on the same page."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    argv = ["--config", "simulations/ci.toml", "--no-baselines", "--out", str(runs / "ci")]
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "fedadapt", "simulate", *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with serving(ConsoleServer(runs)) as url:
+            _open(browser, url)
+            assert _points(browser, "ci", "accuracy") in (None, 0)  # no round yet
+            browser.execute_script("window.__same_page = true")
+            WebDriverWait(browser, 300, poll_frequency=1).until(
+                lambda _: sim.poll() is not None or _points(browser, "ci", "accuracy") == 2,
+                message="the simulation's end or both rounds on the chart",
+            )
+            assert sim.poll() in (None, 0), sim.stderr.read()[-3000:]
+            _wait(browser, lambda: _points(browser, "ci", "accuracy") == 2, "both rounds")
+            head = browser.find_element(By.CSS_SELECTOR, 'section.run[data-run="ci"] .head')
+            _wait(browser, lambda: "done" in head.text, "the finished run")
+            assert "round 2 of 2" in head.text
+            assert browser.execute_script("return window.__same_page") is True
+            assert _errors(browser) == []
+        assert sim.wait(timeout=120) == 0
+    finally:
+        if sim.poll() is None:
+            sim.terminate()
+            sim.wait(timeout=60)
 
 
 def test_a_torn_or_huge_file_shows_its_notice_and_the_page_keeps_serving(browser, tmp_path):
