@@ -34,10 +34,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedadapt.atomic import PRIVATE, atomic_write_text
 from fedadapt.clients.personalized import refresh
 from fedadapt.clients.runtime import STATE_FILE, EdgeRuntime, adapter_file
+from fedadapt.clients.updates.binding import Binding
 from fedadapt.clients.updates.downloads import Deadline, Downloader, check_url
 from fedadapt.clients.updates.updater import DeviceStore, Installed, fetch
 from fedadapt.errors import FedAdaptError
-from fedadapt.updates.bundles import BundleError
+from fedadapt.updates.bundles import BundleError, sha256
 from fedadapt.updates.cohort import Channel, channel_files, channel_role
 from fedadapt.updates.keys import PRIVATE_FILE, key_id, keygen, load_private
 from fedadapt.updates.rollout_report import SIGNATURE_HEADER, sign_report
@@ -102,13 +103,15 @@ def device_key(device_dir: str | Path) -> Ed25519PrivateKey:
 
 
 def switch_to(store: DeviceStore, version: int) -> None:
-    """Run a version the device still keeps: no download, `state.json` is the commit point."""
-    s = store.state()
-    if not store.version_file(version).exists():
-        raise FedAdaptError(f"version {version} is not kept on this device")
-    new = Installed(s.adapter_name, version, s.version)
-    atomic_write_text(store.folder / STATE_FILE, json.dumps(new.__dict__) + "\n", PRIVATE)
-    refresh(store.folder)
+    """Run a version the device still keeps: no download, `state.json` is the commit point.
+    Takes the folder's update lock, as a fetch does."""
+    with store.locked():
+        s = store.state()
+        if not store.version_file(version).exists():
+            raise FedAdaptError(f"version {version} is not kept on this device")
+        new = Installed(s.adapter_name, version, s.version)
+        atomic_write_text(store.folder / STATE_FILE, json.dumps(new.__dict__) + "\n", PRIVATE)
+        refresh(store.folder)
 
 
 class OrtScorer:
@@ -179,15 +182,25 @@ class RolloutAgent:
 
     # --- one poll ------------------------------------------------------------------------
     def read_channel(self) -> tuple[int, Channel]:
-        """The channel file, trusted and not older than seen; its version is recorded."""
+        """The channel file, trusted, of the registry the device is bound to, not older than
+        seen nor of the same version with other content; its version and hash are recorded."""
         seen = SeenVersions(self.store.folder)
+        binding = Binding.load(self.store.folder)
         rel, rel_sig = channel_files(self.channel)
         for attempt in (1, 2):
             with Downloader(Deadline(self.timeout)) as net:
                 data = net.get(f"{self.url}/{rel}", MAX_META_BYTES)
                 sig = net.get(f"{self.url}/{rel_sig}", 1024)
             try:
-                meta = verify_meta(data, sig, self.role, self.keys, seen.get(self.role))
+                meta = verify_meta(
+                    data,
+                    sig,
+                    self.role,
+                    self.keys,
+                    seen.get(self.role),
+                    seen_sha256=seen.sha256(self.role),
+                    registry=binding.registry_id,
+                )
                 break
             except BundleError as e:
                 # the file and its signature are two reads: a change between them looks
@@ -195,7 +208,10 @@ class RolloutAgent:
                 if e.reason != "bad-signature" or attempt == 2:
                     raise
         channel = Channel.parse(meta.body)
-        seen.record(self.role, meta.version)
+        if binding.registry_id is None and meta.registry is not None:
+            binding.registry_id = meta.registry  # trust on first use, as a fetch does
+            binding.save(self.store.folder)
+        seen.record(self.role, meta.version, sha256(data))
         return meta.version, channel
 
     def poll(self) -> PollResult:

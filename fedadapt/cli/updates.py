@@ -121,7 +121,14 @@ def _fetch(args: argparse.Namespace) -> None:
     base = _device_base(Path(args.device_dir))
     trusted = [load_public(p) for p in args.trust]
     with library_errors(f"fetch from {args.url} failed", SHAPE_ERRORS):
-        m = fetch(args.url, args.device_dir, trusted, base, timeout=args.timeout)
+        m = fetch(
+            args.url,
+            args.device_dir,
+            trusted,
+            base,
+            timeout=args.timeout,
+            adapter_name=args.adapter_name,
+        )
     if m is None:
         print("already up to date")
     else:
@@ -206,6 +213,11 @@ def add_update_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--trust", required=True, action="append", help="trusted public key (repeat)")
     f.add_argument(
         "--timeout", type=positive_float, default=30.0, help="seconds for the whole fetch"
+    )
+    f.add_argument(
+        "--adapter-name",
+        help="the adapter this device runs: kept in the device folder, and a bundle for "
+        "another is refused, the first install included (default: the registry's)",
     )
     f.set_defaults(func=_fetch)
 

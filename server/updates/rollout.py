@@ -47,7 +47,7 @@ from scipy import stats
 
 from fedadapt.atomic import atomic_write_bytes, atomic_write_text
 from fedadapt.errors import FedAdaptError
-from fedadapt.server.updates.publish import read_index
+from fedadapt.server.updates.publish import read_index, registry_id
 from fedadapt.updates.bundles import BundleError
 from fedadapt.updates.cohort import (
     Channel,
@@ -222,7 +222,9 @@ class Rollouts:
         """Sign `channel` as the next version of the channel file; returns that version."""
         old = self.read_channel(name)
         version = old[0].version + 1 if old else 1
-        data, sig = make_meta(channel_role(name), version, channel.body(), key, expires_in)
+        rid = registry_id(read_index(self.registry))  # devices bound to it check it
+        role = channel_role(name)
+        data, sig = make_meta(role, version, channel.body(), key, expires_in, registry=rid)
         rel, rel_sig = channel_files(name)
         atomic_write_bytes(self.registry / rel_sig, sig)
         atomic_write_bytes(self.registry / rel, data)

@@ -13,8 +13,9 @@ import pytest
 
 from fedadapt.clients.updates.updater import DeviceStore, fetch
 from fedadapt.errors import FedAdaptError
-from fedadapt.server.updates.publish import publish
-from fedadapt.updates.bundles import BundleError, Manifest, sign
+from fedadapt.server.updates.publish import publish, refresh_timestamp
+from fedadapt.updates.bundles import BundleError, Manifest, sha256, sign
+from fedadapt.updates.index import timestamp_body
 from fedadapt.updates.signed_meta import TIMESTAMP, make_meta, parse_meta
 from tests.registry_helpers import BASE, make_keys, tiny_adapter, update_server
 
@@ -60,7 +61,10 @@ def test_a_replayed_older_index_is_refused_not_up_to_date(reg):
     publish(tiny_adapter(w["tmp"] / "a2", 2), w["reg"], w["keys"].key)
     assert _fetch(w).version == 2
     assert _fetch(w) is None  # the same signed timestamp again is fine
-    assert json.loads((w["device"] / "seen.json").read_text()) == {"timestamp": 2}
+    ts = sha256((w["reg"] / "timestamp.json").read_bytes())
+    assert json.loads((w["device"] / "seen.json").read_text()) == {
+        "timestamp": {"sha256": ts, "version": 2}
+    }
     for name, data in old.items():  # replay the v1 registry, validly signed, unexpired
         (w["reg"] / name).write_bytes(data)
     e = _refused(w, "index-rollback")
@@ -75,7 +79,13 @@ def test_an_expired_index_is_stale_even_when_nothing_is_newer(reg):
     current = parse_meta((w["reg"] / "timestamp.json").read_bytes(), TIMESTAMP)
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
     data, sig = make_meta(
-        TIMESTAMP, current.version + 1, current.body, w["keys"].key, dt.timedelta(days=1), long_ago
+        TIMESTAMP,
+        current.version + 1,
+        current.body,
+        w["keys"].key,
+        dt.timedelta(days=1),
+        long_ago,
+        registry=current.registry,
     )
     (w["reg"] / "timestamp.json").write_bytes(data)
     (w["reg"] / "timestamp.sig").write_bytes(sig)
@@ -150,3 +160,105 @@ def test_a_registry_without_a_timestamp_is_refused(reg):
     (reg["reg"] / "timestamp.json").unlink()
     with pytest.raises(FedAdaptError, match=r"timestamp\.json: HTTP 404"):
         _fetch(reg)
+
+
+def test_an_equal_version_that_pins_another_index_is_refused(reg):
+    """Issue 23: a timestamp of the version the device holds, but pinning a different index
+    (here one that hides nothing and adds a field), was accepted: a mix-and-match through
+    an equal version. The device keeps the hash of what it saw with its version."""
+    w = reg
+    current = parse_meta((w["reg"] / "timestamp.json").read_bytes(), TIMESTAMP)
+    index = json.loads((w["reg"] / "index.json").read_text())
+    index["note"] = "another index"
+    index_bytes = (json.dumps(index, indent=1) + "\n").encode()
+    (w["reg"] / "index.json").write_bytes(index_bytes)
+    data, sig = make_meta(
+        TIMESTAMP,
+        current.version,
+        timestamp_body(index_bytes),
+        w["keys"].key,
+        dt.timedelta(days=1),
+        registry=current.registry,
+    )
+    (w["reg"] / "timestamp.json").write_bytes(data)
+    (w["reg"] / "timestamp.sig").write_bytes(sig)
+    e = _refused(w, "index-rollback")
+    assert "already seen with other content" in str(e)
+
+
+def test_a_timestamp_of_another_registry_under_the_same_key_is_never_recorded(reg):
+    """Issue 23: metadata was not bound to its registry. A timestamp of another registry
+    signed by the same key (with a higher version) was recorded as seen, and the device then
+    refused its own registry's next update as `index-rollback`."""
+    w = reg
+    other = w["tmp"] / "other-reg"
+    publish(tiny_adapter(w["tmp"] / "o1", 7), other, w["keys"].key, name="sent")
+    for _ in range(5):
+        refresh_timestamp(other, w["keys"].key)
+    seen = (w["device"] / "seen.json").read_bytes()
+    with update_server(other) as other_url, pytest.raises(BundleError) as e:
+        fetch(other_url, w["device"], [w["keys"].pub], BASE, timeout=10)
+    assert e.value.reason == "wrong-registry"
+    assert (w["device"] / "seen.json").read_bytes() == seen  # not recorded
+    publish(tiny_adapter(w["tmp"] / "a2", 2), w["reg"], w["keys"].key)
+    assert _fetch(w).version == 2  # its own registry's next update still installs
+
+
+def test_a_bound_device_refuses_a_timestamp_without_a_registry(reg):
+    """Dropping the id from a re-signed timestamp must not unbind the device."""
+    w = reg
+    current = parse_meta((w["reg"] / "timestamp.json").read_bytes(), TIMESTAMP)
+    data, sig = make_meta(
+        TIMESTAMP, current.version + 1, current.body, w["keys"].key, dt.timedelta(days=1)
+    )
+    (w["reg"] / "timestamp.json").write_bytes(data)
+    (w["reg"] / "timestamp.sig").write_bytes(sig)
+    assert "(no id)" in str(_refused(w, "wrong-registry"))
+
+
+def test_a_registry_from_before_ids_still_updates_its_devices(tmp_path):
+    """A registry without an id (its timestamps carry none) serves an unbound device as
+    before; its next refresh gives it an id, which binds the device."""
+    keys = make_keys(tmp_path / "keys")
+    registry = tmp_path / "reg"
+    publish(tiny_adapter(tmp_path / "a1", 1), registry, keys.key, name="sent")
+    index = json.loads((registry / "index.json").read_text())
+    del index["registry_id"]
+    index_bytes = (json.dumps(index, indent=1) + "\n").encode()
+    (registry / "index.json").write_bytes(index_bytes)
+    data, sig = make_meta(TIMESTAMP, 2, timestamp_body(index_bytes), keys.key, dt.timedelta(1))
+    (registry / "timestamp.json").write_bytes(data)
+    (registry / "timestamp.sig").write_bytes(sig)
+    device = tmp_path / "device"
+    with update_server(registry) as url:
+        assert fetch(url, device, [keys.pub], BASE).version == 1
+        assert json.loads((device / "registry.json").read_text())["registry_id"] is None
+        refresh_timestamp(registry, keys.key)
+        assert fetch(url, device, [keys.pub], BASE) is None
+    rid = json.loads((registry / "index.json").read_text())["registry_id"]
+    assert json.loads((device / "registry.json").read_text())["registry_id"] == rid
+
+
+def test_the_first_install_checks_the_adapter_the_device_was_provisioned_for(tmp_path):
+    """Issue 23: the first install accepted any adapter name. A device provisioned for
+    `sent` (`fetch --adapter-name`, kept in registry.json) refuses a registry of another
+    adapter, then and at every later fetch, in one line."""
+    from fedadapt.cli.app import main
+
+    keys = make_keys(tmp_path / "keys")
+    registry = tmp_path / "reg"
+    publish(tiny_adapter(tmp_path / "a1", 1), registry, keys.key, name="spam-filter")
+    device = tmp_path / "device"
+    with update_server(registry) as url:
+        with pytest.raises(BundleError) as e:
+            fetch(url, device, [keys.pub], BASE, adapter_name="sent")
+        assert e.value.reason == "adapter-name-mismatch"
+        assert not (device / "state.json").exists()
+        with pytest.raises(BundleError, match="adapter-name-mismatch"):
+            fetch(url, device, [keys.pub], BASE)  # provisioned once, kept
+        with pytest.raises(FedAdaptError, match="provisioned for adapter 'sent', not 'x'"):
+            fetch(url, device, [keys.pub], BASE, adapter_name="x")
+        (device / "runtime.json").write_text(json.dumps({"base_sha256": BASE}))
+        pub = str(tmp_path / "keys" / "signing_key.pub.pem")
+        args = ["fetch", "--url", url, "--device-dir", str(device), "--trust", pub]
+        assert main([*args, "--adapter-name", "sent"]) == 2
