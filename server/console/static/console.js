@@ -33,6 +33,11 @@ function changed(key, value) {
   seen[key] = text;
   return true;
 }
+// An axis of counts (rounds, reports): whole numbers only, about ten ticks (plotly's own
+// ticks put 1.5 and 2.5 between rounds)
+function countAxis(title, n) {
+  return { title: { text: title }, tick0: 0, dtick: Math.max(1, Math.ceil(n / 10)) };
+}
 function layout(title, extra) {
   return Object.assign({
     title: { text: title, font: { size: 13 } },
@@ -77,22 +82,23 @@ function drawRun(run, el) {
     <span class="muted">last write ${ago(run.seconds_since_write)}</span>`;
   const r = run.rounds;
   const x = r.round;
+  const xaxis = countAxis("round", x.length);
   draw(el.querySelector('[data-chart="accuracy"]'), [
     { x, y: r.global_accuracy, name: "global", mode: "lines+markers" },
     { x, y: r.personalized_accuracy, name: "personalized", mode: "lines+markers" },
-  ], layout("accuracy (held-out, mean over clients)", { yaxis: { tickformat: ".0%" } }));
+  ], layout("accuracy (held-out, mean over clients)", { xaxis, yaxis: { tickformat: ".0%" } }));
   draw(el.querySelector('[data-chart="upload"]'), [
     { x, y: r.upload_bytes, name: "bytes uploaded", type: "bar" },
-  ], layout("bytes uploaded per round"));
+  ], layout("bytes uploaded per round", { xaxis }));
   const reasons = Object.keys(r.rejected);
   const rejected = reasons.length
     ? reasons.map((k) => ({ x, y: r.rejected[k], name: k, type: "bar" }))
     : [{ x, y: r.rejected_total, name: "none rejected", type: "bar" }];
   draw(el.querySelector('[data-chart="rejected"]'), rejected,
-    layout("rejected replies by reason", { barmode: "stack" }));
+    layout("rejected replies by reason", { xaxis, barmode: "stack" }));
   draw(el.querySelector('[data-chart="seconds"]'), [
     { x, y: r.seconds, name: "round time", mode: "lines+markers" },
-  ], layout("round time (s)"));
+  ], layout("round time (s)", { xaxis }));
 
   let final = "";
   if (run.final) {
@@ -246,7 +252,7 @@ function drawRollouts(rollouts, actions) {
       y1: -g.threshold, line: { color: "#a3261b", dash: "dash" } }] : [];
     draw(el.querySelector('[data-chart="interval"]'), traces, layout(
       "guardrail: paired difference and its 95% interval as reports came in",
-      { xaxis: { title: { text: "reports received" } }, shapes }));
+      { xaxis: countAxis("reports received", iv.reports.length), shapes }));
   }
 }
 
