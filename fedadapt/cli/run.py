@@ -137,6 +137,7 @@ def _package_client(args: argparse.Namespace) -> None:
             update_key=Path(args.update_key) if args.update_key else None,
             update_url=args.update_url,
             update_interval=args.update_interval,
+            update_registry=Path(args.update_registry) if args.update_registry else None,
             config=config,
             demo_data=not args.no_demo_data,
         )
@@ -296,6 +297,12 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--port", type=port, default=9094, help="the SuperNode's own port")
     pc.add_argument("--update-key", help="update-signing public key to trust (fetch)")
     pc.add_argument("--update-url", help="the registry the device fetches signed updates from")
+    pc.add_argument(
+        "--update-registry",
+        type=existing_folder,
+        help="that registry's folder: binds the device to its id and adapter, so it refuses "
+        "another registry's files and a first install of another adapter",
+    )
     pc.add_argument(
         "--update-interval",
         type=positive_float,

@@ -4,14 +4,16 @@ The folder holds the fedadapt wheel with pinned requirements (only what a device
 no Ray, matplotlib or the ONNX exporter; flwr-datasets and the data-set packages only for a
 demo partition), the base model files (so the device never fetches the base, and the wheel
 stays small), the trust material (the CA certificate, this node's SuperNode key, optionally
-the update-signing public key), the node config, optionally the device graph of a run config
-(`device/`: inference without torch from the first minute), and two scripts: `install.sh`
-makes a venv from the requirements, `start.sh` runs `fedadapt device run`: the SuperNode, the
-signed-update loop and the personalized ORT model, until SIGTERM.
+the update-signing public key and the registry the device is bound to), the node config,
+optionally the device graph of a run config (`device/`: inference without torch from the
+first minute), and two scripts: `install.sh` makes a venv from the requirements, `start.sh`
+runs `fedadapt device run`: the SuperNode, the signed-update loop and the personalized ORT
+model, until SIGTERM.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -56,6 +58,10 @@ demo=()
 device="${{DEVICE_DIR:-$here/device}}"
 if [ "${{DEMO_DATA:-0}}" = 1 ] && [ ! -d "$device/data" ]; then
   demo=(--demo-data)  # a package made with the demo data sets, and no data of its own yet
+fi
+if [ -f "$here/trust/registry.json" ] && [ ! -e "$device/registry.json" ]; then
+  # the registry and adapter this device takes updates for (its first install included)
+  mkdir -p "$device" && cp "$here/trust/registry.json" "$device/registry.json"
 fi
 updates=()
 if [ -n "${{UPDATE_URL:-}}" ]; then
@@ -123,6 +129,29 @@ def _check_public_key(path: Path) -> None:
         raise FedAdaptError(f"--update-key {path} is not a PEM public key") from None
 
 
+def registry_binding(registry: Path) -> dict[str, str]:
+    """The registry id and adapter name a device is provisioned with (`--update-registry`),
+    read from the registry's index: the device then refuses another registry's metadata and
+    a first install of another adapter."""
+    from fedadapt.updates.signed_meta import REGISTRY_ID_RE
+
+    path = Path(registry) / "index.json"
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FedAdaptError(f"--update-registry: cannot read {path} ({e})") from None
+    rid = index.get("registry_id") if isinstance(index, dict) else None
+    name = index.get("adapter_name") if isinstance(index, dict) else None
+    if not isinstance(rid, str) or not REGISTRY_ID_RE.match(rid):
+        raise FedAdaptError(
+            f"--update-registry: {path} names no registry id; `fedadapt refresh-index` once "
+            "gives it one"
+        )
+    if not isinstance(name, str) or not name:
+        raise FedAdaptError(f"--update-registry: {path} names no adapter; publish one first")
+    return {"adapter_name": name, "registry_id": rid}
+
+
 def runtime_requirements(demo_data: bool = True) -> list[str]:
     """The dependencies a device imports, pinned to the versions this machine runs and tests."""
     wanted = DEVICE_DISTRIBUTIONS | (DEMO_DISTRIBUTIONS if demo_data else frozenset())
@@ -169,13 +198,18 @@ def package_client(
     config: Path | None = None,
     demo_data: bool = True,
     update_interval: float = 3600.0,
+    update_registry: Path | None = None,
 ) -> Path:
     """Write the package for SuperNode `node` (its key is `certs/supernodes/node-N`); with
     `config`, its `device/` folder holds that run's device graph (exported here).
     `update_interval` is how often the device checks for a signed update (a failed check is
-    tried again within a minute, then less often)."""
+    tried again within a minute, then less often). `update_registry` (the registry folder)
+    binds the device to that registry and its adapter (`trust/registry.json`)."""
     if update_url and update_key is None:
         raise FedAdaptError("--update-url needs --update-key: the key that signs the updates")
+    if update_registry is not None and not update_url:
+        raise FedAdaptError("--update-registry needs --update-url: where the device fetches")
+    binding = registry_binding(update_registry) if update_registry is not None else None
     if update_key is not None:
         _check_public_key(update_key)
     key = certs / "supernodes" / f"node-{node}"
@@ -203,6 +237,8 @@ def package_client(
     os.chmod(trust / "node.key", 0o600)
     if update_key is not None:
         shutil.copy2(update_key, trust / "update-signing.pub")
+    if binding is not None:
+        atomic_write_text(trust / "registry.json", json.dumps(binding, sort_keys=True) + "\n")
 
     env = {
         "SUPERLINK": superlink,

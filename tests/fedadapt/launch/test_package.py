@@ -47,9 +47,13 @@ def test_package_holds_what_a_device_needs(tmp_path, certs):
 
 
 def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(tmp_path, certs):
-    from fedadapt.updates.keys import keygen
+    from fedadapt.server.updates.publish import publish, read_index
+    from fedadapt.updates.keys import keygen, load_private
+    from tests.registry_helpers import tiny_adapter
 
-    _, pub = keygen(tmp_path / "keys")
+    priv, pub = keygen(tmp_path / "keys")
+    registry = tmp_path / "registry"
+    publish(tiny_adapter(tmp_path / "a1", 1), registry, load_private(priv), name="sent")
     out = package_client(
         tmp_path / "pkg",
         certs,
@@ -59,6 +63,7 @@ def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(
         update_url="https://updates.example.org",
         demo_data=False,
         update_interval=120,
+        update_registry=registry,
     )
     names = {p.split("==")[0] for p in (out / "requirements.txt").read_text().split()}
     assert names.isdisjoint({"matplotlib", "onnx", "onnxscript", "flwr-datasets", "tomli-w"})
@@ -71,6 +76,25 @@ def test_package_starts_the_device_command_and_ships_only_what_a_device_imports(
     assert "UPDATE_INTERVAL=120" in (out / "node.env").read_text()
     assert '--update-interval "${UPDATE_INTERVAL:-3600}"' in start
     assert "device/data/" in (out / "README.txt").read_text()  # where the data goes
+    # issue 23: the device is provisioned with its registry and adapter (first install too)
+    binding = json.loads((out / "trust" / "registry.json").read_text())
+    assert binding == {"adapter_name": "sent", "registry_id": read_index(registry)["registry_id"]}
+    assert 'cp "$here/trust/registry.json" "$device/registry.json"' in start
+
+
+def test_a_registry_to_bind_to_must_have_an_id_and_a_url(tmp_path, certs):
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "index.json").write_text('{"versions": []}')
+    common = {"certs": certs, "node": 1, "superlink": "h:1", "update_registry": registry}
+    with pytest.raises(FedAdaptError, match="--update-registry needs --update-url"):
+        package_client(tmp_path / "pkg", **common)
+    from fedadapt.updates.keys import keygen
+
+    _, key = keygen(tmp_path / "keys")
+    with pytest.raises(FedAdaptError, match="names no registry id; `fedadapt refresh-index`"):
+        package_client(tmp_path / "pkg", update_url="http://u", update_key=key, **common)
+    assert not (tmp_path / "pkg").exists()
 
 
 def test_a_private_key_given_as_the_update_key_is_refused(tmp_path, certs):
