@@ -45,6 +45,8 @@ def operator_addresses() -> frozenset[str]:
 
 def device_may(path: str) -> bool:
     """Whether a client that is not the operator may call `path` (the Fleet API, health)."""
+    if "/." in path or "//" in path or "\\" in path:  # no dot segments to route elsewhere
+        return False
     return path == "/health" or path.startswith(DEVICE_PATHS)
 
 
