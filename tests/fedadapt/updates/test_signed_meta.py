@@ -58,3 +58,38 @@ def test_seen_versions_only_grow_and_are_kept_per_role(tmp_path):
     seen.record(TIMESTAMP, 3)  # an older one never lowers the record
     assert (seen.get(TIMESTAMP), seen.get(CHANNEL)) == (4, 2)
     assert SeenVersions(tmp_path).load() == {"channel/stable": 2, "timestamp": 4}
+
+
+@pytest.mark.parametrize("role", [TIMESTAMP, CHANNEL])
+def test_a_registry_and_an_equal_versions_content_are_checked(role):
+    """Issue 23: the registry a device is bound to, and at the version it holds, the file it
+    saw (by hash): another registry's file, or the same version with other content, is
+    refused, for every role."""
+    import hashlib
+
+    data, sig = make_meta(role, 5, {"x": 1}, KEY, DAY, registry="0123456789abcdef")
+    seen_hash = hashlib.sha256(data).hexdigest()
+    assert verify_meta(data, sig, role, TRUST, 5, seen_sha256=seen_hash).registry is not None
+    other, other_sig = make_meta(role, 5, {"x": 2}, KEY, DAY, registry="0123456789abcdef")
+    refused = lambda: verify_meta(other, other_sig, role, TRUST, 5, seen_sha256=seen_hash)  # noqa: E731
+    assert _reason(refused) == role.replay
+    wrong = lambda: verify_meta(data, sig, role, TRUST, 5, registry="fedcba9876543210")  # noqa: E731
+    assert _reason(wrong) == "wrong-registry"
+    bare, bare_sig = make_meta(role, 6, {}, KEY, DAY)  # no id: no registry field at all
+    assert b"registry" not in bare
+    unbound = lambda: verify_meta(bare, bare_sig, role, TRUST, 5, registry="0123456789abcdef")  # noqa: E731
+    assert _reason(unbound) == "wrong-registry"
+    assert verify_meta(bare, bare_sig, role, TRUST, 5).registry is None  # an unbound device
+
+
+def test_seen_keeps_the_hash_and_reads_the_bare_versions_of_older_devices(tmp_path):
+    (tmp_path / "seen.json").write_text('{"timestamp": 4}')
+    seen = SeenVersions(tmp_path)
+    assert (seen.get(TIMESTAMP), seen.sha256(TIMESTAMP)) == (4, None)
+    seen.record(TIMESTAMP, 4, "a" * 64)  # the same version gains its hash
+    assert seen.sha256(TIMESTAMP) == "a" * 64
+    seen.record(TIMESTAMP, 4, "b" * 64)  # but never another one
+    assert seen.sha256(TIMESTAMP) == "a" * 64
+    (tmp_path / "seen.json").write_text('{"timestamp": {"version": 4}}')
+    with pytest.raises(FedAdaptError, match="must map role names to versions"):
+        seen.load()
