@@ -349,7 +349,7 @@ class UpdateServer(ThreadingHTTPServer):
             raise FedAdaptError(f"port must be 0..65535, got {port!r}")
         self.timeout_s, self.idle_timeout = timeout, idle_timeout
         self.max_requests = max_requests
-        self.slots = Slots(max_connections, max_per_client)
+        self.slots = Slots(max_connections, max_per_client, idle_timeout)
         self.refusals = threading.BoundedSemaphore(max_connections)
         try:
             super().__init__((host, port), RegistryHandler)

@@ -4,8 +4,9 @@ A slot per open connection, up to `max_connections`, and up to `max_per_client` 
 address. A connection that finished a request and waits for its next one (keep-alive) is
 idle: when a cap is reached, the connection idle longest gives its slot to the newcomer
 (its socket is shut down, so its handler's wait ends at once). A connection that has not
-sent its first request yet, or has one under way, is never taken: the request-head deadline
-bounds the first, and the second is what the service is for. Counting connections this way
+sent its first request yet counts as idle once it has waited `grace` seconds (the idle
+timeout) without a byte, so connecting and sending nothing holds a slot only that long
+when others wait; one with a request under way is never taken. Counting connections this way
 keeps a cap that clients cannot hold with a keep-alive request now and then (issue 23: two
 clients each sending a HEAD every 2 s kept both slots of a cap of 2).
 """
@@ -21,18 +22,21 @@ from dataclasses import dataclass
 
 @dataclass
 class _Conn:
-    """One open connection: its client's address, and since when it waits idle (None while
-    it has a request under way, or has not sent its first one yet)."""
+    """One open connection: its client's address, since when it waits idle (None while it
+    has a request under way, or has not sent its first one yet), and since when it waits
+    for its first byte (None once one came)."""
 
     ip: str
     idle_since: float | None = None
+    fresh_since: float | None = None
 
 
 class Slots:
     """The slots taken, under one lock (the accept loop and every handler thread use it)."""
 
-    def __init__(self, max_connections: int, max_per_client: int) -> None:
+    def __init__(self, max_connections: int, max_per_client: int, grace: float) -> None:
         self.max_connections, self.max_per_client = max_connections, max_per_client
+        self.grace = grace
         self.conns: dict[socket.socket, _Conn] = {}
         self.lock = threading.Lock()
 
@@ -48,15 +52,24 @@ class Slots:
             else:
                 full = []
             if full:
-                idle = [s for s in full if self.conns[s].idle_since is not None]
-                if not idle:
+                now = time.monotonic()
+                waits = {s: w for s in full if (w := self._idle_since(self.conns[s], now))}
+                if not waits:
                     return False
-                victim = min(idle, key=lambda s: self.conns[s].idle_since or 0.0)
+                victim = min(waits, key=waits.__getitem__)
                 del self.conns[victim]
                 with contextlib.suppress(OSError):  # its handler's wait ends; it closes
                     victim.shutdown(socket.SHUT_RDWR)
-            self.conns[request] = _Conn(ip)
+            self.conns[request] = _Conn(ip, fresh_since=time.monotonic())
             return True
+
+    def _idle_since(self, conn: _Conn, now: float) -> float | None:
+        """Since when `conn` counts as idle, or None while it may not be taken."""
+        if conn.idle_since is not None:
+            return conn.idle_since
+        if conn.fresh_since is not None and now - conn.fresh_since > self.grace:
+            return conn.fresh_since
+        return None
 
     def release(self, request: socket.socket) -> None:
         """The connection closed: its slot is free (a no-op if it was taken from it)."""
@@ -68,6 +81,7 @@ class Slots:
         with self.lock:
             if request in self.conns:
                 self.conns[request].idle_since = time.monotonic() if idle else None
+                self.conns[request].fresh_since = None
 
     def __len__(self) -> int:
         with self.lock:

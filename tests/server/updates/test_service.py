@@ -84,17 +84,21 @@ def test_two_keep_alive_clients_cannot_starve_an_honest_get(registry):
     with serving(UpdateServer(registry, max_connections=2, timeout=10)) as url:
 
         def hog() -> None:
-            s = _connect(url)
+            s = None
             while not stop.is_set():
                 try:
+                    s = s or _connect(url)
                     s.sendall(b"HEAD /index.json HTTP/1.1\r\nHost: x\r\n\r\n")
                     if not s.recv(4096):
                         raise ConnectionResetError
-                except OSError:
-                    s.close()
-                    s = _connect(url)
+                except OSError:  # closed for a newcomer: reconnect and send at once
+                    if s is not None:
+                        s.close()
+                    s = None
+                    continue
                 stop.wait(0.5)
-            s.close()
+            if s is not None:
+                s.close()
 
         hogs = [threading.Thread(target=hog) for _ in range(2)]
         for t in hogs:
@@ -133,6 +137,19 @@ def test_one_client_address_holds_at_most_its_share(registry):
         finally:
             for s in held:
                 s.close()
+
+
+def test_a_connection_that_sends_nothing_gives_its_slot_up_after_the_idle_timeout(registry):
+    """Connecting and sending nothing holds a slot against newcomers only for the idle
+    timeout (the head timeout still closes it later); before that, a newcomer gets 503."""
+    server = UpdateServer(registry, max_connections=1, timeout=10, idle_timeout=IDLE_TIMEOUT_S)
+    with serving(server) as url, _connect(url) as silent:
+        with _connect(url) as early:
+            assert _get(early)[0] == "HTTP/1.1 503 Service Unavailable"
+        time.sleep(IDLE_TIMEOUT_S + 0.2)
+        with _connect(url) as late:
+            assert _get(late)[0] == "HTTP/1.1 200 OK"
+        assert silent.recv(1) == b""
 
 
 def test_a_connection_serves_at_most_max_requests_then_closes(registry):
