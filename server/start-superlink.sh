@@ -4,7 +4,7 @@
 # CERT_DIR is what `fedadapt certs` wrote. Fleet, Control and Runtime APIs share one HTTPS
 # port, and Flower authenticates no Control API caller: server/superlink_guard.py runs
 # flower-superlink with the Control and Runtime APIs answering only the operator's addresses
-# ($FEDADAPT_OPERATOR_ADDRESSES, default loopback); devices reach the Fleet API only.
+# (loopback and $FEDADAPT_OPERATOR_ADDRESSES); devices reach the Fleet API only.
 # Nothing is installed at run time; telemetry and update checks are off.
 set -euo pipefail
 certs=$1 state=$2 host=${3:-127.0.0.1} port=${4:-9093}

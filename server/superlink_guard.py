@@ -9,9 +9,10 @@ register a node key (tests/fedadapt/launch/test_control_api.py shows both on a p
 SuperLink).
 
 This runs Flower's own `flower-superlink` with one ASGI middleware in front of all of it:
-a request from an address not in `FEDADAPT_OPERATOR_ADDRESSES` (default: this host's
-loopback, 127.0.0.1 and ::1), nor the address the SuperLink binds with --host (its own
-SuperExec and ServerApps call the Runtime API from it), reaches only the Fleet API
+a request from neither this host's loopback (127.0.0.1, ::1), nor an address in
+`FEDADAPT_OPERATOR_ADDRESSES` (comma-separated IPs: the operator's machines), nor the
+address the SuperLink binds with --host (its own SuperExec and ServerApps call the Runtime
+API from it, or from loopback when it binds all addresses) reaches only the Fleet API
 (`/v1/fleet/`, where SuperNode authentication applies) and `/health`; the Control and
 Runtime APIs answer it 403. The
 operator runs `flwr` on the SuperLink's host, or through an SSH tunnel to it. The
@@ -31,10 +32,11 @@ DEVICE_PATHS = ("/v1/fleet/", "/health")
 
 
 def operator_addresses() -> frozenset[str]:
-    """The addresses allowed every API: `$FEDADAPT_OPERATOR_ADDRESSES` (comma-separated IPs)
-    or loopback. A malformed entry stops the start: a typo must not open the API."""
-    raw = os.environ.get(OPERATOR_ENV, "127.0.0.1,::1")
-    out = set()
+    """The addresses allowed every API: loopback (the SuperLink's own processes, and `flwr`
+    on its host) and `$FEDADAPT_OPERATOR_ADDRESSES` (comma-separated IPs). A malformed
+    entry stops the start: a typo must not open the API."""
+    raw = os.environ.get(OPERATOR_ENV, "")
+    out = {"127.0.0.1", "::1"}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         try:
             out.add(str(ipaddress.ip_address(part)))

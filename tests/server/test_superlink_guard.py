@@ -53,7 +53,7 @@ def test_the_operator_addresses_come_from_the_environment(monkeypatch):
     monkeypatch.delenv(superlink_guard.OPERATOR_ENV, raising=False)
     assert operator_addresses() == {"127.0.0.1", "::1"}
     monkeypatch.setenv(superlink_guard.OPERATOR_ENV, "10.0.0.2, ::ffff:10.0.0.3,")
-    assert operator_addresses() == {"10.0.0.2", "::ffff:a00:3"}
+    assert operator_addresses() == {"127.0.0.1", "::1", "10.0.0.2", "::ffff:a00:3"}
     monkeypatch.setenv(superlink_guard.OPERATOR_ENV, "10.0.0.2,opr-host")
     with pytest.raises(SystemExit, match="'opr-host' is not an IP address"):
         operator_addresses()
