@@ -4,9 +4,9 @@
 needs ONNX Runtime to give *the same* predictions torch gave when it measured its
 personalized accuracy, so this graph computes the function the device trained:
 - the base's weights are the training base's weight-only int8/int4 weights, dequantized (ORT's
-  dynamic quantization would also quantize activations and move the logits by ~1e-2); int8
-  ones are stored as int8 with their scales and dequantized inside the graph
-  (`export/int8_weights.py`: 24 MB instead of 91 MB, the same logits);
+  dynamic quantization would also quantize activations and move the logits by ~1e-2); they
+  are stored quantized and dequantized inside the graph (`export/quantized_weights.py`:
+  24 MB for int8, instead of 91 MB, the same logits);
 - both adapters are overridable inputs, `shared:<name>` (global) and `personal:<name>`, and the head
   is `head.weight`/`head.bias`. The personal defaults are a fresh personal adapter (the
   identity), so a file without personal tensors serves the global adapter alone;
@@ -118,12 +118,12 @@ def device_model(cfg: SimConfig, global_state: State | None = None) -> AdapterMo
 def export_device_graph(cfg: SimConfig, out: str | Path, global_state: State | None = None) -> Path:
     """Write `model.onnx`, `tokenizer.json` and `runtime.json` for a device of run `cfg`."""
     from fedadapt.export.graph import export_graph, save_model
-    from fedadapt.export.int8_weights import int8_weights, store_int8
+    from fedadapt.export.quantized_weights import quantized_weights, store_quantized
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = device_model(cfg, global_state)
-    weights = int8_weights(model.encoder)
+    weights = quantized_weights(model.encoder)
     dequantize_modules(model.encoder)
     sha = model.base.sha256
     with tempfile.TemporaryDirectory(dir=out) as tmp:
@@ -132,7 +132,7 @@ def export_device_graph(cfg: SimConfig, out: str | Path, global_state: State | N
         export_graph(model, path, metadata=metadata)
         if weights:
             proto = onnx.load(path)
-            store_int8(proto, weights)
+            store_quantized(proto, weights)
             save_model(proto, path)
         path.replace(out / MODEL_FILE)
     shutil.copyfile(model_dir() / "tokenizer.json", out / "tokenizer.json")
