@@ -76,8 +76,9 @@ def hold(folder: Path) -> Iterator[int]:
 
 @contextlib.contextmanager
 def waiting(path: Path, timeout: float, what: str) -> Iterator[None]:
-    """Hold an exclusive `flock` on the file `path` for the block, waiting up to `timeout`
-    seconds for another holder to finish.
+    """Hold an exclusive `flock` on `path` for the block, waiting up to `timeout` seconds
+    for another holder to finish. `path` is a lock file (made if missing) or an existing
+    folder, which is locked itself (no file is written into it).
 
     For short critical sections that must take turns rather than refuse each other (a
     registry's publish and re-sign, a device folder's fetch, apply and rollback), unlike
@@ -87,8 +88,11 @@ def waiting(path: Path, timeout: float, what: str) -> Iterator[None]:
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if path.is_dir():
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise FedAdaptError(f"cannot lock {what} ({path}): {e.strerror}") from None
     try:

@@ -9,8 +9,6 @@ Device folder:
                                  (replay and equal-version mix-and-match guard)
     registry.json                the registry id and adapter name the device is bound to
                                  (`clients/updates/binding.py`)
-    updates.lock                 held by a fetch, an apply, a rollback or a switch, so two of
-                                 them never interleave on one folder
     downloads/                   the partial download of the bundle being fetched: a killed
                                  fetch resumes it with HTTP Range; a refused one, and any
                                  other file there, is deleted
@@ -23,11 +21,13 @@ manifest's signature and key, expiry, adapter name, base model, version, delta s
 payload size and hash, and the rebuilt adapter's hash. The whole fetch runs under one
 deadline (`clients/updates/downloads.py`).
 
-Fetches, applies and rollbacks into one folder take turns on `updates.lock` (a blocking
-`flock`, waited for up to the fetch's timeout). Without it, the update loop of `device run`
+Fetches, applies and rollbacks into one folder take turns on a `flock` of the folder itself
+(blocking, waited for up to the fetch's timeout; no lock file, so a refused fetch still
+writes nothing). Without it, the update loop of `device run`
 and a manual `fedadapt fetch` of another version each pruned the other's file and left
 `state.json` naming a version file that no longer existed. It is not `device run`'s own
-lock (`run.lock`, held for the service's life), so the loop inside it takes this one freely.
+lock (a `flock` of `run.lock`, held for the service's life), so the loop inside it takes
+this one freely.
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ from fedadapt.updates.keys import key_id
 from fedadapt.updates.signed_meta import MAX_META_BYTES, TIMESTAMP, SeenVersions, verify_meta
 
 KEEP_VERSIONS = 2
-LOCK_FILE = "updates.lock"
 LOCK_TIMEOUT_S = 60.0
 _VERSION_FILE = re.compile(r"v(\d+)\.")  # a version file's name: its number, any width
 
@@ -105,7 +104,8 @@ class DeviceStore:
     def locked(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         """Hold the folder's update lock for a fetch, apply, rollback or switch (not
         reentrant), waiting up to `timeout` s for another one to finish."""
-        with runlock.waiting(self.folder / LOCK_FILE, timeout, f"the device folder {self.folder}"):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with runlock.waiting(self.folder, timeout, f"the device folder {self.folder}"):
             yield
 
     def state(self) -> Installed:

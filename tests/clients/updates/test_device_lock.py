@@ -14,7 +14,7 @@ from safetensors.numpy import load, save
 
 from fedadapt import runlock
 from fedadapt.adapter_files import WEIGHTS_FILE
-from fedadapt.clients.updates.updater import LOCK_FILE, DeviceStore, fetch
+from fedadapt.clients.updates.updater import DeviceStore, fetch
 from fedadapt.errors import FedAdaptError
 from fedadapt.server.updates.publish import publish
 from tests.registry_helpers import BASE, make_keys, tiny_adapter, update_server
@@ -79,7 +79,8 @@ def test_a_fetch_waits_for_the_lock_and_says_so_past_its_timeout(world):
     """The lock is held (here by hand, as a long fetch would): a fetch waits for it up to its
     timeout, then gives up in one line; `device run`'s own run.lock is another file."""
     device = world["tmp"] / "device"
-    with runlock.waiting(device / LOCK_FILE, 1, "test"):
+    device.mkdir()
+    with runlock.waiting(device, 1, "test"):
         with pytest.raises(FedAdaptError, match="is busy") as e:
             fetch(world["url"], device, [world["pub"]], BASE, timeout=0.5)
         assert "\n" not in str(e.value)
@@ -122,7 +123,7 @@ def test_the_update_lock_is_taken_by_rollback_too(world):
     fetch(world["url"], device, [world["pub"]], BASE, version=1)
     fetch(world["url"], device, [world["pub"]], BASE, version=2)
     done = threading.Event()
-    with runlock.waiting(device / LOCK_FILE, 1, "test"):
+    with runlock.waiting(device, 1, "test"):
         t = threading.Thread(target=lambda: (DeviceStore(device).rollback(), done.set()))
         t.start()
         assert not done.wait(0.3)  # waits for the lock
