@@ -36,6 +36,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-python3}
 "$python" -m venv "$here/venv"
+# torch first, alone, from PyTorch's CPU-only index, on every architecture: PyPI's x86-64
+# torch is the multi-GB CUDA build. Its version is requirements.txt's pin, which it then
+# satisfies; its own dependencies come with the requirements. TORCH_INDEX names another
+# index (a mirror); the machine's own pip options (find-links) still apply.
+"$here/venv/bin/pip" install --quiet --no-deps --timeout 30 --retries 2 \
+  --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
+  "$(grep '^torch==' "$here/requirements.txt")"
 "$here/venv/bin/pip" install --quiet -r "$here/requirements.txt"
 # no deps: the wheel's own metadata asks for Flower's simulation extra (Ray), matplotlib and
 # the exporter, which a device never runs; requirements.txt holds what it does run

@@ -97,6 +97,22 @@ def test_a_registry_to_bind_to_must_have_an_id_and_a_url(tmp_path, certs):
     assert not (tmp_path / "pkg").exists()
 
 
+def test_install_takes_a_cpu_only_torch_on_every_architecture(tmp_path, certs):
+    """install.sh took torch==2.13.0 from the default index: PyPI's x86-64 build is CUDA's.
+    Checked offline on the generated script: torch alone, from PyTorch's CPU index, before
+    the requirements (whose pin it then satisfies), with no architecture test around it."""
+    out = package_client(tmp_path / "pkg", certs, node=1, superlink="h:1", demo_data=False)
+    script = (out / "install.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(out / "install.sh")], check=False).returncode == 0
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    torch_at = next(i for i, line in enumerate(lines) if "grep '^torch=='" in line)
+    step = " ".join(lines[torch_at - 2 : torch_at + 1])
+    assert "--no-deps" in step and "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" in step
+    reqs_at = next(i for i, line in enumerate(lines) if '-r "$here/requirements.txt"' in line)
+    assert torch_at < reqs_at and "uname" not in script
+    assert "torch==2.13.0" in (out / "requirements.txt").read_text().split()
+
+
 def test_a_private_key_given_as_the_update_key_is_refused(tmp_path, certs):
     """It was copied into the package as if it were the public key."""
     from fedadapt.updates.keys import keygen
