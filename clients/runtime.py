@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 from tokenizers import Tokenizer
 
 from fedadapt.clients.personalized import (
@@ -42,7 +44,10 @@ from fedadapt.onnx_adapter import (
     check_fits,
     load_adapter_options,
     open_session,
+    read_onnx_adapter,
 )
+
+POOLED = "pooled"  # the device graph's second output (`export/graph.py`'s POOLED)
 
 __all__ = [
     "RUNTIME_FILE",
@@ -109,6 +114,7 @@ class EdgeRuntime:
         self.tokenizer.enable_truncation(max_length=length or self.meta["max_length"])
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
         self._adapter: ort.LoraAdapter | None = None
+        self._adapter_path: Path | None = None
         self.run_options = ort.RunOptions()
         self.adapter_version: int | None = self.meta.get("adapter_version")
         self.personalized = False
@@ -140,8 +146,27 @@ class EdgeRuntime:
         optional = (self.meta.get("stack") or [])[1:]
         version, _ = check_fits(path, self.meta["base_sha256"], self.slots, optional)
         self._adapter, self.run_options = load_adapter_options(path)
+        self._adapter_path = Path(path)
         self.adapter_version = version
         return version
+
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        """The served head `(weight [C, d], bias [C])`: the active adapter file's, else the
+        graph's defaults. A device personalizing in numpy starts from it and regularizes
+        toward it, so it must be the head that produced the logits it is compared with."""
+        names = ("head.weight", "head.bias")
+        found: dict[str, np.ndarray] = {}
+        if self._adapter is not None and self._adapter_path is not None:
+            tensors = read_onnx_adapter(self._adapter_path)[2]
+            found = {k: tensors[k] for k in names if k in tensors}
+        if len(found) < len(names):
+            graph = onnx.load(str(self.folder / self.meta["model_file"]))
+            for init in graph.graph.initializer:
+                if init.name in names and init.name not in found:
+                    found[init.name] = numpy_helper.to_array(init)
+        if len(found) < len(names):
+            raise FedAdaptError(f"the graph in {self.folder} has no head.weight/head.bias inputs")
+        return tuple(np.asarray(found[k], np.float32) for k in names)  # type: ignore[return-value]
 
     def logits(self, texts: list[str], task: int | None = None) -> np.ndarray:
         """Raw logits for `texts`, one row each, run with the active adapter.
@@ -165,6 +190,30 @@ class EdgeRuntime:
         """
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
+        return self._run("logits", texts, task)
+
+    def embed(self, texts: list[str], batch: int = 32) -> np.ndarray:
+        """The pooled embedding the head reads, one row per text, through the active adapter.
+
+        A device without torch personalizes on these (`clients/numpy_personal.py`): the
+        logits are `embed(texts) @ head.weight.T + head.bias`. Run in batches of `batch`
+        texts (a fixed-shape graph: its own batch), so a large data folder stays in memory.
+        Raises `FedAdaptError` on a graph exported before it had this output.
+        """
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        if POOLED not in outputs:
+            raise FedAdaptError(
+                f"the graph in {self.folder} predates the pooled-embedding output; install "
+                "the device graph again (`fedadapt export` or the next training round)"
+            )
+        if not texts:
+            width = outputs[POOLED][-1]
+            return np.zeros((0, width if isinstance(width, int) else 0), np.float32)
+        return np.concatenate(
+            [self._run(POOLED, texts[i : i + batch]) for i in range(0, len(texts), batch)]
+        )
+
+    def _run(self, output: str, texts: list[str], task: int | None = None) -> np.ndarray:
         batch = self.fixed[0] if self.fixed else len(texts)
         out = []
         for start in range(0, len(texts), batch):
@@ -176,7 +225,7 @@ class EdgeRuntime:
             }
             if self.meta.get("tasks"):  # a task-indexed graph of stacked adapters
                 feed["task_index"] = np.array(task or 0, np.int64)
-            out.append(self.session.run(["logits"], feed, self.run_options)[0][: len(chunk)])
+            out.append(self.session.run([output], feed, self.run_options)[0][: len(chunk)])
         return np.concatenate(out)
 
     def predict(self, texts: list[str], task: int | None = None) -> list[Prediction]:

@@ -10,6 +10,8 @@ personalized accuracy, so this graph computes the function the device trained:
 - both adapters are overridable inputs, `shared:<name>` (global) and `personal:<name>`, and the head
   is `head.weight`/`head.bias`. The personal defaults are a fresh personal adapter (the
   identity), so a file without personal tensors serves the global adapter alone;
+- a second output, `pooled`, is the embedding the head reads: a device without torch fits
+  a personal head and a kNN memory over it in numpy (`clients/numpy_personal.py`);
 - `runtime.json` names the stack, so the updater and `clients/personalized.py` write adapter
   files in this layout without importing torch.
 """
@@ -39,6 +41,7 @@ MODEL_FILE = "model.onnx"
 STACK = ["shared", "personal"]  # the global adapter, then the personal one
 
 
+GRAPH_FORMAT = 2  # 2: the `pooled` output; a folder with an older graph gets a new one
 LAYOUT_KEYS = (
     "dataset",
     "method",
@@ -55,7 +58,7 @@ LAYOUT_KEYS = (
 
 def layout(cfg: SimConfig) -> dict:
     """What the graph depends on: a device whose graph has another layout needs a new one."""
-    return {k: getattr(cfg, k) for k in LAYOUT_KEYS}
+    return {**{k: getattr(cfg, k) for k in LAYOUT_KEYS}, "graph_format": GRAPH_FORMAT}
 
 
 def install_device_graphs(cfg: SimConfig, folders: list[Path]) -> None:
@@ -129,7 +132,7 @@ def export_device_graph(cfg: SimConfig, out: str | Path, global_state: State | N
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         metadata = {"fedadapt.base_sha256": sha, "fedadapt.stack": ",".join(STACK)}
         path = Path(tmp) / MODEL_FILE
-        export_graph(model, path, metadata=metadata)
+        export_graph(model, path, metadata=metadata, pooled=True)
         if weights:
             proto = onnx.load(path)
             store_quantized(proto, weights)

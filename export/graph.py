@@ -35,12 +35,13 @@ from fedadapt.atomic import atomic_write_bytes
 DATA_INPUTS = ("input_ids", "attention_mask")
 TASK_INPUT = "task_index"
 OUTPUT = "logits"
+POOLED = "pooled"  # the head's input: a device without torch personalizes on it
 
 
 class _AdapterInputs(nn.Module):
     """Runs `model` with its adapter tensors taken from the `adapters` argument."""
 
-    def __init__(self, model: AdapterModel, paths: dict[str, str]) -> None:
+    def __init__(self, model: nn.Module, paths: dict[str, str]) -> None:
         super().__init__()
         self.model = model
         self.paths = paths  # logical tensor name -> parameter path in `model`
@@ -51,11 +52,29 @@ class _AdapterInputs(nn.Module):
         attention_mask: torch.Tensor,
         adapters: dict[str, torch.Tensor],
         task_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         params = {
             self.paths[k]: v if task_index is None else v[task_index] for k, v in adapters.items()
         }
         return functional_call(self.model, params, (input_ids, attention_mask), strict=False)
+
+
+class _WithPooled(nn.Module):
+    """`model`'s logits and the pooled embedding its active head reads, as two outputs.
+
+    A device without torch fits a personal head and a kNN memory in numpy; it can do so only
+    on the head's input, which the logits alone do not give back.
+    """
+
+    def __init__(self, model: AdapterModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.model.embed(input_ids, attention_mask)
+        return self.model.heads[self.model.active_head](pooled), pooled
 
 
 def active_parameters(model: AdapterModel) -> dict[str, nn.Parameter]:
@@ -89,6 +108,7 @@ def export_graph(
     metadata: dict[str, str] | None = None,
     stacked: dict[str, torch.Tensor] | None = None,
     dtype: torch.dtype = torch.float32,
+    pooled: bool = False,
 ) -> dict[str, np.ndarray]:
     """Export the active setup of `model` to `path`; returns the inputs' default values.
 
@@ -97,6 +117,9 @@ def export_graph(
 
     With `stacked` (each active tensor's name -> K values stacked on dim 0), the graph takes
     a `task_index` input and runs the adapter at that index: K tasks, one graph.
+
+    With `pooled`, the graph has a second output `pooled` after `logits`: the embedding the
+    head reads, so a device can fit heads over it without torch. The inputs are unchanged.
     """
     model.eval()
     for n in model.control.active.names if model.control.active else ():
@@ -104,6 +127,11 @@ def export_graph(
     params = active_parameters(model)
     where = {id(p): name for name, p in model.named_parameters()}
     paths = {k: where[id(p)] for k, p in params.items()}
+    if pooled and model.active_head is None:
+        raise ValueError("a pooled output needs an active head")
+    module: nn.Module = _WithPooled(model) if pooled else model
+    if pooled:
+        paths = {k: f"model.{v}" for k, v in paths.items()}
     if stacked is not None and set(stacked) != set(params):
         raise ValueError("stacked tensors must match the active setup's tensors")
     adapters = stacked if stacked is not None else {k: p.detach() for k, p in params.items()}
@@ -125,12 +153,12 @@ def export_graph(
             dynamic[TASK_INPUT] = None
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
-            _AdapterInputs(model, paths),
+            _AdapterInputs(module, paths),
             (ids, torch.ones_like(ids)),
             kwargs=kwargs,
             dynamo=True,
             input_names=names,
-            output_names=[OUTPUT],
+            output_names=[OUTPUT, POOLED] if pooled else [OUTPUT],
             dynamic_shapes=dynamic,
         )
     proto = program.model_proto
