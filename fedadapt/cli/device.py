@@ -212,11 +212,11 @@ def _infer(args: argparse.Namespace) -> None:
     global adapter plus the device's personal part (`--global`: the shared one). No torch."""
     from fedadapt.clients.runtime import EdgeRuntime
 
-    _check_device_model(Path(args.device_dir))
     if not args.use_global and not args.adapter and not args.task and _infer_numpy(args):
         return
     if not args.use_global and not args.adapter:
         _check_servable(Path(args.device_dir))
+    _check_device_model(Path(args.device_dir))
     with library_errors(f"cannot load the device folder {args.device_dir}", SHAPE_ERRORS):
         rt = EdgeRuntime(args.device_dir, args.threads, personalized=not args.use_global)
     if args.adapter:
@@ -238,6 +238,7 @@ def _infer_numpy(args: argparse.Namespace) -> bool:
     device = Path(args.device_dir)
     if not (device / numpy_personal.RECORD_FILE).exists():
         return False
+    _check_device_model(device)
     with library_errors(f"cannot load the device folder {device}", SHAPE_ERRORS):
         rt = EdgeRuntime(device, args.threads, personalized=False)
         fitted = numpy_personal.load(device, rt)

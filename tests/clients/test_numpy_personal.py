@@ -70,6 +70,12 @@ def test_personalize_without_torch_then_infer_serves_it(device, capsys):
     assert main(["infer", "--global", "--device-dir", str(device), "a dull film"]) == 0
     assert "numpy" not in capsys.readouterr().err
 
+    # fitted over another global adapter than the one in use: stale, not served
+    stale = {**json.loads((device / RECORD_FILE).read_text()), "adapter_version": 99}
+    (device / RECORD_FILE).write_text(json.dumps(stale))
+    assert main(["infer", "--device-dir", str(device), "a dull film"]) == 0
+    assert "numpy" not in capsys.readouterr().err
+
 
 def test_bad_input_is_one_line(graph, tmp_path, capsys):
     device = link_graph(graph, tmp_path / "bare")
