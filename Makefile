@@ -121,6 +121,7 @@ personalization-table: simulations/results/rt-full/report.json \
 	$(BIN)/python simulations/personalization_table.py --out simulations/results/personalization
 
 # Issue #24's attack table: quick.toml without baselines, clean and under each attack, with
-# the default round bounds; runs without a report.json are made first (5-9 min each).
+# the defaults (round bounds, the trimmed mean); runs without a report.json are made first
+# (2-3 min each).
 attack-table: setup
 	$(BIN)/python simulations/attack_table.py --runs simulations/results/attacks --run-missing

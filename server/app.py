@@ -95,9 +95,10 @@ logging.getLogger("flwr").addFilter(FlowerLines())
 def _robust_rule(cfg: SimConfig) -> tuple[str, float] | None:
     """Trimmed mean or median, combined over the stacked deltas as they are screened
     (`server.combine`); central DP instead clips and accounts for each reply itself."""
-    if cfg.strategy not in ROBUST_RULES or cfg.dp_noise_multiplier > 0:
+    rule = cfg.aggregation
+    if rule not in ROBUST_RULES or cfg.dp_noise_multiplier > 0:
         return None
-    return cfg.strategy, cfg.trim_fraction if cfg.strategy == "trimmed-mean" else 0.0
+    return rule, cfg.trim_fraction if rule == "trimmed-mean" else 0.0
 
 
 def _not_finite(arrays) -> str | None:
@@ -115,7 +116,7 @@ def _linear_weight_key(strategy, cfg: SimConfig) -> str | None:
     Then replies are folded into their mean as they are screened (`server.replies`). Trimmed
     mean and median need every reply, and central DP clips and accounts for each one.
     """
-    linear = cfg.strategy in LINEAR_STRATEGIES
+    linear = cfg.aggregation in LINEAR_STRATEGIES
     return strategy.weighted_by_key if linear and cfg.dp_noise_multiplier == 0 else None
 
 
@@ -450,7 +451,11 @@ class FederatedRun:
     ) -> dict:
         cfg = self.cfg
         self._save_global(
-            global_state, self.out / "adapter", cfg.rounds, rounds=cfg.rounds, strategy=cfg.strategy
+            global_state,
+            self.out / "adapter",
+            cfg.rounds,
+            rounds=cfg.rounds,
+            strategy=cfg.aggregation,
         )
         base = self.adapter_model.base
         trainable = sum(

@@ -71,7 +71,7 @@ def build_strategy(cfg: SimConfig) -> Strategy:
         # accounted DP requires equal client weights
         "weighted_by_key": "dp-weight" if dp else "num-examples",
     }
-    name = cfg.strategy
+    name = cfg.aggregation
     if name == "fedavg":
         strategy = FedAvg(**common)
     elif name == "fedprox":

@@ -50,7 +50,7 @@ def test_the_cli_page_names_every_command_and_nested_action() -> None:
 def test_the_config_page_shows_each_keys_rule_default_and_help() -> None:
     page = config_page()
     assert "| `rounds` | integer | >= 1 | `10` | yes | federated rounds |" in page
-    assert "| `strategy` | string | one of `fedavg`," in page
+    assert "| `strategy` | string | one of `auto`, `fedavg`," in page
     assert (
         "| clients_per_round <= num_clients | config: clients_per_round = <clients_per_round>"
         in page

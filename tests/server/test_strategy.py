@@ -52,7 +52,7 @@ def _cfg(**kw):
 
 def test_fedavg_is_the_weighted_mean_delta():
     w = [1, 2, 3, 4, 5]
-    got, _ = _aggregate(_cfg(), DELTAS, w)
+    got, _ = _aggregate(_cfg(strategy="fedavg"), DELTAS, w)
     want = sum(d * n for d, n in zip(DELTAS, w, strict=True)) / sum(w)
     torch.testing.assert_close(got, want)
 
@@ -102,3 +102,15 @@ def test_central_dp_clips_each_delta_and_accounts_epsilon():
     assert got.norm() <= 1.0 + 1e-3
     eps = dp_epsilon(strategy)
     assert eps is not None and eps > 0
+
+
+def test_the_default_is_the_trimmed_mean_unless_the_server_sees_only_the_sum():
+    """Issue 24: robust aggregation by default; FedAvg where a robust rule cannot run."""
+    assert _cfg().strategy == "auto" and _cfg().aggregation == "trimmed-mean"
+    assert type(build_strategy(_cfg())).__name__ == "FedTrimmedAvg"
+    assert _cfg(secagg=True).aggregation == "fedavg"
+    assert _cfg(dp_noise_multiplier=0.5).aggregation == "fedavg"
+    assert _cfg(method="lora", lora_tier_ranks="2,4").aggregation == "fedavg"
+    trimmed, _ = _aggregate(_cfg(), DELTAS, [1] * 5)  # 0.3 of 5: one cut at each end
+    want = torch.tensor(np.sort(np.stack(DELTAS), axis=0)[1:4].mean(axis=0), dtype=torch.float32)
+    torch.testing.assert_close(trimmed, want)

@@ -94,8 +94,11 @@ def test_makefile_commands_parse():
 
     # make joins a line ending in a backslash with the next: so must the parser here
     makefile = (Path(__file__).parents[3] / "Makefile").read_text().replace("\\\n", " ")
+    # the commands a target runs, not a line that only prints one (`@echo "... fedadapt ..."`)
     lines = [
-        ln.split("$(BIN)/fedadapt", 1)[1] for ln in makefile.splitlines() if "$(BIN)/fedadapt" in ln
+        ln.split("$(BIN)/fedadapt", 1)[1]
+        for ln in makefile.splitlines()
+        if ln.strip().startswith("$(BIN)/fedadapt")
     ]
     assert len(lines) >= 3
     for line in lines:
