@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 from tokenizers import Tokenizer
 
 from fedadapt.clients.personalized import (
@@ -160,6 +158,15 @@ class EdgeRuntime:
             tensors = read_onnx_adapter(self._adapter_path)[2]
             found = {k: tensors[k] for k in names if k in tensors}
         if len(found) < len(names):
+            try:  # a device ships no onnx (it serves with onnxruntime): only a fresh graph's
+                # default head needs it, and a device that trained or updated has a file
+                import onnx
+                from onnx import numpy_helper
+            except ImportError:
+                raise FedAdaptError(
+                    f"{self.folder} has no adapter file yet: personalize after the device's "
+                    "first round or update"
+                ) from None
             graph = onnx.load(str(self.folder / self.meta["model_file"]))
             for init in graph.graph.initializer:
                 if init.name in names and init.name not in found:

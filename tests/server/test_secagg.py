@@ -64,7 +64,7 @@ def _run(tmp_path: Path, name: str, **overrides) -> tuple[Path, str]:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_secagg_mean_matches_plain_fedavg_within_quantization_error(tmp_path):
-    plain_out, _ = _run(tmp_path, "plain")
+    plain_out, _ = _run(tmp_path, "plain", strategy="fedavg")  # the default is robust now
     secure_out, log = _run(tmp_path, "secagg", secagg=True)
     assert "Secure aggregation completed" in log
     row = json.loads((secure_out / "report.json").read_text())["rounds"][0]
