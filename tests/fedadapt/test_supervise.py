@@ -208,12 +208,18 @@ def _of_run(folder: Path) -> list[psutil.Process]:
 
 
 def _programs(procs: list[psutil.Process]) -> list[str]:
-    """The program each process runs (the script's name for a Python entry point)."""
+    """The program each process runs (the script's name for a Python entry point, the module
+    for `python -m`; the SuperLink runs as `python -m fedadapt.server.superlink_guard`, which
+    is `flower-superlink` behind the guard, and is named so)."""
     names = []
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             args = p.cmdline()
             script = len(args) > 1 and Path(args[0]).name.startswith("python")
+            if script and args[1] == "-m" and len(args) > 2:
+                module = args[2]
+                names.append("flower-superlink" if module.endswith("superlink_guard") else module)
+                continue
             names.append(Path(args[1] if script else args[0]).name)
     return names
 
