@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +31,7 @@ from fedadapt.server.console import access
 from fedadapt.server.console.fleet import QUIET_AFTER_S, Fleet
 from fedadapt.server.console.readers import FileCache
 from fedadapt.server.console.runs import find_runs, read_run, run_file
+from fedadapt.server.serving import InterruptibleServer
 
 log = logging.getLogger("fedadapt.console")
 STATIC = Path(__file__).parent / "static"
@@ -63,7 +64,7 @@ def plotly_js() -> Path:
     raise FedAdaptError("the console's charts need plotly.js: `pip install plotly`")
 
 
-class ConsoleServer(ThreadingHTTPServer):
+class ConsoleServer(InterruptibleServer):
     """The console's server: the runs folder, an optional registry, and who may do what.
 
     Parameters
@@ -168,15 +169,6 @@ class ConsoleServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         """A failed connection goes to the log at debug, not to stderr as a traceback."""
         log.debug("connection from %s failed", client_address, exc_info=True)
-
-    def serve_until_interrupted(self) -> None:
-        """Serve until Ctrl-C (or SIGTERM, which the CLI turns into one), then close the port."""
-        try:
-            self.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.server_close()
 
 
 class ConsoleHandler(BaseHTTPRequestHandler):

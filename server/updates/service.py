@@ -33,12 +33,13 @@ import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from fedadapt.errors import FedAdaptError
+from fedadapt.server.serving import InterruptibleServer
 from fedadapt.server.updates.refusals import Refused, content_length, log
 from fedadapt.server.updates.slots import Slots
 from fedadapt.updates.index import INDEX_FILE
@@ -279,7 +280,7 @@ _BUSY = (
 )
 
 
-class UpdateServer(ThreadingHTTPServer):
+class UpdateServer(InterruptibleServer):
     """The HTTP server for a registry folder, with bounds on its connections (see the module).
 
     Every check (registry folder, caps, timeouts, port, bind) runs here, so a bad setting
@@ -415,13 +416,3 @@ class UpdateServer(ThreadingHTTPServer):
         """The base URL clients fetch from: the bound address, with a port 0 resolved."""
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
-
-    def serve_until_interrupted(self) -> None:
-        """Serve until Ctrl-C or SIGTERM (the CLI turns both into KeyboardInterrupt), then
-        close the listening socket, so a restart can bind the port at once."""
-        try:
-            self.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.server_close()
