@@ -150,9 +150,10 @@ def _check_config(args: argparse.Namespace) -> None:
     key only in its own log, while this names it, with the nearest known key, in one line."""
     from fedadapt.simconfig import SimConfig
 
-    cfg = SimConfig.load(args.file, **_parse_sets(args.set))
-    given = set(read_toml(Path(args.file))) | {p.partition("=")[0].strip() for p in args.set}
-    summary = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in sorted(given))
+    sets = _parse_sets(args.set)
+    raw = {**read_toml(Path(args.file)), **sets}  # what SimConfig.load does, read once
+    cfg = SimConfig.from_dict(raw)
+    summary = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in sorted(raw))
     print(f"{args.file}: a valid run config ({summary or 'every key at its default'})")
 
 
